@@ -1,0 +1,418 @@
+"""LightningDataModules for the three stages: SFT, reward modelling (preferences) and PPO (prompts).
+
+Every constructor argument is a ``data.*`` YAML key. Files are read, split and tokenised once in
+``setup()``; a second call is a no-op.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from lit_rlhf.data.jsonl import (
+    OnError,
+    PreferencePair,
+    PromptRecord,
+    SFTExample,
+    load_preferences,
+    load_prompts,
+    load_sft,
+)
+from lit_rlhf.data.tokenize import (
+    PreferenceCollator,
+    PreferenceItem,
+    PromptCollator,
+    PromptItem,
+    SFTCollator,
+    SFTItem,
+    batch_ids,
+    encode_examples,
+    encode_prompts,
+    eos_id,
+    join_ids,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/val split of ``range(n)`` by a seeded permutation.
+
+    Args:
+        n: Number of records.
+        val_fraction: Share held out; 0 gives an empty validation set, otherwise at least one record.
+        seed: Seed of the permutation (``random.Random(seed)``).
+
+    Returns:
+        ``(train_indices, val_indices)``, disjoint, each sorted (file order is kept within a split).
+    """
+    perm = list(range(n))
+    random.Random(seed).shuffle(perm)
+    n_val = 0 if val_fraction == 0 else min(n - 1, max(1, round(n * val_fraction)))
+    if val_fraction > 0 and n_val < 1:
+        raise ValueError(f"cannot hold out data.val_fraction={val_fraction} of only {n} record(s)")
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+def _check_common(
+    tokenizer: PreTrainedTokenizerBase,
+    val_fraction: float,
+    batch_size: int,
+    max_prompt_tokens: int,
+    num_workers: int,
+    on_error: str,
+) -> None:
+    """Validate the arguments every datamodule shares; errors name the config key."""
+    if tokenizer.pad_token_id is None:
+        raise ValueError(
+            "model.tokenizer has no pad_token: set one (e.g. pad_token: <pad>, or the eos token) "
+            "so batches can be padded."
+        )
+    eos_id(tokenizer)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+    if batch_size < 1:
+        raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+    if max_prompt_tokens < 1:
+        raise ValueError(f"data.max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+    if num_workers < 0:
+        raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def _check_max_length(max_prompt_tokens: int, max_length: int) -> None:
+    if max_length <= max_prompt_tokens:
+        raise ValueError(
+            f"data.max_length ({max_length}) must exceed data.max_prompt_tokens ({max_prompt_tokens}) "
+            "to leave room for a response"
+        )
+
+
+def _loader(
+    items: list[Any],
+    batch_size: int,
+    collate: Any,
+    num_workers: int,
+    shuffle_seed: int | None = None,
+    **kw: Any,
+) -> DataLoader:
+    gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+    return DataLoader(
+        items,
+        batch_size=batch_size,
+        shuffle=shuffle_seed is not None,
+        generator=gen,
+        collate_fn=collate,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        **kw,
+    )
+
+
+class CycledBatchSampler(Sampler[list[int]]):
+    """Exactly ``num_batches`` full batches, from successive seeded permutations of ``range(n)``.
+
+    Each permutation is cut into ``n // batch_size`` full batches (the remainder is dropped, so no batch
+    repeats a record); permutations follow one another until ``num_batches`` have been yielded. The
+    generator lives on, so a second pass (a second epoch) continues with new permutations.
+    """
+
+    def __init__(self, n: int, batch_size: int, num_batches: int, seed: int) -> None:
+        if n < batch_size:
+            raise ValueError(f"data.batch_size ({batch_size}) exceeds the {n} training records")
+        self.n, self.batch_size, self.num_batches = n, batch_size, num_batches
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        done, per_perm = 0, self.n // self.batch_size
+        while done < self.num_batches:
+            perm = torch.randperm(self.n, generator=self.generator).tolist()
+            for i in range(min(per_perm, self.num_batches - done)):
+                yield perm[i * self.batch_size : (i + 1) * self.batch_size]
+                done += 1
+
+
+class SFTDataModule(L.LightningDataModule):
+    """Demonstrations ``{prompt, response}`` for supervised fine-tuning.
+
+    Batches come from :class:`~lit_rlhf.data.tokenize.SFTCollator`: ``input_ids``, ``attention_mask``,
+    ``labels`` (-100 on prompt and padding).
+
+    Args:
+        tokenizer: The policy's tokenizer (pad and eos tokens must be set).
+        train_path: JSONL file of ``{prompt, response}`` records.
+        val_path: Optional separate validation file; if None, ``val_fraction`` of train is held out.
+        val_fraction: Share of ``train_path`` held out when ``val_path`` is None (0: no validation).
+        seed: Seed of the split and of the training shuffle.
+        batch_size: Examples per batch.
+        max_prompt_tokens: Prompt tokens kept (from the end).
+        max_length: Total tokens kept (response tail cut, eos dropped).
+        num_workers: DataLoader workers.
+        on_error: "raise" on a bad line, or "skip" bad lines with one warning.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        train_path: str,
+        val_path: str | None = None,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+        batch_size: int = 64,
+        max_prompt_tokens: int = 32,
+        max_length: int = 64,
+        num_workers: int = 0,
+        on_error: OnError = "raise",
+    ) -> None:
+        super().__init__()
+        _check_common(tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error)
+        _check_max_length(max_prompt_tokens, max_length)
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.tokenizer = tokenizer
+        self.train_path, self.val_path, self.val_fraction, self.seed = (
+            train_path,
+            val_path,
+            val_fraction,
+            seed,
+        )
+        self.batch_size, self.num_workers, self.on_error = batch_size, num_workers, on_error
+        self.max_prompt_tokens, self.max_length = max_prompt_tokens, max_length
+        self.collate = SFTCollator(int(tokenizer.pad_token_id))
+        self.train_examples: list[SFTExample] | None = None
+        self.val_examples: list[SFTExample] = []
+        self._train: list[SFTItem] = []
+        self._val: list[SFTItem] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, split and tokenise (once)."""
+        if self.train_examples is not None:
+            return
+        examples = load_sft(self.train_path, self.on_error)
+        if self.val_path is not None:
+            train, val = examples, load_sft(self.val_path, self.on_error)
+        else:
+            tr, va = split_indices(len(examples), self.val_fraction, self.seed)
+            train, val = [examples[i] for i in tr], [examples[i] for i in va]
+        self._train, self._val = self._encode(train), self._encode(val)
+        self.train_examples, self.val_examples = train, val
+
+    def _encode(self, examples: list[SFTExample]) -> list[SFTItem]:
+        enc = encode_examples(
+            self.tokenizer,
+            [e.prompt for e in examples],
+            [e.response for e in examples],
+            self.max_prompt_tokens,
+            self.max_length,
+        )
+        return [SFTItem(input_ids=ids, n_prompt=n) for ids, n in enc]
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(self._train, self.batch_size, self.collate, self.num_workers, shuffle_seed=self.seed)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return _loader(self._val, self.batch_size, self.collate, self.num_workers) if self._val else []
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Preference pairs (explicit ``{prompt, chosen, rejected}`` or Anthropic-HH) for a reward model.
+
+    Batches come from :class:`~lit_rlhf.data.tokenize.PreferenceCollator`: ``input_ids`` and
+    ``attention_mask`` of shape (2B, T), chosen rows first, then the rejected rows in the same order.
+
+    Args:
+        tokenizer: The reward model's tokenizer (pad and eos tokens must be set).
+        path: JSONL file of preference pairs.
+        val_path: Optional separate validation file; if None, ``val_fraction`` of ``path`` is held out.
+        val_fraction: Share of ``path`` held out when ``val_path`` is None (0: no validation).
+        seed: Seed of the split and of the training shuffle.
+        batch_size: Pairs per batch (the model sees 2 x batch_size sequences).
+        max_prompt_tokens: Prompt tokens kept (from the end).
+        max_length: Total tokens kept (response tail cut, eos dropped).
+        num_workers: DataLoader workers.
+        on_error: "raise" on a bad line, or "skip" bad lines with one warning.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        path: str,
+        val_path: str | None = None,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        batch_size: int = 64,
+        max_prompt_tokens: int = 32,
+        max_length: int = 64,
+        num_workers: int = 0,
+        on_error: OnError = "raise",
+    ) -> None:
+        super().__init__()
+        _check_common(tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error)
+        _check_max_length(max_prompt_tokens, max_length)
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.tokenizer = tokenizer
+        self.path, self.val_path, self.val_fraction, self.seed = path, val_path, val_fraction, seed
+        self.batch_size, self.num_workers, self.on_error = batch_size, num_workers, on_error
+        self.max_prompt_tokens, self.max_length = max_prompt_tokens, max_length
+        self.collate = PreferenceCollator(int(tokenizer.pad_token_id))
+        self.train_pairs: list[PreferencePair] | None = None
+        self.val_pairs: list[PreferencePair] = []
+        self._train: list[PreferenceItem] = []
+        self._val: list[PreferenceItem] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, split and tokenise (once)."""
+        if self.train_pairs is not None:
+            return
+        pairs = load_preferences(self.path, self.on_error)
+        if self.val_path is not None:
+            train, val = pairs, load_preferences(self.val_path, self.on_error)
+        else:
+            tr, va = split_indices(len(pairs), self.val_fraction, self.seed)
+            train, val = [pairs[i] for i in tr], [pairs[i] for i in va]
+        self._train, self._val = self._encode(train), self._encode(val)
+        self.train_pairs, self.val_pairs = train, val
+
+    def _encode(self, pairs: list[PreferencePair]) -> list[PreferenceItem]:
+        tok, eos = self.tokenizer, eos_id(self.tokenizer)
+        prompts = batch_ids(tok, [p.prompt for p in pairs])
+        chosen = batch_ids(tok, [p.chosen for p in pairs])
+        rejected = batch_ids(tok, [p.rejected for p in pairs])
+        join = lambda p, r: join_ids(p, r, eos, self.max_prompt_tokens, self.max_length)[0]
+        return [
+            PreferenceItem(chosen_ids=join(p, c), rejected_ids=join(p, r))
+            for p, c, r in zip(prompts, chosen, rejected)
+        ]
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(self._train, self.batch_size, self.collate, self.num_workers, shuffle_seed=self.seed)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return _loader(self._val, self.batch_size, self.collate, self.num_workers) if self._val else []
+
+
+class PromptDataModule(L.LightningDataModule):
+    """Prompts for PPO rollouts: any prompt-only, SFT, explicit-preference or HH file.
+
+    Batches come from :class:`~lit_rlhf.data.tokenize.PromptCollator`: left-padded ``input_ids`` and
+    ``attention_mask`` (B, T), ``prompt_ids`` (B,) and ``prompts`` (list[str]).
+
+    Args:
+        tokenizer: The policy's tokenizer (pad and eos tokens must be set).
+        train_path: JSONL file whose records have a prompt (deduplicated).
+        val_path: Optional separate file of held-out prompts; if None, ``val_fraction`` of train.
+            Records without an "id" get ids after the training ones, so ids never clash.
+        val_fraction: Share of ``train_path`` held out when ``val_path`` is None (0: no validation).
+        seed: Seed of the split and of the training shuffle.
+        batch_size: Prompts per rollout batch (incomplete last batch dropped).
+        val_batch_size: Prompts per evaluation batch.
+        max_prompt_tokens: Prompt tokens kept (from the end).
+        num_batches: If set, the train loader yields exactly this many batches (one per PPO iteration),
+            cycling through freshly shuffled passes over the prompts; None = one shuffled pass.
+        num_workers: DataLoader workers.
+        on_error: "raise" on a bad line, or "skip" bad lines with one warning.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        train_path: str,
+        val_path: str | None = None,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        batch_size: int = 32,
+        val_batch_size: int = 64,
+        max_prompt_tokens: int = 32,
+        num_batches: int | None = None,
+        num_workers: int = 0,
+        on_error: OnError = "raise",
+    ) -> None:
+        super().__init__()
+        _check_common(tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error)
+        if val_batch_size < 1:
+            raise ValueError(f"data.val_batch_size must be >= 1, got {val_batch_size}")
+        if num_batches is not None and num_batches < 1:
+            raise ValueError(f"data.num_batches must be >= 1 or null, got {num_batches}")
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.tokenizer = tokenizer
+        self.train_path, self.val_path, self.val_fraction, self.seed = (
+            train_path,
+            val_path,
+            val_fraction,
+            seed,
+        )
+        self.batch_size, self.val_batch_size, self.num_batches = batch_size, val_batch_size, num_batches
+        self.num_workers, self.on_error, self.max_prompt_tokens = num_workers, on_error, max_prompt_tokens
+        self.collate = PromptCollator(int(tokenizer.pad_token_id))
+        self.train_records: list[PromptRecord] | None = None
+        self.val_records: list[PromptRecord] = []
+        self._train: list[PromptItem] = []
+        self._val: list[PromptItem] = []
+
+    @property
+    def all_records(self) -> list[PromptRecord]:
+        """Training then validation records (for per-prompt statistics such as r_ref)."""
+        if self.train_records is None:
+            raise RuntimeError("PromptDataModule.setup() has not been called yet")
+        return [*self.train_records, *self.val_records]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, split and tokenise (once)."""
+        if self.train_records is not None:
+            return
+        records = load_prompts(self.train_path, self.on_error)
+        if self.val_path is not None:
+            offset = max(r.id for r in records) + 1
+            train, val = records, load_prompts(self.val_path, self.on_error, id_offset=offset)
+            clash = sorted({r.id for r in train} & {r.id for r in val})
+            if clash:
+                raise ValueError(
+                    f"prompt ids {clash[:5]} appear in both data.train_path ({self.train_path}) and "
+                    f"data.val_path ({self.val_path}); ids must be unique across the two files"
+                )
+        else:
+            tr, va = split_indices(len(records), self.val_fraction, self.seed)
+            train, val = [records[i] for i in tr], [records[i] for i in va]
+        if len(train) < self.batch_size:
+            raise ValueError(
+                f"data.batch_size ({self.batch_size}) exceeds the {len(train)} training prompts in "
+                f"{Path(self.train_path).name}; with drop_last there would be no batch"
+            )
+        self._train, self._val = self._encode(train), self._encode(val)
+        self.train_records, self.val_records = train, val
+
+    def _encode(self, records: list[PromptRecord]) -> list[PromptItem]:
+        ids = encode_prompts(self.tokenizer, [r.prompt for r in records], self.max_prompt_tokens)
+        return [PromptItem(id=r.id, prompt=r.prompt, input_ids=x) for r, x in zip(records, ids)]
+
+    def train_dataloader(self) -> DataLoader:
+        if self.num_batches is None:
+            return _loader(
+                self._train,
+                self.batch_size,
+                self.collate,
+                self.num_workers,
+                shuffle_seed=self.seed,
+                drop_last=True,
+            )
+        sampler = CycledBatchSampler(len(self._train), self.batch_size, self.num_batches, self.seed)
+        return DataLoader(
+            self._train,
+            batch_sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        return _loader(self._val, self.val_batch_size, self.collate, self.num_workers) if self._val else []

@@ -1,0 +1,176 @@
+"""Model factories for the `model/` config group: a tiny GPT-2 built from a config, or a local HF folder.
+
+Both expose the same two calls, so every task builds its networks the same way:
+
+* ``spec.load_tokenizer(default)`` — the tokenizer (``default`` is the data's, e.g. the embedded world's);
+* ``spec.build(head, tokenizer)`` — a ``transformers`` model with the given head:
+  ``"causal_lm"`` (policy), ``"reward"`` (scalar score at the last non-padding token, i.e. a
+  ``*ForSequenceClassification`` with one label) or ``"value"`` (one scalar per token, a
+  ``*ForTokenClassification`` with one label).
+
+Nothing is downloaded: ``Pretrained`` passes ``local_files_only=True`` and never trusts remote code unless
+the user sets ``model.trust_remote_code=true``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    GPT2Config,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as hf_logging
+
+Head = Literal["causal_lm", "reward", "value"]
+_AUTO = {
+    "causal_lm": AutoModelForCausalLM,
+    "reward": AutoModelForSequenceClassification,
+    "value": AutoModelForTokenClassification,
+}
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and progress bars (nothing in them concerns our users)."""
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _check_head(head: str) -> None:
+    if head not in _AUTO:
+        raise ValueError(f"unknown model head {head!r}; expected one of {sorted(_AUTO)}")
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local folder; give it a pad token if it has none (pad = eos, as TRL does)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer folder {path} does not exist (model.tokenizer_path)")
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"tokenizer at {path} has neither a pad nor an eos token; add one to it")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a left-padded row sees the positions of a right-padded one."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+
+
+class TinyGPT2:
+    """A small GPT-2 built from a config and randomly initialised (the embedded default).
+
+    Args:
+        n_layer: transformer blocks; 2 trains in about a minute on 2 CPU cores.
+        n_embd: width of the residual stream.
+        n_head: attention heads (must divide ``n_embd``).
+        n_positions: context length in tokens (prompt + response).
+        dropout: dropout on embeddings, attention and residuals.
+        tokenizer_path: tokenizer folder; ``None`` = the data's tokenizer (the embedded world's).
+    """
+
+    def __init__(
+        self,
+        n_layer: int = 2,
+        n_embd: int = 128,
+        n_head: int = 4,
+        n_positions: int = 64,
+        dropout: float = 0.0,
+        tokenizer_path: str | None = None,
+    ) -> None:
+        if n_embd % n_head:
+            raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
+        self.n_layer, self.n_embd, self.n_head = n_layer, n_embd, n_head
+        self.n_positions, self.dropout, self.tokenizer_path = n_positions, dropout, tokenizer_path
+
+    def load_tokenizer(self, default: str | Path | None) -> PreTrainedTokenizerBase:
+        path = self.tokenizer_path or default
+        if path is None:
+            raise ValueError("model=tiny needs a tokenizer: set model.tokenizer_path or use data=world")
+        return load_tokenizer(path)
+
+    def build(self, head: Head, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+        _check_head(head)
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=self.n_positions,
+            n_embd=self.n_embd,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            resid_pdrop=self.dropout,
+            embd_pdrop=self.dropout,
+            attn_pdrop=self.dropout,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+            num_labels=1,
+        )
+        return _AUTO[head].from_config(config)
+
+
+class Pretrained:
+    """A local Hugging Face model folder (``model=hf model.name_or_path=/local/folder``).
+
+    Args:
+        name_or_path: a local folder holding ``config.json`` and weights; nothing is fetched from a hub.
+        tokenizer_path: tokenizer folder; ``None`` = ``name_or_path``.
+        trust_remote_code: run the folder's own modelling code; off unless you trust the folder.
+        dtype: ``float32``/``bfloat16``/``float16``; ``None`` = float32.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        tokenizer_path: str | None = None,
+        trust_remote_code: bool = False,
+        dtype: str | None = None,
+    ) -> None:
+        self.name_or_path = str(name_or_path)
+        self.tokenizer_path = tokenizer_path
+        self.trust_remote_code = trust_remote_code
+        self.dtype = getattr(torch, dtype) if dtype else torch.float32
+
+    def _check_folder(self) -> Path:
+        path = Path(self.name_or_path)
+        if not (path / "config.json").is_file():
+            what = (
+                "does not exist"
+                if not path.exists()
+                else "has no config.json (not a Hugging Face model folder)"
+            )
+            raise FileNotFoundError(
+                f"model folder {path} {what} (model.name_or_path). Point it at a folder written by "
+                "save_pretrained; nothing is downloaded from a hub."
+            )
+        return path
+
+    def load_tokenizer(self, default: str | Path | None = None) -> PreTrainedTokenizerBase:
+        path = self.tokenizer_path or self._check_folder()
+        return load_tokenizer(path, trust_remote_code=self.trust_remote_code)
+
+    def build(self, head: Head, tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
+        _check_head(head)
+        path = self._check_folder()
+        kwargs = {"num_labels": 1} if head != "causal_lm" else {}
+        model = _AUTO[head].from_pretrained(
+            str(path),
+            local_files_only=True,
+            trust_remote_code=self.trust_remote_code,
+            dtype=self.dtype,
+            **kwargs,
+        )
+        if tokenizer is not None and model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        return model

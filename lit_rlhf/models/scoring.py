@@ -1,0 +1,87 @@
+"""Scoring with a Bradley–Terry reward model: r(x, y) read at the last non-padding token."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_rlhf.models.factory import position_ids
+
+
+def reward_scores(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Scalar rewards of a ``*ForSequenceClassification`` model with one label.
+
+    The model reads its score at the right-most non-padding token (the EOS, or the last token of a truncated
+    response), both in reward-model training and in RL. Positions skip left padding.
+
+    Args:
+        model: reward model.
+        input_ids: (N, T) token ids, left or right padded.
+        attention_mask: (N, T).
+
+    Returns:
+        (N,) rewards.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
+    return out.logits[:, 0].float()  # (N,)
+
+
+@torch.inference_mode()
+def score_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_prompt_tokens: int = 32,
+    max_length: int = 64,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Score (prompt, response) texts → (N,) rewards; the API later stages and scripts use.
+
+    Tokenisation is the same as in reward-model training: prompt and response tokenised separately,
+    ``prompt + response + eos``, prompt truncated from the left, response from the right.
+    """
+    from lit_rlhf.data.tokenize import encode_example  # noqa: PLC0415  (data imports models' helpers)
+
+    if len(prompts) != len(responses):
+        raise ValueError(f"score_texts got {len(prompts)} prompts and {len(responses)} responses")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        rows = [
+            encode_example(tokenizer, p, r, max_prompt_tokens, max_length)[0]
+            for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size], strict=True)
+        ]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)] = torch.tensor(r)
+            mask[j, : len(r)] = 1
+        out.append(reward_scores(model, ids.to(device), mask.to(device)).cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """A short hash of a model folder's weight files (what caches key on)."""
+    import hashlib  # noqa: PLC0415
+
+    folder = Path(folder)
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".json"} and p.is_file()
+    )
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no model files (config.json / *.safetensors)")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]

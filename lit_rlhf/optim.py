@@ -1,0 +1,43 @@
+"""The `optimizer/` config group: optimizer factories and the warm-up schedule every task uses.
+
+Optimizers are Hydra partials (``_partial_: true``): the task completes them with its parameters and its
+learning rate, so one group serves the policy, the value model and the reward model alike.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def _bitsandbytes() -> Any:
+    try:
+        with warnings.catch_warnings():  # its import-time CUDA notices do not concern CPU users
+            warnings.simplefilter("ignore")
+            import bitsandbytes as bnb  # noqa: PLC0415
+    except ImportError as err:
+        raise ImportError(
+            "optimizer=adamw8bit needs bitsandbytes: pip install 'lit_rlhf[bnb]' (or bitsandbytes)"
+        ) from err
+    return bnb
+
+
+def adamw8bit(params: Iterable[torch.nn.Parameter], lr: float, **kwargs: Any) -> torch.optim.Optimizer:
+    """AdamW with 8-bit optimizer states (bitsandbytes); same arguments as ``torch.optim.AdamW``."""
+    return _bitsandbytes().optim.AdamW8bit(params, lr=lr, **kwargs)
+
+
+def paged_adamw8bit(params: Iterable[torch.nn.Parameter], lr: float, **kwargs: Any) -> torch.optim.Optimizer:
+    """Paged 8-bit AdamW (bitsandbytes): states page to CPU memory under GPU memory pressure."""
+    return _bitsandbytes().optim.PagedAdamW8bit(params, lr=lr, **kwargs)
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> LambdaLR:
+    """Linear warm-up from ~0 to the optimizer's learning rate over ``warmup_steps`` steps, then constant."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))

@@ -1,0 +1,243 @@
+"""Wiring of the three tasks (``task=sft | reward_model | ppo``) from a composed Hydra config.
+
+Only instantiation and ordering live here; every computation is in the modules it instantiates. A PPO run
+on the embedded default builds what it is missing — the SFT policy and each reward model — by composing
+the same config with ``task=sft`` / ``task=reward_model reward=<name>`` (plus the run's ``data``, ``model``
+and ``paths`` overrides and ``pipeline.<stage>``), and caches the result under
+``paths.cache_dir/stages/<task>-<hash of that config>``, so a second run and every multirun job reuse it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lit_rlhf.models import Pretrained, quiet_transformers
+
+log = logging.getLogger("lit_rlhf")
+CARRIED = ("data", "model", "paths")  # override groups a PPO run passes on to the stages it builds
+TASKS = ("sft", "reward_model", "ppo")
+
+
+# ------------------------------------------------------------------ helpers
+def prepare_data(cfg: DictConfig) -> None:
+    """Generate the embedded world if the data group asks for it (idempotent)."""
+    if cfg.data.get("world"):
+        instantiate(cfg.data.world)
+
+
+def tokenizer_default(cfg: DictConfig) -> str | None:
+    return cfg.data.get("tokenizer")
+
+
+def make_trainer(cfg: DictConfig, extra_callbacks: dict | None = None) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    callbacks += [instantiate(c) for c in (extra_callbacks or {}).values() if c and "_target_" in c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path`` if given, else ``<run dir>/checkpoints/last.ckpt`` if it exists (auto-resume)."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={path} does not exist")
+        return str(path)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    return None
+
+
+def save_model(model: Any, tokenizer: Any, out: Path) -> Path:
+    """``save_pretrained`` model and tokenizer into ``out`` atomically (a kill never leaves half a folder)."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def metric(trainer: L.Trainer, name: str | None) -> float | None:
+    value = trainer.callback_metrics.get(name) if name else None
+    return float(value) if value is not None else None
+
+
+# ------------------------------------------------------------------ tasks
+def run_sft(cfg: DictConfig) -> float | None:
+    prepare_data(cfg)
+    spec = instantiate(cfg.model)
+    tok = spec.load_tokenizer(tokenizer_default(cfg))
+    model = spec.build("causal_lm", tok)
+    dm = instantiate(cfg.task.datamodule, tokenizer=tok)
+    module = instantiate(cfg.task.module, model=model, optimizer=instantiate(cfg.optimizer))
+    trainer = make_trainer(cfg)
+    ckpt = resume_path(cfg)
+    if ckpt is None:  # held-out loss before training, for comparison
+        trainer.validate(module, datamodule=dm, verbose=False)
+        log.info("sft: initial val/loss %.3f", metric(trainer, "val/loss") or float("nan"))
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    if trainer.is_global_zero:
+        out = save_model(module.model, tok, Path(cfg.paths.output_dir) / "model")
+        log.info("sft: val/loss %.3f; policy saved to %s", metric(trainer, "val/loss") or float("nan"), out)
+    return metric(trainer, cfg.get("optimized_metric"))
+
+
+def run_reward_model(cfg: DictConfig) -> float | None:
+    if len(cfg.reward) != 1:
+        raise ValueError(
+            f"task=reward_model trains one reward model but the reward group has {list(cfg.reward)}; "
+            "pick one, e.g. reward=helpful or reward=harmless"
+        )
+    ((name, rspec),) = cfg.reward.items()
+    prepare_data(cfg)
+    spec = instantiate(cfg.model)
+    tok = spec.load_tokenizer(tokenizer_default(cfg))
+    model = spec.build("reward", tok)
+    dm_cfg = OmegaConf.to_container(cfg.task.datamodule, resolve=True, throw_on_missing=False)
+    dm_cfg["path"] = rspec.data
+    dm = instantiate(dm_cfg, tokenizer=tok)
+    module = instantiate(cfg.task.module, model=model, optimizer=instantiate(cfg.optimizer))
+    trainer = make_trainer(cfg)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg))
+    if trainer.is_global_zero:
+        out = save_model(module.model, tok, Path(cfg.paths.output_dir) / "model")
+        log.info(
+            "reward_model[%s]: val/rm_acc %.3f; saved to %s",
+            name,
+            metric(trainer, "val/rm_acc") or float("nan"),
+            out,
+        )
+    return metric(trainer, cfg.get("optimized_metric"))
+
+
+def check_same_tokenizer(tok: Any, other: Any, where: str) -> None:
+    if tok.get_vocab() != other.get_vocab():
+        raise ValueError(
+            f"the reward model at {where} uses a different tokenizer than the policy; lit_rlhf scores "
+            "rollouts token-for-token, so policy and reward models must share one tokenizer"
+        )
+
+
+def run_ppo(cfg: DictConfig) -> float | None:
+    prepare_data(cfg)
+    policy_path = cfg.task.policy_path or ensure_stage(cfg, "sft")
+    rm_paths = {
+        name: spec.path or ensure_stage(cfg, "reward_model", [f"reward={name}"])
+        for name, spec in cfg.reward.items()
+    }
+    policy = Pretrained(str(policy_path))
+    tok = policy.load_tokenizer()
+    reward_models = {}
+    for name, path in rm_paths.items():
+        rm = Pretrained(str(path))
+        check_same_tokenizer(tok, rm.load_tokenizer(), f"reward.{name}.path={path}")
+        reward_models[name] = rm.build("reward", tok)
+    dm = instantiate(cfg.task.datamodule, tokenizer=tok)
+    module = instantiate(
+        cfg.task.module,
+        actor=policy.build("causal_lm", tok),
+        critic=policy.build("value", tok),
+        ref=policy.build("causal_lm", tok),
+        reward_models=reward_models,
+        tokenizer=tok,
+        optimizer=instantiate(cfg.optimizer),
+    )
+    trainer = make_trainer(cfg, cfg.task.get("callbacks"))
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg))
+    if trainer.is_global_zero:
+        out = save_model(module.actor, tok, Path(cfg.paths.output_dir) / "model")
+        log.info("ppo: policy saved to %s", out)
+    return metric(trainer, cfg.get("optimized_metric"))
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Run the task the config selects; returns ``optimized_metric`` (for sweepers)."""
+    quiet_transformers()
+    if cfg.task.name not in TASKS:
+        raise ValueError(f"task.name must be one of {TASKS}, got {cfg.task.name!r}")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return {"sft": run_sft, "reward_model": run_reward_model, "ppo": run_ppo}[cfg.task.name](cfg)
+
+
+# ------------------------------------------------------------------ cached stages
+def carried_overrides() -> list[str]:
+    """The command line's overrides of ``data``, ``model`` and ``paths`` (passed on to built stages)."""
+    if not HydraConfig.initialized():
+        return []
+    keep = []
+    for o in HydraConfig.get().overrides.task:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key.split(".")[0].split("@")[0] in CARRIED:
+            keep.append(o)
+    return keep
+
+
+def stage_config(cfg: DictConfig, task: str, extra: Sequence[str] = ()) -> DictConfig:
+    overrides = [*carried_overrides(), f"task={task}", *extra, *cfg.pipeline.get(task, [])]
+    sub = compose(config_name="train", overrides=list(overrides))
+    with open_dict(sub):
+        sub.paths.cache_dir = cfg.paths.cache_dir
+        sub.paths.root_dir = cfg.paths.root_dir
+    return sub
+
+
+def stage_hash(sub: DictConfig) -> str:
+    """Hash of what a stage's result depends on (task, model, data, optimizer, seed; reward for RMs)."""
+    with open_dict(sub):
+        sub.paths.output_dir = "."  # the stage's own folder is named by this hash
+    resolved = OmegaConf.to_container(sub, resolve=True)
+    keys = ["task", "model", "data", "optimizer", "seed"] + (
+        ["reward"] if sub.task.name == "reward_model" else []
+    )
+    text = json.dumps({k: resolved.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_stage(cfg: DictConfig, task: str, extra: Sequence[str] = ()) -> Path:
+    """The model folder of a stage (``sft`` or ``reward_model``), trained now if not cached yet."""
+    sub = stage_config(cfg, task, extra)
+    tag = task if task == "sft" else f"{task}-{'-'.join(sub.reward)}"
+    out = Path(cfg.paths.cache_dir) / "stages" / f"{tag}-{stage_hash(sub)}"
+    model_dir = out / "model"
+    with file_lock(out.with_suffix(".lock")):
+        if (model_dir / "config.json").is_file():
+            log.info("stage %s: cached at %s", tag, model_dir)
+            return model_dir
+        log.info("stage %s: not cached; training it into %s", tag, out)
+        with open_dict(sub):
+            sub.paths.output_dir = str(out)
+            sub.hydra = None  # not needed below, and it would not resolve outside the main job
+        run(sub)
+    if not (model_dir / "config.json").is_file():
+        raise RuntimeError(f"stage {tag} finished without writing {model_dir}")
+    return model_dir

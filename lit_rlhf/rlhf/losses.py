@@ -1,0 +1,143 @@
+"""Losses: PPO clipped surrogate, clipped value loss, Bradley-Terry reward-model loss, token log-probs.
+
+Each loss returns a scalar to backpropagate and, for PPO, a dict of detached scalar tensors for
+logging (``ppo/clipfrac``, ``ppo/approx_kl``, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lit_rlhf.rlhf.advantages import masked_mean
+
+
+def _check_clip(clip_eps: float, name: str) -> None:
+    if not clip_eps > 0:
+        raise ValueError(f"{name} must be > 0, got {clip_eps}")
+
+
+def ppo_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate loss (Schulman et al., 2017, eq. 7), averaged over response tokens.
+
+    ``rho_t = exp(log pi(y_t) - log pi_old(y_t))`` and
+    ``L = mean_t -min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)``.
+
+    Args:
+        logprobs: ``log pi`` under the current policy ``(B, T)`` (requires grad).
+        old_logprobs: ``log pi_old`` from the rollout ``(B, T)``.
+        advantages: Advantages ``(B, T)``, usually whitened.
+        mask: Response-token mask ``(B, T)``.
+        clip_eps: Clipping range ``eps`` (> 0).
+
+    Returns:
+        ``(loss, stats)``: the scalar loss and detached scalars ``clipfrac`` (fraction of masked tokens
+        where the clipped term is the active one), ``approx_kl`` (masked mean of ``1/2 (log rho)^2``)
+        and ``ratio_max`` (largest ``rho`` over masked tokens).
+    """
+    _check_clip(clip_eps, "ppo clip_eps")
+    mask = mask.bool()
+    log_ratio = logprobs - old_logprobs  # (B, T)
+    ratio = torch.exp(log_ratio)  # (B, T)
+    loss_unclipped = -advantages * ratio  # (B, T)
+    loss_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)  # (B, T)
+    loss = masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((loss_clipped > loss_unclipped).float(), mask),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+            "ratio_max": torch.where(mask, ratio, float("-inf")).max(),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_eps: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped value loss of PPO2 (as in TRL / OpenAI baselines), averaged over response tokens.
+
+    ``v_clip = v_old + clip(v - v_old, -eps, eps)`` and
+    ``L = 1/2 mean_t max((v_t - R_t)^2, (v_clip_t - R_t)^2)``.
+
+    Args:
+        values: Current value predictions ``(B, T)`` (requires grad).
+        old_values: Value predictions from the rollout ``(B, T)``.
+        returns: Value targets ``(B, T)`` from :func:`gae`.
+        mask: Response-token mask ``(B, T)``.
+        clip_eps: Clipping range ``eps`` for the value change (> 0).
+
+    Returns:
+        ``(loss, stats)``: the scalar loss and ``vf_clipfrac``, the fraction of masked tokens where the
+        clipped error is the larger one.
+    """
+    _check_clip(clip_eps, "value clip_eps")
+    mask = mask.bool()
+    values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)  # (B, T)
+    err_unclipped = (values - returns) ** 2  # (B, T)
+    err_clipped = (values_clipped - returns) ** 2  # (B, T)
+    loss = 0.5 * masked_mean(torch.maximum(err_unclipped, err_clipped), mask)
+    with torch.no_grad():
+        stats = {"vf_clipfrac": masked_mean((err_clipped > err_unclipped).float(), mask)}
+    return loss, stats
+
+
+def bradley_terry_loss(
+    chosen: Tensor, rejected: Tensor, margin: Tensor | float | None = None, center_coef: float = 0.0
+) -> Tensor:
+    """Bradley-Terry reward-model loss, ``-log sigma(r_c - r_r - m)`` (+ optional reward centering).
+
+    ``L = mean(-log sigma(r_c - r_r - m)) + c * mean((r_c + r_r)^2)``; the second term is TRL's
+    ``center_rewards_coefficient`` (Eisenstein et al., 2023), which pins the rewards' mean near 0
+    without changing the preference probabilities. Uses ``F.logsigmoid``, stable for any margin.
+
+    Args:
+        chosen: Rewards of the preferred responses ``(B,)``.
+        rejected: Rewards of the dispreferred responses ``(B,)``.
+        margin: Optional margin ``(B,)`` or scalar (Llama-2 style); ``None`` means 0.
+        center_coef: Weight ``c`` of the centering term (>= 0).
+
+    Returns:
+        Scalar loss.
+    """
+    if chosen.shape != rejected.shape:
+        raise ValueError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} must match")
+    if center_coef < 0:
+        raise ValueError(f"center_coef must be >= 0, got {center_coef}")
+    delta = chosen - rejected  # (B,)
+    if margin is not None:
+        delta = delta - margin
+    loss = -F.logsigmoid(delta).mean()
+    if center_coef:
+        loss = loss + center_coef * ((chosen + rejected) ** 2).mean()
+    return loss
+
+
+def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
+    """Log-probabilities of ``labels`` under ``logits``: ``log softmax(logits)[labels]``.
+
+    Computed as ``logits[label] - logsumexp(logits)`` one sequence at a time, so no ``(B, T, V)``
+    log-softmax tensor is materialised (the vocabulary is the largest dimension). Half-precision
+    logits take a per-row ``log_softmax`` instead, for accuracy.
+
+    Args:
+        logits: ``(B, T, V)`` logits, already aligned with ``labels`` (shifted by the caller).
+        labels: ``(B, T)`` token ids in ``[0, V)``; mask padding separately.
+
+    Returns:
+        ``(B, T)`` log-probabilities, in the dtype of ``logits``.
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} must be labels {tuple(labels.shape)} + (V,)")
+    index = labels.unsqueeze(-1)  # (B, T, 1)
+    if logits.dtype in (torch.float32, torch.float64):
+        picked = logits.gather(-1, index).squeeze(-1)  # (B, T)
+        log_z = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])  # (B, T)
+        return picked - log_z
+    rows = [
+        F.log_softmax(row.float(), dim=-1).gather(-1, idx).squeeze(-1).to(logits.dtype)
+        for row, idx in zip(logits, index)
+    ]
+    return torch.stack(rows)  # (B, T)

@@ -1,0 +1,393 @@
+"""PPO policy optimisation (``task=ppo``) with manual optimization.
+
+One training step = one PPO iteration on a batch of prompts:
+
+1. roll out: generate responses with the KV cache (left-padded prompts);
+2. score: log-probs of the policy and the frozen reference, values of the critic, and the RAW score of
+   every reward model — nothing more. The reward PPO optimises comes from ``self.reward_fn``, which the
+   ``RewardTransformCallback`` installs (transform per reward model, then aggregation);
+3. per-token rewards ``−β·KL_t`` plus the sequence reward at the last token; GAE advantages and returns;
+4. ``ppo_epochs`` passes over minibatches of the clipped policy loss and the clipped value loss.
+
+The objective is the paper's ``E[u(x, y)] − β·KL(π‖π_ref)`` with u the transformed reward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from transformers import GenerationConfig, PreTrainedModel
+
+from lit_rlhf.models.factory import position_ids
+from lit_rlhf.models.scoring import reward_scores
+from lit_rlhf.optim import warmup_schedule
+from lit_rlhf.rlhf import (
+    AdaptiveKLController,
+    FixedKLController,
+    gae,
+    kl_penalty,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    per_token_rewards,
+    ppo_policy_loss,
+    value_loss,
+)
+
+RewardFn = Callable[[Tensor, Tensor, "PPOModule"], Tensor]
+
+
+class Rollout(NamedTuple):
+    """A batch of B rollouts: P prompt tokens (left padded) followed by R response tokens.
+
+    Attributes:
+        prompt_ids: (B,) ids of the prompts (keys of the reference rewards).
+        input_ids: (B, P + R) prompt and response; response tokens after the EOS are padding.
+        attention_mask: (B, P + R).
+        response_mask: (B, R) 1 on response tokens up to and including the EOS.
+        logprobs: (B, R) log π_old(y_t | …) at sampling time.
+        ref_logprobs: (B, R) log π_ref(y_t | …).
+        values: (B, R) critic values V(s_t) before each response token.
+        scores: (B, K) raw score of each of the K reward models.
+        has_eos: (B,) whether the response ended with EOS (else it was cut at ``max_new_tokens``).
+    """
+
+    prompt_ids: Tensor
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_mask: Tensor
+    logprobs: Tensor
+    ref_logprobs: Tensor
+    values: Tensor
+    scores: Tensor
+    has_eos: Tensor
+
+
+def raw_sum(scores: Tensor, prompt_ids: Tensor, module: PPOModule) -> Tensor:
+    """Default reward when no callback installs one: the sum of raw reward-model scores."""
+    return scores.sum(-1)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """PPO's ratio π/π_old must be 1 before any update: no dropout anywhere (as TRL and OpenRLHF do)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+
+
+class PPOModule(L.LightningModule):
+    """Actor-critic PPO against frozen reward models and a frozen reference policy.
+
+    Args:
+        actor: the policy, a causal LM initialised from the SFT model.
+        critic: value model (a ``*ForTokenClassification`` with one label).
+        ref: frozen reference policy π_ref (the SFT model) for the KL term.
+        reward_models: name → frozen reward model (``*ForSequenceClassification``, one label).
+        tokenizer: shared by all models (its pad and eos ids are used).
+        optimizer: partial optimizer (the ``optimizer/`` group), used for actor and critic.
+        lr: actor learning rate.
+        value_lr: critic learning rate.
+        warmup_steps: linear warm-up, in PPO iterations.
+        kl_coef: initial KL coefficient β.
+        kl_target: target KL per sequence for the adaptive controller; ``None`` = fixed β.
+        kl_horizon: horizon of the adaptive controller (Ziegler et al., 2019).
+        kl_estimator: ``k1`` (log π − log π_ref), ``k2`` or ``k3`` per token.
+        gamma: discount of GAE.
+        lam: λ of GAE.
+        clip_eps: PPO ratio clip ε.
+        value_clip_eps: value clip ε.
+        vf_coef: weight of the value loss.
+        ppo_epochs: passes over each batch of rollouts.
+        num_minibatches: minibatches per pass.
+        max_grad_norm: gradient clipping (``None`` = off).
+        missing_eos_penalty: subtracted from the reward of responses cut without EOS (``None`` = off).
+        samples_per_prompt: responses sampled per prompt in a step.
+        max_new_tokens: response length cap.
+        temperature: sampling temperature (log-probs are taken at the same temperature).
+        top_k: top-k sampling (0 = off).
+        top_p: nucleus sampling (1.0 = off).
+        eval_samples_per_prompt: responses per held-out prompt at evaluation.
+    """
+
+    def __init__(
+        self,
+        actor: PreTrainedModel,
+        critic: PreTrainedModel,
+        ref: PreTrainedModel,
+        reward_models: dict[str, PreTrainedModel],
+        tokenizer,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr: float = 3e-5,
+        value_lr: float = 1e-4,
+        warmup_steps: int = 0,
+        kl_coef: float = 0.05,
+        kl_target: float | None = None,
+        kl_horizon: int = 10000,
+        kl_estimator: str = "k1",
+        gamma: float = 1.0,
+        lam: float = 0.95,
+        clip_eps: float = 0.2,
+        value_clip_eps: float = 0.2,
+        vf_coef: float = 0.5,
+        ppo_epochs: int = 2,
+        num_minibatches: int = 2,
+        max_grad_norm: float | None = 1.0,
+        missing_eos_penalty: float | None = None,
+        samples_per_prompt: int = 1,
+        max_new_tokens: int = 16,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        eval_samples_per_prompt: int = 4,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.strict_loading = False  # frozen models are not stored in checkpoints
+        if not reward_models:
+            raise ValueError("task=ppo needs at least one reward model (the `reward` group)")
+        if temperature <= 0:
+            raise ValueError(f"task.module.temperature must be > 0, got {temperature}")
+        self.actor, self.critic, self.ref = actor, critic, ref
+        self.reward_models = nn.ModuleDict(reward_models)
+        self.reward_names = list(reward_models)
+        for frozen in (self.ref, *self.reward_models.values()):
+            frozen.requires_grad_(False).eval()
+        for m in (self.actor, self.critic, self.ref):
+            disable_dropout(m)
+        self.tokenizer, self.optimizer_fn = tokenizer, optimizer
+        self.lr, self.value_lr, self.warmup_steps = lr, value_lr, warmup_steps
+        self.kl_ctl = (
+            FixedKLController(kl_coef)
+            if kl_target is None
+            else AdaptiveKLController(kl_coef, target=kl_target, horizon=kl_horizon)
+        )
+        self.kl_estimator, self.gamma, self.lam = kl_estimator, gamma, lam
+        self.clip_eps, self.value_clip_eps, self.vf_coef = clip_eps, value_clip_eps, vf_coef
+        self.ppo_epochs, self.num_minibatches, self.max_grad_norm = ppo_epochs, num_minibatches, max_grad_norm
+        self.missing_eos_penalty, self.samples_per_prompt = missing_eos_penalty, samples_per_prompt
+        self.temperature = temperature
+        self.eval_samples_per_prompt = eval_samples_per_prompt
+        self.generation_config = GenerationConfig(
+            do_sample=True,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        self.reward_fn: RewardFn = raw_sum
+        self.iteration = 0
+
+    # ---------------------------------------------------------------- rollouts
+    @torch.no_grad()
+    def generate(
+        self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample responses; returns (sequences (B, P+R), response_mask (B, R), has_eos (B,))."""
+        out = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=self.generation_config
+        )
+        P = input_ids.shape[1]
+        response = out[:, P:]  # (B, R)
+        R = response.shape[1]
+        is_eos = response == self.tokenizer.eos_token_id
+        has_eos = is_eos.any(-1)
+        first_eos = torch.where(
+            has_eos, is_eos.int().argmax(-1), torch.full_like(has_eos, R, dtype=torch.long)
+        )
+        response_mask = torch.arange(R, device=out.device)[None] <= first_eos[:, None]  # incl. EOS
+        response = response.masked_fill(~response_mask, self.tokenizer.pad_token_id)
+        return torch.cat([input_ids, response], 1), response_mask.long(), has_eos
+
+    def _token_logprobs(
+        self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, P: int
+    ) -> Tensor:
+        """log π(y_t | x, y_<t) for the response tokens, (B, R), at the sampling temperature."""
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+        ).logits
+        logits = logits[:, P - 1 : -1].float() / self.temperature  # (B, R, V)
+        return logprobs_from_logits(logits, input_ids[:, P:])
+
+    def _values(self, input_ids: Tensor, attention_mask: Tensor, P: int) -> Tensor:
+        out = self.critic(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+        )
+        return out.logits[:, P - 1 : -1, 0].float()  # (B, R)
+
+    @torch.no_grad()
+    def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Raw scores of every reward model, (B, K) in ``self.reward_names`` order."""
+        return torch.stack(
+            [reward_scores(rm, input_ids, attention_mask) for rm in self.reward_models.values()], -1
+        )
+
+    @torch.no_grad()
+    def rollout(self, batch: dict) -> Rollout:
+        ids, mask, prompt_ids = batch["input_ids"], batch["attention_mask"], batch["prompt_ids"]
+        if self.samples_per_prompt > 1:
+            ids, mask, prompt_ids = (
+                t.repeat_interleave(self.samples_per_prompt, 0) for t in (ids, mask, prompt_ids)
+            )
+        P = ids.shape[1]
+        seq, response_mask, has_eos = self.generate(self.actor, ids, mask)
+        full_mask = torch.cat([mask, response_mask], 1)
+        return Rollout(
+            prompt_ids=prompt_ids,
+            input_ids=seq,
+            attention_mask=full_mask,
+            response_mask=response_mask,
+            logprobs=self._token_logprobs(self.actor, seq, full_mask, P),
+            ref_logprobs=self._token_logprobs(self.ref, seq, full_mask, P),
+            values=self._values(seq, full_mask, P),
+            scores=self.score(seq, full_mask),
+            has_eos=has_eos,
+        )
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        ro = self.rollout(batch)
+        mask = ro.response_mask.float()
+        P = ro.input_ids.shape[1] - mask.shape[1]
+
+        # 1. the reward PPO optimises: transform + aggregation (installed by RewardTransformCallback)
+        reward = self.reward_fn(ro.scores, ro.prompt_ids, self).float()  # (B,)
+        if self.missing_eos_penalty is not None:
+            reward = reward - self.missing_eos_penalty * (~ro.has_eos).float()
+
+        # 2. per-token KL penalty, GAE, whitening
+        beta = self.kl_ctl.value
+        kl = kl_penalty(ro.logprobs, ro.ref_logprobs, self.kl_estimator)  # (B, R)
+        token_rewards = per_token_rewards(reward, kl, beta, mask)  # (B, R)
+        advantages, returns = gae(token_rewards, ro.values, mask, self.gamma, self.lam)
+        advantages = masked_whiten(advantages, mask)
+
+        # 3. epochs of minibatches of the clipped losses
+        opt_actor, opt_critic = self.optimizers()
+        B = len(ro.prompt_ids)
+        mb = math.ceil(B / self.num_minibatches)
+        stats: dict[str, list[Tensor]] = {
+            "clipfrac": [],
+            "approx_kl": [],
+            "vf_clipfrac": [],
+            "pg_loss": [],
+            "vf_loss": [],
+        }
+        for _ in range(self.ppo_epochs):
+            for idx in torch.randperm(B, device=mask.device).split(mb):
+                ids, am, m = ro.input_ids[idx], ro.attention_mask[idx], mask[idx]
+                logprobs = self._token_logprobs(self.actor, ids, am, P)
+                pg_loss, pg_stats = ppo_policy_loss(
+                    logprobs, ro.logprobs[idx], advantages[idx], m, self.clip_eps
+                )
+                opt_actor.zero_grad()
+                self.manual_backward(pg_loss)
+                if self.max_grad_norm:
+                    self.clip_gradients(
+                        opt_actor, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
+                    )
+                opt_actor.step()
+
+                values = self._values(ids, am, P)
+                vf_loss, vf_stats = value_loss(values, ro.values[idx], returns[idx], m, self.value_clip_eps)
+                opt_critic.zero_grad()
+                self.manual_backward(self.vf_coef * vf_loss)
+                if self.max_grad_norm:
+                    self.clip_gradients(
+                        opt_critic, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
+                    )
+                opt_critic.step()
+                for k, v in {**pg_stats, **vf_stats, "pg_loss": pg_loss, "vf_loss": vf_loss}.items():
+                    if k in stats:
+                        stats[k].append(v.detach().float())
+        for sch in self.lr_schedulers():
+            sch.step()
+
+        # 4. KL controller and logs
+        seq_kl = (kl * mask).sum(-1)  # (B,)
+        self.kl_ctl.update(seq_kl.mean().item(), B)
+        self.iteration += 1
+        log = {f"ppo/{k}": torch.stack(v).mean() for k, v in stats.items()}
+        log |= {
+            "ppo/kl": seq_kl.mean(),
+            "ppo/beta": torch.tensor(beta),
+            "ppo/reward": reward.mean(),
+            "ppo/response_length": mask.sum(-1).mean(),
+            "ppo/eos_rate": ro.has_eos.float().mean(),
+            "ppo/entropy_proxy": -masked_mean(ro.logprobs, mask),
+            "train/loss": log_total(stats, self.vf_coef),
+        }
+        self.log_dict(log, prog_bar=False, batch_size=B)
+        self.log("ppo/kl_pb", seq_kl.mean(), prog_bar=True, logger=False, batch_size=B)
+        self.log("reward", reward.mean(), prog_bar=True, logger=False, batch_size=B)
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        """Samples of the policy and of the reference on held-out prompts, for the evaluation callbacks.
+
+        Returns prompts, responses of both, raw scores of both, and the per-sequence KL(π‖π_ref) of the
+        policy's samples (k1, an unbiased estimate of the sequence KL).
+        """
+        n = self.eval_samples_per_prompt
+        ids, mask = (
+            batch["input_ids"].repeat_interleave(n, 0),
+            batch["attention_mask"].repeat_interleave(n, 0),
+        )
+        prompt_ids = batch["prompt_ids"].repeat_interleave(n, 0)
+        P = ids.shape[1]
+        out = {"prompts": [p for p in batch["prompts"] for _ in range(n)], "prompt_ids": prompt_ids}
+        for who, model in (("policy", self.actor), ("sft", self.ref)):
+            seq, rmask, _ = self.generate(model, ids, mask)
+            full = torch.cat([mask, rmask], 1)
+            out[f"{who}_responses"] = self.tokenizer.batch_decode(
+                seq[:, P:].masked_fill(rmask == 0, self.tokenizer.pad_token_id), skip_special_tokens=True
+            )
+            out[f"{who}_scores"] = self.score(seq, full)
+            out[f"{who}_length"] = rmask.sum(-1).float()
+            if who == "policy":
+                lp = self._token_logprobs(self.actor, seq, full, P)
+                ref_lp = self._token_logprobs(self.ref, seq, full, P)
+                out["kl"] = ((lp - ref_lp) * rmask).sum(-1)
+        self.log_dict(
+            {"val/kl": out["kl"].mean(), "val/response_length": out["policy_length"].mean()},
+            batch_size=len(ids),
+            sync_dist=True,
+        )
+        return out
+
+    # ---------------------------------------------------------------- optimisation and state
+    def configure_optimizers(self):
+        opt_a = self.optimizer_fn(self.actor.parameters(), lr=self.lr)
+        opt_c = self.optimizer_fn(self.critic.parameters(), lr=self.value_lr)
+        return [opt_a, opt_c], [
+            warmup_schedule(opt_a, self.warmup_steps),
+            warmup_schedule(opt_c, self.warmup_steps),
+        ]
+
+    def on_train_epoch_start(self) -> None:
+        for frozen in (self.ref, *self.reward_models.values()):
+            frozen.eval()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        frozen = ("ref.", "reward_models.")
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(frozen)
+        }
+        checkpoint["kl_controller"] = self.kl_ctl.state_dict()
+        checkpoint["ppo_iteration"] = self.iteration
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
+        self.iteration = checkpoint["ppo_iteration"]
+
+
+def log_total(stats: dict[str, list[Tensor]], vf_coef: float) -> Tensor:
+    """Mean policy loss + vf_coef · mean value loss over the iteration's minibatches."""
+    return torch.stack(stats["pg_loss"]).mean() + vf_coef * torch.stack(stats["vf_loss"]).mean()

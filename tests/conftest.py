@@ -1,0 +1,67 @@
+"""Shared fixtures: compose the real Hydra config, shrunk to seconds (tiny world, tiny stages, CPU)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# a world small enough to generate and learn from in seconds
+TINY_WORLD = [
+    "+data.world.n_sft_train=3000",
+    "+data.world.n_sft_val=256",
+    "+data.world.n_pairs=2000",
+]
+TINY_STAGES = [
+    "model.n_layer=1",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    'pipeline.sft=["task.max_epochs=1","task.datamodule.on_error=skip"]',
+    'pipeline.reward_model=["task.max_epochs=1","task.datamodule.on_error=skip"]',
+]
+
+
+@contextmanager
+def hydra_cfg(tmp: Path, overrides: Sequence[str] = (), cache: Path | None = None) -> Iterator[DictConfig]:
+    """Compose ``conf/train.yaml`` as ``python train.py`` would, with paths inside ``tmp``.
+
+    Everything a run writes goes under ``tmp`` (or ``cache`` for shared stages); the context stays open
+    while the config is used, since built stages compose their own configs.
+    """
+    torch.set_num_threads(1)
+    cache = cache or tmp / "cache"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[f"paths.root_dir={tmp}", f"paths.cache_dir={cache}", *overrides],
+            return_hydra_config=True,
+        )
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp / "run")
+        yield cfg
+
+
+@pytest.fixture(scope="session")
+def stage_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache dir with a tiny world, SFT policy and both reward models, built once per test session."""
+    from lit_rlhf.pipeline import ensure_stage, prepare_data
+
+    tmp = tmp_path_factory.mktemp("stages")
+    with hydra_cfg(tmp, [*TINY_WORLD, *TINY_STAGES]) as cfg:
+        prepare_data(cfg)
+        ensure_stage(cfg, "sft")
+        ensure_stage(cfg, "reward_model", ["reward=helpful"])
+        ensure_stage(cfg, "reward_model", ["reward=harmless"])
+    return tmp / "cache"

@@ -1,0 +1,19 @@
+"""Entry point: ``python train.py [task=sft|reward_model|ppo] [+transform=logsigmoid] [overrides…]``.
+
+Hydra composes ``conf/train.yaml``; ``lit_rlhf.pipeline.run`` instantiates and fits. Returns the metric a
+Hydra sweeper optimises (``optimized_metric``).
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from lit_rlhf.pipeline import run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
