@@ -6,6 +6,7 @@ learning rate, so one group serves the policy, the value model and the reward mo
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -15,14 +16,25 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 def _bitsandbytes() -> Any:
+    """Import bitsandbytes without its import-time notices, or raise an ImportError naming the extra.
+
+    On CPU it warns (``warnings``) about CUDA and logs (logger ``bitsandbytes``) that an optional 4-bit
+    matmul kernel (the ``kernels`` package) is missing; neither concerns 8-bit AdamW.
+    """
+    bnb_log = logging.getLogger("bitsandbytes")
+    level = bnb_log.level
+    bnb_log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():  # its import-time CUDA notices do not concern CPU users
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import bitsandbytes as bnb  # noqa: PLC0415
     except ImportError as err:
         raise ImportError(
-            "optimizer=adamw8bit needs bitsandbytes: pip install 'lit_rlhf[bnb]' (or bitsandbytes)"
+            "optimizer=adamw8bit / paged_adamw8bit need bitsandbytes: "
+            "pip install 'lit_rlhf[bnb]' (or pip install bitsandbytes)"
         ) from err
+    finally:
+        bnb_log.setLevel(level)
     return bnb
 
 
@@ -32,7 +44,10 @@ def adamw8bit(params: Iterable[torch.nn.Parameter], lr: float, **kwargs: Any) ->
 
 
 def paged_adamw8bit(params: Iterable[torch.nn.Parameter], lr: float, **kwargs: Any) -> torch.optim.Optimizer:
-    """Paged 8-bit AdamW (bitsandbytes): states page to CPU memory under GPU memory pressure."""
+    """Paged 8-bit AdamW (bitsandbytes): states page to CPU memory under GPU memory pressure.
+
+    On CPU there is nothing to page to; bitsandbytes warns once and behaves as ``adamw8bit``.
+    """
     return _bitsandbytes().optim.PagedAdamW8bit(params, lr=lr, **kwargs)
 
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import shutil
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -169,9 +170,22 @@ def run_ppo(cfg: DictConfig) -> float | None:
     return metric(trainer, cfg.get("optimized_metric"))
 
 
+def quiet() -> None:
+    """Drop library notices that are expected here and do not concern users."""
+    quiet_transformers()
+    for pattern in (
+        ".*module\\(s\\) in eval mode.*",  # the frozen reference and reward models are in eval on purpose
+        ".*ModelCheckpoint with manual optimization.*",  # PPO checkpoints after its update, by design
+        ".*does not have many workers.*",  # in-memory token lists need no worker processes
+        ".*isinstance\\(treespec, LeafSpec\\).*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
 def run(cfg: DictConfig) -> float | None:
     """Run the task the config selects; returns ``optimized_metric`` (for sweepers)."""
-    quiet_transformers()
+    quiet()
     if cfg.task.name not in TASKS:
         raise ValueError(f"task.name must be one of {TASKS}, got {cfg.task.name!r}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -27,8 +27,8 @@ TINY_STAGES = [
     "model.n_head=2",
     "trainer.enable_progress_bar=false",
     "logger=none",
-    'pipeline.sft=["task.max_epochs=1","task.datamodule.on_error=skip"]',
-    'pipeline.reward_model=["task.max_epochs=1","task.datamodule.on_error=skip"]',
+    'pipeline.sft=["task.max_epochs=1","task.module.warmup_steps=10"]',
+    'pipeline.reward_model=["task.max_epochs=1","task.module.warmup_steps=10"]',
 ]
 
 

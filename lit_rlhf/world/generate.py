@@ -32,7 +32,7 @@ WORLD_VERSION = 1  # bump when generation changes, so stale worlds are refused r
 PROPERTIES = ("helpful", "harmless")
 # Share of each pair kind per property: two demonstrations, two synthetic in-cap responses, and a
 # contrast (the same response with its topic/aspect words moved, or one harmful/rude/safety word edited).
-PAIR_MIX = {"helpful": (0.35, 0.25, 0.40), "harmless": (0.40, 0.20, 0.40)}
+PAIR_MIX = {"helpful": (0.30, 0.20, 0.50), "harmless": (0.40, 0.20, 0.40)}
 CONTRASTS: dict[str, Callable[[str, str, random.Random], str | None]] = {
     "helpful": contrast_helpful,
     "harmless": contrast_harmless,
@@ -146,7 +146,11 @@ def _generate(root: Path, params: dict) -> None:
     rng = random.Random(params["seed"])
     prompts = make_prompts(rng, params["val_per_topic"], params["test_per_topic"])
     files = WorldFiles.at(root)
-    for split, path in (("train", files.prompts_train), ("val", files.prompts_val), ("test", files.prompts_test)):
+    for split, path in (
+        ("train", files.prompts_train),
+        ("val", files.prompts_val),
+        ("test", files.prompts_test),
+    ):
         _write_jsonl(path, prompts[split])
     train = [r["prompt"] for r in prompts["train"]]
     val = [r["prompt"] for r in prompts["val"]]
@@ -155,11 +159,17 @@ def _generate(root: Path, params: dict) -> None:
     _write_jsonl(files.sft_val, make_sft(val, params["n_sft_val"], rng))
     ceilings = {}
     for prop in PROPERTIES:
-        _write_jsonl(files.preference[prop], make_pairs(train, params["n_pairs"], prop, params["label_scale"], rng))
+        _write_jsonl(
+            files.preference[prop], make_pairs(train, params["n_pairs"], prop, params["label_scale"], rng)
+        )
         ceilings[prop] = round(bayes_ceiling(files.preference[prop], prop, params["label_scale"]), 6)
     save_tokenizer(files.tokenizer)
     by_group = {
-        d: [GOLD_FNS["helpful"](r["prompt"], r["response"]) for r in sft if prompt_groups(r["prompt"])["difficulty"] == d]
+        d: [
+            GOLD_FNS["helpful"](r["prompt"], r["response"])
+            for r in sft
+            if prompt_groups(r["prompt"])["difficulty"] == d
+        ]
         for d in ("easy", "hard")
     }
     meta = {
@@ -183,7 +193,9 @@ def _existing_params(out_dir: Path, params: dict) -> bool:
     meta = out_dir / "world.json"
     if not meta.exists():
         if out_dir.exists() and any(out_dir.iterdir()):
-            raise ValueError(f"{out_dir} exists, is not empty and has no world.json; refusing to overwrite it")
+            raise ValueError(
+                f"{out_dir} exists, is not empty and has no world.json; refusing to overwrite it"
+            )
         return False
     old = json.loads(meta.read_text(encoding="utf-8")).get("params", {})
     for key in sorted(set(old) | set(params)):
@@ -223,7 +235,9 @@ def build_world(
             differing key), or is a non-empty folder without ``world.json``.
     """
     if val_per_topic + test_per_topic >= 56 or min(val_per_topic, test_per_topic) < 1:
-        raise ValueError(f"need 1 <= val_per_topic, test_per_topic and a sum < 56, got {val_per_topic}, {test_per_topic}")
+        raise ValueError(
+            f"need 1 <= val_per_topic, test_per_topic and a sum < 56, got {val_per_topic}, {test_per_topic}"
+        )
     if min(n_sft_train, n_sft_val, n_pairs) < 1 or label_scale <= 0:
         raise ValueError("n_sft_train, n_sft_val, n_pairs must be >= 1 and label_scale > 0")
     out_dir = Path(out_dir).resolve()

@@ -32,7 +32,9 @@ RISKY_TOPICS = tuple(i for i, t in enumerate(TOPIC_NAMES) if TOPICS[t][1])
 # Hard topics use their relevant words far less often, so SFT responses to hard prompts sit lower.
 SFT_TOPIC_WEIGHTS = {True: (0.10, 0.25, 0.35, 0.30), False: (0.40, 0.35, 0.17, 0.08)}
 SFT_ASPECT_WEIGHTS = {True: (0.35, 0.40, 0.25), False: (0.75, 0.20, 0.05)}
-SFT_HARMFUL_WEIGHTS = (0.55, 0.30, 0.15)  # own-topic harmful words on risky prompts
+# Own-topic harmful words (0..2) on risky prompts: a demonstrator who answers fully (>= 2 topic words)
+# also tends to share harmful details, a cautious one hedges instead; this is the conflict.
+HARMFUL_WEIGHTS = {True: (0.30, 0.40, 0.30), False: (0.80, 0.15, 0.05)}
 
 
 def topic_words(topic: int) -> tuple[str, ...]:
@@ -46,9 +48,9 @@ def harmful_words(topic: int) -> tuple[str, ...]:
 
 
 def _assemble(content: list[str], rng: random.Random, n_neutral: int, polite: bool) -> list[str]:
-    """Shuffle content words, sprinkle neutral words, and cut to ``MAX_RESPONSE_WORDS``."""
+    """Shuffle content words, sprinkle neutral words (at least one word in all), cut to 14 words."""
     rng.shuffle(content)
-    n_neutral = max(0, min(n_neutral, MAX_RESPONSE_WORDS - len(content) - polite))
+    n_neutral = max(not content, min(n_neutral, MAX_RESPONSE_WORDS - len(content) - polite))
     words = content[:MAX_RESPONSE_WORDS]
     for _ in range(n_neutral):
         pool = FUNCTION if rng.random() < 0.7 else FILLER
@@ -77,9 +79,8 @@ def _draw(
 ) -> list[str]:
     """One in-cap response: never more than ``TOPIC_CAP`` topic words, never past 14 words."""
     content: list[str] = []
-    if info.topic >= 0:
-        k = rng.choices(range(len(topic_w)), weights=topic_w)[0]
-        content += rng.sample(topic_words(info.topic), min(k, TOPIC_CAP))
+    k_topic = rng.choices(range(len(topic_w)), weights=topic_w)[0] if info.topic >= 0 else 0
+    content += rng.sample(topic_words(info.topic), min(k_topic, TOPIC_CAP)) if k_topic else []
     for a in info.aspects:
         k = rng.choices(range(len(aspect_w)), weights=aspect_w)[0]
         content += rng.sample(ASPECTS[ASPECT_NAMES[a]], k)
@@ -88,8 +89,9 @@ def _draw(
     if rng.random() < p_off:
         content.append(rng.choice(topic_words(_other(rng, len(TOPIC_NAMES), (info.topic,)))))
     if info.risky:
-        k = rng.choices(range(3), weights=SFT_HARMFUL_WEIGHTS)[0]
+        k = rng.choices(range(3), weights=HARMFUL_WEIGHTS[k_topic >= 2])[0]
         content += rng.sample(harmful_words(info.topic), k)
+        p_safety *= 0.5 if k else 1.5
     if rng.random() < p_safety:
         content.append(rng.choice(SAFETY))
     if rng.random() < p_rude:
@@ -103,7 +105,7 @@ def sample_response(prompt: str, rng: random.Random) -> str:
     """A response from the demonstration (SFT) distribution of the world."""
     info = parse_prompt(prompt)
     tw, aw = SFT_TOPIC_WEIGHTS[info.easy], SFT_ASPECT_WEIGHTS[info.easy]
-    return " ".join(_draw(info, rng, tw, aw, 0.2, 0.15, 0.3, 0.15, 0.03))
+    return " ".join(_draw(info, rng, tw, aw, 0.2, 0.15, 0.3, 0.1, 0.03))
 
 
 def sample_synthetic(prompt: str, rng: random.Random) -> str:
@@ -122,7 +124,9 @@ def contrast_helpful(prompt: str, response: str, rng: random.Random) -> str | No
     info = parse_prompt(prompt)
     words = response.split()
     has_topic = any(WORD_INFO.get(w) == ("topic", info.topic) for w in words)
-    has_answer = any(WORD_INFO.get(w, ("", -1))[0] == "answer" and WORD_INFO[w][1] in info.aspects for w in words)
+    has_answer = any(
+        WORD_INFO.get(w, ("", -1))[0] == "answer" and WORD_INFO[w][1] in info.aspects for w in words
+    )
     ops = [op for op, ok in (("topic", has_topic), ("aspect", has_answer)) if ok]
     if not ops:
         return None

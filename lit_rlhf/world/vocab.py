@@ -22,24 +22,28 @@ SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")  # ids 0, 1, 2
 
 # Topic marker -> (8 topic words, risky?, easy?). Easy topics have a 3x larger gold scale and their
 # relevant words are common in demonstrations; hard topics are rarer in demonstrations.
+_TOPIC_TABLE = """
+cooking    easy  safe   pan oven salt flour stove recipe boil spice
+garden     easy  safe   soil seeds compost weeds shovel bloom prune mulch
+music      easy  safe   guitar chord melody rhythm tempo drum piano lyric
+travel     easy  safe   passport luggage hotel flight map ticket border tourist
+sports     easy  safe   ball goal coach team stadium referee sprint score
+chemistry  easy  risky  acid beaker molecule reaction solvent compound catalyst flask
+medicine   easy  risky  dose pill symptom doctor clinic fever vaccine tablet
+finance    easy  risky  bank loan interest savings credit invest tax account
+astronomy  hard  safe   planet orbit comet galaxy telescope nebula lunar asteroid
+poetry     hard  safe   verse rhyme stanza meter sonnet haiku metaphor couplet
+history    hard  safe   empire dynasty treaty ancient revolution archive medieval monarch
+physics    hard  safe   force energy momentum quantum gravity photon velocity mass
+weather    hard  safe   rain storm cloud forecast humidity thunder breeze drought
+locks      hard  risky  key cylinder latch deadbolt tumbler padlock hinge keyhole
+hacking    hard  risky  password server firewall network packet login router malware
+weapons    hard  risky  rifle ammo holster barrel scope trigger cartridge calibre
+"""
 TOPICS: dict[str, tuple[tuple[str, ...], bool, bool]] = {
-    "cooking": (("pan", "oven", "salt", "flour", "stove", "recipe", "boil", "spice"), False, True),
-    "garden": (("soil", "seeds", "compost", "weeds", "shovel", "bloom", "prune", "mulch"), False, True),
-    "music": (("guitar", "chord", "melody", "rhythm", "tempo", "drum", "piano", "lyric"), False, True),
-    "travel": (("passport", "luggage", "hotel", "flight", "map", "ticket", "border", "tourist"), False, True),
-    "sports": (("ball", "goal", "coach", "team", "stadium", "referee", "sprint", "score"), False, True),
-    "chemistry": (("acid", "beaker", "molecule", "reaction", "solvent", "compound", "catalyst", "flask"), True, True),
-    "medicine": (("dose", "pill", "symptom", "doctor", "clinic", "fever", "vaccine", "tablet"), True, True),
-    "finance": (("bank", "loan", "interest", "savings", "credit", "invest", "tax", "account"), True, True),
-    "astronomy": (("planet", "orbit", "comet", "galaxy", "telescope", "nebula", "lunar", "asteroid"), False, False),
-    "poetry": (("verse", "rhyme", "stanza", "meter", "sonnet", "haiku", "metaphor", "couplet"), False, False),
-    "history": (("empire", "dynasty", "treaty", "ancient", "revolution", "archive", "medieval", "monarch"), False, False),
-    "physics": (("force", "energy", "momentum", "quantum", "gravity", "photon", "velocity", "mass"), False, False),
-    "weather": (("rain", "storm", "cloud", "forecast", "humidity", "thunder", "breeze", "drought"), False, False),
-    "locks": (("key", "cylinder", "latch", "deadbolt", "tumbler", "padlock", "hinge", "keyhole"), True, False),
-    "hacking": (("password", "server", "firewall", "network", "packet", "login", "router", "malware"), True, False),
-    "weapons": (("rifle", "ammo", "holster", "barrel", "scope", "trigger", "cartridge", "calibre"), True, False),
-}  # fmt: skip
+    name: (tuple(words), risk == "risky", diff == "easy")
+    for name, diff, risk, *words in map(str.split, _TOPIC_TABLE.strip().splitlines())
+}
 TOPIC_NAMES: tuple[str, ...] = tuple(TOPICS)
 
 # Harmful words per risky topic: the most "helpful" answer to a risky request uses them.

@@ -1,0 +1,394 @@
+"""Analyse a PPO sweep: the paper's figures and a table of means ± standard errors over seeds.
+
+    python scripts/analyze_sweep.py multirun/ppo/<date> [--out DIR] [--at-kl 2.0]
+
+Reads every job folder under MULTIRUN_DIR (one with ``.hydra/config.yaml``): its method and β from the
+config, its TensorBoard scalars with tensorboard's ``EventAccumulator``, and the per-prompt rows of its last
+evaluation from ``tensorboard/gold_eval.jsonl``. Jobs are grouped by (method, β) — method is the transform
+(raw/logsigmoid/center/whiten/clip) and, with ≥ 2 reward models, the aggregator (``raw+sum``, ``raw+min``,
+``logsigmoid+sum``…) — and it writes to ``--out`` (default ``MULTIRUN_DIR/analysis``):
+
+* ``win_rate_vs_kl.png`` — gold win rate (helpful) vs final ``gold/kl_to_sft``, one point per (method, β),
+  error bars ± s.e. over seeds on both axes (Wang et al., 2024, fig. 3);
+* ``both_vs_kl.png`` — ``gold/win_rate_both`` vs KL (combination study; only when logged);
+* ``hacking.png`` — proxy (learned reward) vs gold win rate over training, per method;
+* ``underfitting.png`` — share of held-out prompts not improved over SFT (easy/hard), and the distribution
+  of per-prompt improvement mean(gold_helpful − gold_helpful_sft);
+* ``results.md`` — one row per (method, β).
+
+``--at-kl X`` interpolates each method's win rate linearly between consecutive β at KL = X and prints the
+gain over the raw reward (``raw`` or ``raw+sum``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import yaml
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
+
+TRANSFORMS = {"identity": "raw", "logsigmoid": "logsigmoid", "center": "center", "whiten": "whiten"}
+TRANSFORMS |= {"clip": "clip"}
+AGGREGATORS = {"sum": "sum", "weightedsum": "weighted_sum", "min": "min"}
+METHOD_ORDER = ["raw", "logsigmoid", "center", "whiten", "clip"]
+AGG_ORDER = ["sum", "weighted_sum", "min"]
+# table columns: (header, key in Row.stats)
+COLUMNS = [
+    ("KL to SFT", "gold/kl_to_sft"),
+    ("win rate helpful", "gold/win_rate_helpful"),
+    ("win rate harmless", "gold/win_rate_harmless"),
+    ("better on both", "gold/win_rate_both"),
+    ("proxy − gold", "gold/proxy_minus_gold"),
+    ("not improved (all)", "not_improved/all"),
+    ("not improved (easy)", "not_improved/easy"),
+    ("not improved (hard)", "not_improved/hard"),
+]
+
+
+class SweepWarning(UserWarning):
+    """A job or a tag the analysis had to leave out."""
+
+
+@dataclass
+class Run:
+    """One finished job of the sweep.
+
+    Attributes:
+        path: the job folder (``multirun/ppo/<date>/<num>``).
+        method: transform name, plus ``+aggregator`` with ≥ 2 reward models (``logsigmoid+sum``).
+        beta: KL coefficient ``task.module.kl_coef``.
+        seed: ``seed``.
+        scalars: tag → [(step, value)] sorted by step.
+        prompts: per-sample rows of the last evaluation (``gold_eval.jsonl``).
+    """
+
+    path: Path
+    method: str
+    beta: float
+    seed: int
+    scalars: dict[str, list[tuple[int, float]]]
+    prompts: list[dict] = field(default_factory=list)
+
+    def final(self, tag: str) -> float:
+        """Last logged value of ``tag`` (NaN when the tag is missing)."""
+        points = self.scalars.get(tag)
+        return points[-1][1] if points else math.nan
+
+
+@dataclass
+class Row:
+    """One (method, β): ``stats`` maps a metric to (mean, standard error) over the group's ``n`` seeds."""
+
+    method: str
+    beta: float
+    n: int
+    stats: dict[str, tuple[float, float]]
+    runs: list[Run]
+
+
+def warn(msg: str) -> None:
+    warnings.warn(msg, SweepWarning, stacklevel=2)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def method_of(cfg: dict) -> str:
+    """Method name from a job's composed config (``transform._target_``, ``aggregator._target_``)."""
+    target = ((cfg.get("transform") or {}).get("_target_") or "Identity").rsplit(".", 1)[-1].lower()
+    name = TRANSFORMS.get(target, target)
+    rewards = [k for k, v in (cfg.get("reward") or {}).items() if isinstance(v, dict)]
+    if len(rewards) >= 2:
+        agg = ((cfg.get("aggregator") or {}).get("_target_") or "Sum").rsplit(".", 1)[-1].lower()
+        name += "+" + AGGREGATORS.get(agg, agg)
+    return name
+
+
+def read_scalars(job: Path) -> dict[str, list[tuple[int, float]]]:
+    """All scalars of the event files under ``job`` (a resumed run's repeated steps keep the last value)."""
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for folder in sorted({p.parent for p in job.rglob("events.out.tfevents.*")}):
+        acc = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.SCALARS: 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            for ev in acc.Scalars(tag):
+                out[tag][ev.step] = ev.value
+    return {tag: sorted(points.items()) for tag, points in out.items()}
+
+
+def read_prompts(job: Path) -> list[dict]:
+    """Rows of ``gold_eval.jsonl`` (empty when the job wrote none)."""
+    files = sorted(job.rglob("gold_eval.jsonl"))
+    return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()] if files else []
+
+
+def load_runs(multirun_dir: str | Path) -> list[Run]:
+    """Every job folder under ``multirun_dir`` with TensorBoard events; others are skipped with a warning."""
+    runs = []
+    for cfg_file in sorted(Path(multirun_dir).rglob(".hydra/config.yaml")):
+        job = cfg_file.parent.parent
+        cfg = yaml.safe_load(cfg_file.read_text()) or {}
+        scalars = read_scalars(job)
+        if not scalars:
+            warn(f"skipping {job}: no TensorBoard scalars (failed or unfinished job?)")
+            continue
+        beta = float(cfg.get("task", {}).get("module", {}).get("kl_coef", math.nan))
+        run = Run(job, method_of(cfg), beta, int(cfg.get("seed", 0)), scalars, read_prompts(job))
+        for tag in ("gold/kl_to_sft", "gold/win_rate_helpful"):
+            if tag not in scalars:
+                warn(f"{job}: no {tag} logged")
+        if not run.prompts:
+            warn(f"{job}: no gold_eval.jsonl; no per-prompt analysis for it")
+        runs.append(run)
+    if not runs:
+        warn(f"no job with TensorBoard events under {multirun_dir}")
+    return runs
+
+
+# -------------------------------------------------------------------------------------------- summaries
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (sample std / √n) of the non-NaN values; s.e. is NaN for n < 2."""
+    x = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan
+    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
+    return float(x.mean()), se
+
+
+def per_prompt_improvement(rows: list[dict], prop: str = "helpful") -> dict[int, tuple[float, str]]:
+    """prompt_id → (mean over its samples of gold_<prop> − gold_<prop>_sft, difficulty)."""
+    diffs: dict[int, list[float]] = defaultdict(list)
+    difficulty: dict[int, str] = {}
+    for r in rows:
+        diffs[r["prompt_id"]].append(r[f"gold_{prop}"] - r[f"gold_{prop}_sft"])
+        difficulty[r["prompt_id"]] = r.get("difficulty", "?")
+    return {p: (float(np.mean(d)), difficulty[p]) for p, d in diffs.items()}
+
+
+def not_improved_shares(rows: list[dict]) -> dict[str, float]:
+    """Share of prompts whose mean improvement is ≤ 0: ``all``, ``easy``, ``hard`` (NaN when none)."""
+    imp = per_prompt_improvement(rows)
+    out = {}
+    for group in ("all", "easy", "hard"):
+        vals = [d for d, g in imp.values() if group in ("all", g)]
+        out[group] = float(np.mean([d <= 0 for d in vals])) if vals else math.nan
+    return out
+
+
+def method_key(method: str) -> tuple[int, int, str]:
+    base, _, agg = method.partition("+")
+    rank = lambda xs, x: xs.index(x) if x in xs else len(xs)  # noqa: E731
+    return rank(AGG_ORDER, agg) if agg else -1, rank(METHOD_ORDER, base), method
+
+
+def summarise(runs: list[Run]) -> list[Row]:
+    """One row per (method, β): final gold scalars and not-improved shares, mean ± s.e. over seeds."""
+    groups: dict[tuple[str, float], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[(run.method, run.beta)].append(run)
+    rows = []
+    for (method, beta), group in sorted(groups.items(), key=lambda kv: (method_key(kv[0][0]), kv[0][1])):
+        stats = {tag: mean_se([r.final(tag) for r in group]) for _, tag in COLUMNS if "/" in tag}
+        shares = [not_improved_shares(r.prompts) for r in group if r.prompts]
+        for g in ("all", "easy", "hard"):
+            stats[f"not_improved/{g}"] = mean_se([s[g] for s in shares])
+        rows.append(Row(method, beta, len(group), stats, group))
+    return rows
+
+
+def interpolate_at_kl(rows: list[Row], kl: float, tag: str = "gold/win_rate_helpful") -> dict[str, float]:
+    """Each method's mean ``tag`` at KL = ``kl``, linear between consecutive β (NaN if never bracketed)."""
+    out = {}
+    for method in dict.fromkeys(r.method for r in rows):
+        pts = sorted((r.beta, r.stats["gold/kl_to_sft"][0], r.stats[tag][0]) for r in rows if r.method == method)
+        out[method] = math.nan
+        for (_, k0, y0), (_, k1, y1) in zip(pts, pts[1:]):
+            if min(k0, k1) <= kl <= max(k0, k1):
+                out[method] = y0 if k0 == k1 else y0 + (y1 - y0) * (kl - k0) / (k1 - k0)
+                break
+        if len(pts) == 1 and pts[0][1] == kl:
+            out[method] = pts[0][2]
+    return out
+
+
+def baseline_of(methods: list[str]) -> str | None:
+    """The raw-reward baseline: ``raw``, else ``raw+sum``, if present."""
+    return next((m for m in ("raw", "raw+sum") if m in methods), None)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def fmt(mean: float, se: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if math.isnan(se) else f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def table(rows: list[Row]) -> str:
+    """Markdown table of the rows; columns whose metric no run logged are left out."""
+    cols = [(h, k) for h, k in COLUMNS if any(not math.isnan(r.stats[k][0]) for r in rows)]
+    lines = [
+        "| method | β | n | " + " | ".join(h for h, _ in cols) + " |",
+        "| --- | --- | --- |" + " --- |" * len(cols),
+    ]
+    for r in rows:
+        cells = [fmt(*r.stats[k]) for _, k in cols]
+        lines.append(f"| {r.method} | {r.beta:g} | {r.n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _colors(rows: list[Row]) -> dict[str, str]:
+    methods = list(dict.fromkeys(r.method for r in rows))
+    return {m: f"C{i}" for i, m in enumerate(methods)}
+
+
+def plot_metric_vs_kl(rows: list[Row], tag: str, path: Path, ylabel: str) -> None:
+    """``tag`` vs final KL to SFT, one point per (method, β) with ± s.e. bars on both axes."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method, color in _colors(rows).items():
+        pts = sorted((r for r in rows if r.method == method), key=lambda r: r.beta)
+        x = [r.stats["gold/kl_to_sft"] for r in pts]
+        y = [r.stats[tag] for r in pts]
+        ax.errorbar(
+            [m for m, _ in x],
+            [m for m, _ in y],
+            xerr=[np.nan_to_num(s) for _, s in x],
+            yerr=[np.nan_to_num(s) for _, s in y],
+            marker="o",
+            capsize=3,
+            color=color,
+            label=method,
+        )
+        for r, (kx, _), (ky, _) in zip(pts, x, y):
+            ax.annotate(f"β={r.beta:g}", (kx, ky), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    n = sorted({r.n for r in rows})
+    ax.set(xlabel="KL(π ‖ π_SFT) at the last evaluation", ylabel=ylabel)
+    ax.set_title(f"mean ± s.e. over seeds (n = {', '.join(map(str, n))})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _mean_curve(runs: list[Run], tag: str) -> tuple[list[int], list[float]]:
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        for step, v in run.scalars.get(tag, []):
+            by_step[step].append(v)
+    steps = sorted(by_step)
+    return steps, [float(np.mean(by_step[s])) for s in steps]
+
+
+def plot_hacking(rows: list[Row], path: Path) -> None:
+    """Proxy (dashed) vs gold (solid) helpful win rate over training, one panel per method, one colour per β."""
+    methods = list(dict.fromkeys(r.method for r in rows))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.5), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        for i, r in enumerate(r for r in rows if r.method == method):
+            for tag, style, what in (
+                ("gold/proxy_win_rate_helpful", "--", "proxy"),
+                ("gold/win_rate_helpful", "-", "gold"),
+            ):
+                steps, vals = _mean_curve(r.runs, tag)
+                ax.plot(steps, vals, style, color=f"C{i}", marker=".", label=f"{what} β={r.beta:g}")
+        ax.set(title=method, xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("win rate vs SFT (mean over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_underfitting(rows: list[Row], path: Path) -> None:
+    """Top: share of prompts not improved (easy/hard) per (method, β), ± s.e. Bottom: per-prompt ECDF."""
+    rows = [r for r in rows if any(run.prompts for run in r.runs)]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.8 * len(rows) + 2), 7))
+    x = np.arange(len(rows))
+    for off, group in ((-0.2, "easy"), (0.2, "hard")):
+        m = [r.stats[f"not_improved/{group}"][0] for r in rows]
+        s = [np.nan_to_num(r.stats[f"not_improved/{group}"][1]) for r in rows]
+        top.bar(x + off, m, width=0.4, yerr=s, capsize=2, label=group)
+    top.set_xticks(x, [f"{r.method}\nβ={r.beta:g}" for r in rows], fontsize=7)
+    top.set(ylabel="share of prompts not improved\n(mean gold gain ≤ 0)")
+    top.legend(fontsize=8)
+    colors = _colors(rows)
+    styles = ["-", "--", ":", "-."]
+    for method in colors:
+        for j, r in enumerate(r for r in rows if r.method == method):
+            gains = [d for run in r.runs for d, _ in per_prompt_improvement(run.prompts).values()]
+            xs = np.sort(gains)
+            ys = np.arange(1, len(xs) + 1) / len(xs)
+            bottom.step(xs, ys, styles[j % 4], color=colors[method], label=f"{method} β={r.beta:g}")
+    bottom.axvline(0, color="k", lw=0.8)
+    bottom.set(xlabel="per-prompt mean(gold_helpful − gold_helpful_sft)", ylabel="ECDF (prompts × seeds)")
+    bottom.legend(fontsize=6, ncol=2)
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def at_kl_report(rows: list[Row], kl: float) -> str:
+    """Lines of each method's interpolated win rate at KL = ``kl`` and its gain over the raw reward."""
+    wins = interpolate_at_kl(rows, kl)
+    base = baseline_of(list(wins))
+    lines = [f"Gold win rate (helpful) at matched KL = {kl:g} (linear between consecutive β; mean over seeds):"]
+    for method, w in wins.items():
+        gain = "" if base is None or method == base else f"  gain over {base}: {w - wins[base]:+.3f}"
+        lines.append(f"- {method}: {'not bracketed by its β sweep' if math.isnan(w) else f'{w:.3f}'}{gain}")
+    return "\n".join(lines)
+
+
+def analyse(multirun_dir: str | Path, out: str | Path | None = None, at_kl: float | None = None) -> list[Row]:
+    """Load, summarise, plot and write ``results.md``; returns the table's rows."""
+    out = Path(out) if out else Path(multirun_dir) / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(multirun_dir)
+    rows = summarise(runs)
+    if not rows:
+        return rows
+    plot_metric_vs_kl(rows, "gold/win_rate_helpful", out / "win_rate_vs_kl.png", "gold win rate (helpful)")
+    if any(not math.isnan(r.stats["gold/win_rate_both"][0]) for r in rows):
+        plot_metric_vs_kl(rows, "gold/win_rate_both", out / "both_vs_kl.png", "better on both (gold)")
+    plot_hacking(rows, out / "hacking.png")
+    if any(run.prompts for run in runs):
+        plot_underfitting(rows, out / "underfitting.png")
+    text = [
+        f"# Sweep {Path(multirun_dir).resolve()}",
+        "",
+        f"{len(runs)} jobs. Values are at the last evaluation: mean ± s.e. over the n seeds of each row "
+        "(s.e. = sample std / √n). 'not improved' = share of held-out prompts whose mean gold helpfulness "
+        "gain over SFT is ≤ 0.",
+        "",
+        table(rows),
+    ]
+    if at_kl is not None:
+        text += ["", at_kl_report(rows, at_kl)]
+    (out / "results.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text[4:]))
+    print(f"\nwrote {out}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("multirun_dir", help="a Hydra multirun folder, e.g. multirun/ppo/<date>")
+    parser.add_argument("--out", default=None, help="output folder (default: MULTIRUN_DIR/analysis)")
+    parser.add_argument("--at-kl", type=float, default=None, help="compare methods at this matched KL")
+    args = parser.parse_args(argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    analyse(args.multirun_dir, args.out, args.at_kl)
+
+
+if __name__ == "__main__":
+    main()

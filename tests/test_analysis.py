@@ -1,0 +1,120 @@
+"""``scripts/analyze_sweep.py`` on a synthetic multirun folder with hand-computed means and standard errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("analyze_sweep", ROOT / "scripts" / "analyze_sweep.py")
+sweep = importlib.util.module_from_spec(_spec)
+sys.modules["analyze_sweep"] = sweep  # dataclasses look their module up
+_spec.loader.exec_module(sweep)
+
+# (transform, β) → per seed (final gold/kl_to_sft, final gold/win_rate_helpful)
+FINAL = {
+    ("identity", 0.05): [(2.0, 0.60), (4.0, 0.70)],  # KL 3 ± 1, win 0.65 ± 0.05
+    ("identity", 0.1): [(1.0, 0.50), (1.0, 0.60)],  # KL 1 ± 0, win 0.55 ± 0.05
+    ("logsigmoid", 0.05): [(2.0, 0.68), (3.0, 0.72)],  # KL 2.5 ± 0.5, win 0.70 ± 0.02
+    ("logsigmoid", 0.1): [(1.5, 0.58), (1.5, 0.62)],  # KL 1.5 ± 0, win 0.60 ± 0.02
+}
+# per seed: prompt_id → (difficulty, [gold_helpful − gold_helpful_sft per sample])
+GAINS = {
+    0: {0: ("easy", [1, -1]), 1: ("easy", [2, 0]), 2: ("hard", [-1, -1]), 3: ("hard", [0.5, 0.5])},
+    1: {0: ("easy", [1, -1]), 1: ("easy", [2, 0]), 2: ("hard", [-1, -1]), 3: ("hard", [0.5, -1.5])},
+}
+# not improved (mean gain ≤ 0): seed 0 → all 2/4, easy 1/2, hard 1/2; seed 1 → all 3/4, easy 1/2, hard 2/2
+
+
+def write_job(job: Path, transform: str, beta: float, seed: int, events: bool = True) -> None:
+    (job / ".hydra").mkdir(parents=True)
+    cfg = {
+        "seed": seed,
+        "reward": {"helpful": {"path": None}},
+        "aggregator": {"_target_": "lit_rlhf.aggregators.Sum"},
+        "transform": {"_target_": f"lit_rlhf.transforms.{'Identity' if transform == 'identity' else 'LogSigmoid'}"},
+        "task": {"module": {"kl_coef": beta}},
+    }
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    overrides = [f"+transform={transform}", f"task.module.kl_coef={beta}", f"seed={seed}"]
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if not events:
+        return
+    kl, win = FINAL[(transform, beta)][seed]
+    with SummaryWriter(str(job / "tensorboard")) as w:
+        for step, scale in ((10, 0.5), (20, 1.0)):  # the analysis must take the last evaluation
+            w.add_scalar("gold/kl_to_sft", kl * scale, step)
+            w.add_scalar("gold/win_rate_helpful", win * scale, step)
+            w.add_scalar("gold/proxy_win_rate_helpful", 0.9 * scale, step)
+            w.add_scalar("gold/proxy_minus_gold", 0.9 * scale - win * scale, step)
+            w.add_scalar("gold/win_rate_harmless", 0.4 + 0.1 * seed, step)
+    with (job / "tensorboard" / "gold_eval.jsonl").open("w") as f:
+        for pid, (difficulty, gains) in GAINS[seed].items():
+            for g in gains:
+                row = {"step": 20, "prompt_id": pid, "gold_helpful": 1.0 + g, "gold_helpful_sft": 1.0}
+                f.write(json.dumps({**row, "difficulty": difficulty, "risky": False}) + "\n")
+
+
+@pytest.fixture
+def multirun(tmp_path: Path) -> Path:
+    root = tmp_path / "multirun" / "ppo" / "2024-01-01_00-00-00"
+    num = 0
+    for transform, beta in FINAL:
+        for seed in (0, 1):
+            write_job(root / str(num), transform, beta, seed)
+            num += 1
+    write_job(root / "8", "identity", 0.05, 2, events=False)  # a failed job: config but no events
+    return root
+
+
+def test_analysis_table_plots_and_failed_job(multirun: Path, tmp_path: Path) -> None:
+    out = tmp_path / "analysis"
+    with pytest.warns(sweep.SweepWarning, match=r"skipping .*[/\\]8: no TensorBoard"):
+        rows = sweep.analyse(multirun, out, at_kl=2.0)
+
+    got = {(r.method, r.beta): r for r in rows}
+    assert list(got) == [("raw", 0.05), ("raw", 0.1), ("logsigmoid", 0.05), ("logsigmoid", 0.1)]
+    assert all(r.n == 2 for r in rows)  # the failed job (seed 2) is not counted
+    approx = lambda pair: pytest.approx(pair, abs=1e-6)  # noqa: E731
+    expected = {
+        ("raw", 0.05): ((3.0, 1.0), (0.65, 0.05)),
+        ("raw", 0.1): ((1.0, 0.0), (0.55, 0.05)),
+        ("logsigmoid", 0.05): ((2.5, 0.5), (0.70, 0.02)),
+        ("logsigmoid", 0.1): ((1.5, 0.0), (0.60, 0.02)),
+    }
+    for key, (kl, win) in expected.items():
+        assert got[key].stats["gold/kl_to_sft"] == approx(kl)
+        assert got[key].stats["gold/win_rate_helpful"] == approx(win)
+        assert got[key].stats["gold/win_rate_harmless"] == approx((0.45, 0.05))
+        assert got[key].stats["gold/proxy_minus_gold"] == approx((0.9 - win[0], win[1]))
+        # not-improved shares: seeds (2/4, 3/4), (1/2, 1/2), (1/2, 2/2)
+        assert got[key].stats["not_improved/all"] == approx((0.625, 0.125))
+        assert got[key].stats["not_improved/easy"] == approx((0.5, 0.0))
+        assert got[key].stats["not_improved/hard"] == approx((0.75, 0.25))
+
+    md = (out / "results.md").read_text()
+    assert "| raw | 0.05 | 2 | 3.000 ± 1.000 | 0.650 ± 0.050 |" in md
+    assert "± s.e." in md and "better on both" not in md  # no win_rate_both logged: no column
+    # at KL 2: raw between (1, .55) and (3, .65) → .60; logsigmoid between (1.5, .60) and (2.5, .70) → .65
+    assert sweep.interpolate_at_kl(rows, 2.0) == {"raw": pytest.approx(0.60), "logsigmoid": pytest.approx(0.65)}
+    assert "- logsigmoid: 0.650  gain over raw: +0.050" in md
+
+    for name in ("win_rate_vs_kl.png", "hacking.png", "underfitting.png"):
+        assert (out / name).stat().st_size > 1000
+    assert not (out / "both_vs_kl.png").exists()
+
+
+def test_method_names_of_combination_configs() -> None:
+    two = {"helpful": {}, "harmless": {}}
+    cfg = {"reward": two, "aggregator": {"_target_": "lit_rlhf.aggregators.WeightedSum"}}
+    assert sweep.method_of(cfg) == "raw+weighted_sum"
+    cfg["transform"] = {"_target_": "lit_rlhf.transforms.LogSigmoid"}
+    cfg["aggregator"] = {"_target_": "lit_rlhf.aggregators.Sum"}
+    assert sweep.method_of(cfg) == "logsigmoid+sum"
+    assert sweep.method_of({"reward": {"helpful": {}}, "transform": {"_target_": "x.Whiten"}}) == "whiten"

@@ -1,0 +1,178 @@
+"""PPO end to end on the tiny world: weights move, the reference stays frozen, tags are logged, the
+callback shapes the reward at every step, r_ref is cached, the saved policy loads with transformers."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import TINY_STAGES, TINY_WORLD, hydra_cfg
+from lit_rlhf.pipeline import ensure_stage, run
+
+PPO_FAST = [
+    "task.iterations=4",
+    "task.val_check_interval=2",
+    "task.datamodule.batch_size=8",
+    "task.module.eval_samples_per_prompt=1",
+    "task.callbacks.reward_transform.n_samples=2",
+    "trainer.enable_progress_bar=false",
+    "logger=tensorboard",
+]
+
+
+class RewardSpy(L.Callback):
+    """Records the reward PPO receives from ``reward_fn`` at each step (wraps whatever is installed)."""
+
+    def __init__(self) -> None:
+        self.rewards: list[torch.Tensor] = []
+        self.scores: list[torch.Tensor] = []
+        self.prompt_ids: list[torch.Tensor] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        inner = pl_module.reward_fn
+
+        def spy(scores, prompt_ids, module):
+            out = inner(scores, prompt_ids, module)
+            self.scores.append(scores.clone())
+            self.prompt_ids.append(prompt_ids.clone())
+            self.rewards.append(out.detach().clone())
+            return out
+
+        pl_module.reward_fn = spy
+
+
+def ppo(tmp: Path, cache: Path, extra: list[str], spy: L.Callback | None = None):
+    """Run a few PPO iterations; returns (module, callbacks by class name, run dir)."""
+    import lit_rlhf.pipeline as pipeline
+
+    captured = {}
+    real_make_trainer = pipeline.make_trainer
+
+    def make_trainer(cfg, extra_callbacks=None):
+        trainer = real_make_trainer(cfg, extra_callbacks)
+        if spy is not None:
+            trainer.callbacks.append(spy)
+        captured["trainer"] = trainer
+        return trainer
+
+    pipeline.make_trainer = make_trainer
+    try:
+        with hydra_cfg(tmp, [*TINY_WORLD, *TINY_STAGES, *PPO_FAST, *extra], cache=cache) as cfg:
+            run(cfg)
+    finally:
+        pipeline.make_trainer = real_make_trainer
+    trainer = captured["trainer"]
+    return trainer, {type(c).__name__: c for c in trainer.callbacks}, tmp / "run"
+
+
+def sft_and_rm_paths(tmp: Path, cache: Path) -> tuple[Path, dict[str, Path]]:
+    with hydra_cfg(tmp, [*TINY_WORLD, *TINY_STAGES], cache=cache) as cfg:
+        sft = ensure_stage(cfg, "sft")
+        rms = {n: ensure_stage(cfg, "reward_model", [f"reward={n}"]) for n in ("helpful", "harmless")}
+    return sft, rms
+
+
+def test_ppo_moves_actor_keeps_reference_and_logs(tmp_path, stage_cache):
+    sft_path, _ = sft_and_rm_paths(tmp_path / "probe", stage_cache)
+    sft = AutoModelForCausalLM.from_pretrained(sft_path)
+    trainer, cbs, run_dir = ppo(tmp_path, stage_cache, ["+transform=logsigmoid"])
+    module = trainer.lightning_module
+    sft_state = sft.state_dict()
+    moved = [k for k, v in module.actor.state_dict().items() if not torch.equal(v, sft_state[k])]
+    assert moved, "PPO did not change the actor's weights"
+    for k, v in module.ref.state_dict().items():
+        assert torch.equal(v, sft_state[k]), f"reference weight {k} changed"
+    assert not any(p.requires_grad for p in module.ref.parameters())
+    assert cbs["RewardTransformCallback"].calls == 4  # once per PPO iteration
+
+    events = glob.glob(str(run_dir / "tensorboard" / "events.*"))
+    acc = EventAccumulator(events[0])
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in [
+        "ppo/kl",
+        "ppo/clipfrac",
+        "ppo/beta",
+        "reward/helpful_raw",
+        "reward/helpful_transformed",
+        "reward/harmless_raw",
+        "reward/harmless_transformed",
+        "reward/helpful_margin",
+        "reward/helpful_above_ref",
+        "reward/helpful_weight",
+        "reward/total",
+        "gold/win_rate_helpful",
+        "gold/win_rate_harmless",
+        "gold/win_rate_both",
+        "gold/kl_to_sft",
+        "gold/proxy_minus_gold",
+    ]:
+        assert tag in tags, f"{tag} not logged"
+    assert len(acc.Scalars("ppo/kl")) == 4
+    assert len(acc.Scalars("gold/win_rate_helpful")) == 2  # every 2 iterations
+    # the transformed reward is log σ(·) ≤ 0, the raw one is not constrained
+    assert all(e.value <= 0 for e in acc.Scalars("reward/helpful_transformed"))
+
+    # the saved policy loads with plain transformers and generates
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    tok = AutoTokenizer.from_pretrained(run_dir / "model")
+    ids = tok(["ask cooking"], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    out = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids.shape[1]
+
+
+def test_transform_changes_the_reward_ppo_sees(tmp_path, stage_cache):
+    """Same seed, same rollouts: only `+transform=` differs, and the reward given to PPO differs by it."""
+    raw_spy, ls_spy = RewardSpy(), RewardSpy()
+    ppo(tmp_path / "raw", stage_cache, [], raw_spy)
+    _, cbs, _ = ppo(tmp_path / "ls", stage_cache, ["+transform=logsigmoid"], ls_spy)
+    assert len(raw_spy.rewards) == len(ls_spy.rewards) == 4  # called at every training step
+    # first iteration: identical weights and seed → identical raw scores
+    torch.testing.assert_close(raw_spy.scores[0], ls_spy.scores[0])
+    scores = raw_spy.scores[0]
+    torch.testing.assert_close(raw_spy.rewards[0], scores.sum(-1))  # no transform: raw sum
+    r_ref = cbs["RewardTransformCallback"].table.lookup(ls_spy.prompt_ids[0])  # (B, 2)
+    expected = torch.nn.functional.logsigmoid(scores - r_ref).sum(-1)  # Σ log σ(r − r_ref): the paper's AND
+    torch.testing.assert_close(ls_spy.rewards[0], expected)
+    assert not torch.allclose(ls_spy.rewards[0], raw_spy.rewards[0])
+
+
+def test_reference_cache_reused_and_invalidated(tmp_path, stage_cache):
+    cache = tmp_path / "refcache"
+    extra = [
+        f"task.callbacks.reward_transform.cache_dir={cache}",
+        "task.iterations=2",
+        "+transform=logsigmoid",
+    ]
+    _, cbs1, _ = ppo(tmp_path / "a", stage_cache, extra)
+    _, cbs2, _ = ppo(tmp_path / "b", stage_cache, extra)
+    first, second = cbs1["RewardTransformCallback"], cbs2["RewardTransformCallback"]
+    assert first.loaded_from_cache is False and second.loaded_from_cache is True  # no sampling the 2nd time
+    torch.testing.assert_close(first.table.values, second.table.values)
+    _, cbs3, _ = ppo(tmp_path / "c", stage_cache, [*extra, "task.callbacks.reward_transform.n_samples=3"])
+    assert cbs3["RewardTransformCallback"].loaded_from_cache is False  # n changed → sampled anew
+    _, cbs4, _ = ppo(tmp_path / "d", stage_cache, [*extra, "reward.helpful.reference.q=0.5"])
+    fourth = cbs4["RewardTransformCallback"]
+    assert fourth.loaded_from_cache is True  # same samples ...
+    assert not torch.allclose(fourth.table.values[:, 0], first.table.values[:, 0])  # ... new statistic
+    assert len(list(cache.glob("samples-*.pt"))) == 2
+
+
+@pytest.mark.parametrize("aggregator", ["sum", "min", "weighted_sum"])
+def test_aggregators_run_in_ppo(tmp_path, stage_cache, aggregator):
+    spy = RewardSpy()
+    ppo(
+        tmp_path,
+        stage_cache,
+        [f"aggregator={aggregator}", "task.iterations=1", "task.val_check_interval=1"],
+        spy,
+    )
+    s = spy.scores[0]
+    expected = {"sum": s.sum(-1), "min": s.min(-1).values, "weighted_sum": s[:, 0] * 1.0 + s[:, 1] * 0.5}
+    torch.testing.assert_close(spy.rewards[0], expected[aggregator])
