@@ -7,12 +7,13 @@ Hydra sweeper optimises (``optimized_metric``).
 import hydra
 from omegaconf import DictConfig
 
-from lit_rlhf.pipeline import run
+from lit_rlhf.pipeline import one_ddp_job, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return run(cfg)
+    with one_ddp_job():  # DDP children re-run this job only, even inside `-m`
+        return run(cfg)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ class Settings:
     rm_batch_pairs: int = 32
     rm_max_prompt_tokens: int = 32
     rm_max_length: int = 64
-    rm_warmup_steps: int = 3
-    rm_steps: int = 20  # timed steps (after the warm-up)
+    rm_warmup_steps: int = 2
+    rm_steps: int = 8  # timed steps (after the warm-up)
     lr: float = 1e-4
     # PPO
     ppo_batch_prompts: int = 16
@@ -42,7 +42,7 @@ class Settings:
     ppo_epochs: int = 2
     ppo_minibatches: int = 2
     ppo_warmup_steps: int = 1
-    ppo_steps: int = 5  # timed PPO iterations (after the warm-up)
+    ppo_steps: int = 3  # timed PPO iterations (after the warm-up)
     temperature: float = 1.0
     kl_coef: float = 0.05
 
@@ -59,9 +59,15 @@ class StepClock:
     """Wall-clock stamps at the end of every step; throughput is taken after the warm-up steps."""
 
     stamps: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # process CPU seconds (all threads) at each stamp
 
     def tick(self) -> None:
         self.stamps.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def timed_cpu_seconds(self, warmup: int) -> float:
+        """CPU seconds this process used over the timed steps (less sensitive to other load than wall time)."""
+        return self.cpu[-1] - self.cpu[warmup - 1]
 
     def timed_seconds(self, warmup: int) -> float:
         """Seconds from the end of step ``warmup`` to the end of the last step."""
@@ -121,6 +127,7 @@ def ppo_step_flops(n_lm: int, n_cls: int, batch: int, prompt_len: int, resp_len:
 def emit(result: dict) -> None:
     """Print the side's one result line (the driver parses it)."""
     result.setdefault("peak_rss_mb", round(peak_rss_mb(), 1))
+    result.setdefault("loadavg_1min_end", os.getloadavg()[0])
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -13,24 +13,29 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import shutil
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch.distributed as dist
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lit_rlhf.models import Pretrained, quiet_transformers
 
 log = logging.getLogger("lit_rlhf")
 CARRIED = ("data", "model", "paths")  # override groups a PPO run passes on to the stages it builds
 TASKS = ("sft", "reward_model", "ppo")
+DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 # ------------------------------------------------------------------ helpers
@@ -95,7 +100,7 @@ def run_sft(cfg: DictConfig) -> float | None:
     if ckpt is None:  # held-out loss before training, for comparison
         trainer.validate(module, datamodule=dm, verbose=False)
         log.info("sft: initial val/loss %.3f", metric(trainer, "val/loss") or float("nan"))
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     if trainer.is_global_zero:
         out = save_model(module.model, tok, Path(cfg.paths.output_dir) / "model")
         log.info("sft: val/loss %.3f; policy saved to %s", metric(trainer, "val/loss") or float("nan"), out)
@@ -118,7 +123,7 @@ def run_reward_model(cfg: DictConfig) -> float | None:
     dm = instantiate(dm_cfg, tokenizer=tok)
     module = instantiate(cfg.task.module, model=model, optimizer=instantiate(cfg.optimizer))
     trainer = make_trainer(cfg)
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg))
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg), weights_only=True)
     if trainer.is_global_zero:
         out = save_model(module.model, tok, Path(cfg.paths.output_dir) / "model")
         log.info(
@@ -163,7 +168,7 @@ def run_ppo(cfg: DictConfig) -> float | None:
         optimizer=instantiate(cfg.optimizer),
     )
     trainer = make_trainer(cfg, cfg.task.get("callbacks"))
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg))
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg), weights_only=True)
     if trainer.is_global_zero:
         out = save_model(module.actor, tok, Path(cfg.paths.output_dir) / "model")
         log.info("ppo: policy saved to %s", out)
@@ -255,3 +260,30 @@ def ensure_stage(cfg: DictConfig, task: str, extra: Sequence[str] = ()) -> Path:
     if not (model_dir / "config.json").is_file():
         raise RuntimeError(f"stage {tag} finished without writing {model_dir}")
     return model_dir
+
+
+# ------------------------------------------------------------------ DDP inside a Hydra multirun
+@contextmanager
+def one_ddp_job() -> Iterator[None]:
+    """Make Lightning's DDP children re-run THIS job of a ``-m`` sweep, then clear the job's DDP state.
+
+    Lightning starts ranks > 0 by re-executing ``sys.argv``; under ``-m`` that would re-run the whole sweep
+    into a second sweep folder. Inside a multirun job the command line is replaced by this job's own
+    overrides and ``hydra.run.dir`` by the job's folder, so the children join this job and write into it;
+    afterwards the process group and DDP environment are cleared so the next job starts its own.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        yield
+        return
+    hc, argv = HydraConfig.get(), sys.argv
+    sys.argv = [argv[0], *hc.overrides.task]
+    with read_write(hc):
+        hc.run.dir = hc.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key in DDP_ENV:
+            os.environ.pop(key, None)

@@ -88,7 +88,10 @@ class Run:
 
 @dataclass
 class Row:
-    """One (method, β): ``stats`` maps a metric to (mean, standard error) over the group's ``n`` seeds."""
+    """One (method, β): ``stats`` maps a metric to (mean, standard error) over the group's seeds.
+
+    ``n`` counts the seeds that logged ``gold/win_rate_helpful``; ``runs`` are all of the group's jobs.
+    """
 
     method: str
     beta: float
@@ -118,7 +121,10 @@ def read_scalars(job: Path) -> dict[str, list[tuple[int, float]]]:
     out: dict[str, dict[int, float]] = defaultdict(dict)
     for folder in sorted({p.parent for p in job.rglob("events.out.tfevents.*")}):
         acc = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.SCALARS: 0})
-        acc.Reload()
+        try:
+            acc.Reload()
+        except Exception as e:  # a truncated or corrupt file: keep what was read
+            warn(f"{folder}: could not read all events ({e})")
         for tag in acc.Tags()["scalars"]:
             for ev in acc.Scalars(tag):
                 out[tag][ev.step] = ev.value
@@ -128,7 +134,12 @@ def read_scalars(job: Path) -> dict[str, list[tuple[int, float]]]:
 def read_prompts(job: Path) -> list[dict]:
     """Rows of ``gold_eval.jsonl`` (empty when the job wrote none)."""
     files = sorted(job.rglob("gold_eval.jsonl"))
-    return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()] if files else []
+    try:
+        lines = files[-1].read_text().splitlines() if files else []
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        warn(f"{files[-1]}: unreadable ({e}); no per-prompt analysis for this job")
+        return []
 
 
 def load_runs(multirun_dir: str | Path) -> list[Run]:
@@ -136,7 +147,11 @@ def load_runs(multirun_dir: str | Path) -> list[Run]:
     runs = []
     for cfg_file in sorted(Path(multirun_dir).rglob(".hydra/config.yaml")):
         job = cfg_file.parent.parent
-        cfg = yaml.safe_load(cfg_file.read_text()) or {}
+        try:
+            cfg = yaml.safe_load(cfg_file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            warn(f"skipping {job}: unreadable {cfg_file} ({e})")
+            continue
         scalars = read_scalars(job)
         if not scalars:
             warn(f"skipping {job}: no TensorBoard scalars (failed or unfinished job?)")
@@ -169,6 +184,8 @@ def per_prompt_improvement(rows: list[dict], prop: str = "helpful") -> dict[int,
     diffs: dict[int, list[float]] = defaultdict(list)
     difficulty: dict[int, str] = {}
     for r in rows:
+        if f"gold_{prop}" not in r or f"gold_{prop}_sft" not in r:
+            continue
         diffs[r["prompt_id"]].append(r[f"gold_{prop}"] - r[f"gold_{prop}_sft"])
         difficulty[r["prompt_id"]] = r.get("difficulty", "?")
     return {p: (float(np.mean(d)), difficulty[p]) for p, d in diffs.items()}
@@ -201,7 +218,8 @@ def summarise(runs: list[Run]) -> list[Row]:
         shares = [not_improved_shares(r.prompts) for r in group if r.prompts]
         for g in ("all", "easy", "hard"):
             stats[f"not_improved/{g}"] = mean_se([s[g] for s in shares])
-        rows.append(Row(method, beta, len(group), stats, group))
+        n = sum(not math.isnan(r.final("gold/win_rate_helpful")) for r in group)  # seeds that evaluated
+        rows.append(Row(method, beta, n, stats, group))
     return rows
 
 
@@ -209,7 +227,9 @@ def interpolate_at_kl(rows: list[Row], kl: float, tag: str = "gold/win_rate_help
     """Each method's mean ``tag`` at KL = ``kl``, linear between consecutive β (NaN if never bracketed)."""
     out = {}
     for method in dict.fromkeys(r.method for r in rows):
-        pts = sorted((r.beta, r.stats["gold/kl_to_sft"][0], r.stats[tag][0]) for r in rows if r.method == method)
+        pts = sorted(
+            (r.beta, r.stats["gold/kl_to_sft"][0], r.stats[tag][0]) for r in rows if r.method == method
+        )
         out[method] = math.nan
         for (_, k0, y0), (_, k1, y1) in zip(pts, pts[1:]):
             if min(k0, k1) <= kl <= max(k0, k1):
@@ -289,7 +309,7 @@ def _mean_curve(runs: list[Run], tag: str) -> tuple[list[int], list[float]]:
 
 
 def plot_hacking(rows: list[Row], path: Path) -> None:
-    """Proxy (dashed) vs gold (solid) helpful win rate over training, one panel per method, one colour per β."""
+    """Proxy (dashed) vs gold (solid) helpful win rate over training: a panel per method, a colour per β."""
     methods = list(dict.fromkeys(r.method for r in rows))
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.5), sharey=True, squeeze=False)
     for ax, method in zip(axes[0], methods):
@@ -328,7 +348,9 @@ def plot_underfitting(rows: list[Row], path: Path) -> None:
             gains = [d for run in r.runs for d, _ in per_prompt_improvement(run.prompts).values()]
             xs = np.sort(gains)
             ys = np.arange(1, len(xs) + 1) / len(xs)
-            bottom.step(xs, ys, styles[j % 4], color=colors[method], label=f"{method} β={r.beta:g}")
+            bottom.step(
+                xs, ys, styles[j % 4], where="post", color=colors[method], label=f"{method} β={r.beta:g}"
+            )
     bottom.axvline(0, color="k", lw=0.8)
     bottom.set(xlabel="per-prompt mean(gold_helpful − gold_helpful_sft)", ylabel="ECDF (prompts × seeds)")
     bottom.legend(fontsize=6, ncol=2)
@@ -338,13 +360,14 @@ def plot_underfitting(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def at_kl_report(rows: list[Row], kl: float) -> str:
-    """Lines of each method's interpolated win rate at KL = ``kl`` and its gain over the raw reward."""
-    wins = interpolate_at_kl(rows, kl)
+def at_kl_report(rows: list[Row], kl: float, tag: str = "gold/win_rate_helpful") -> str:
+    """Lines of each method's interpolated ``tag`` at KL = ``kl`` and its gain over the raw reward."""
+    wins = interpolate_at_kl(rows, kl, tag)
     base = baseline_of(list(wins))
-    lines = [f"Gold win rate (helpful) at matched KL = {kl:g} (linear between consecutive β; mean over seeds):"]
+    lines = [f"{tag} at matched KL = {kl:g} (linear between consecutive β, means over seeds):"]
     for method, w in wins.items():
-        gain = "" if base is None or method == base else f"  gain over {base}: {w - wins[base]:+.3f}"
+        gain = w - wins[base] if base and method != base else math.nan
+        gain = "" if math.isnan(gain) else f"  gain over {base}: {gain:+.3f}"
         lines.append(f"- {method}: {'not bracketed by its β sweep' if math.isnan(w) else f'{w:.3f}'}{gain}")
     return "\n".join(lines)
 
@@ -358,7 +381,8 @@ def analyse(multirun_dir: str | Path, out: str | Path | None = None, at_kl: floa
     if not rows:
         return rows
     plot_metric_vs_kl(rows, "gold/win_rate_helpful", out / "win_rate_vs_kl.png", "gold win rate (helpful)")
-    if any(not math.isnan(r.stats["gold/win_rate_both"][0]) for r in rows):
+    has_both = any(not math.isnan(r.stats["gold/win_rate_both"][0]) for r in rows)
+    if has_both:
         plot_metric_vs_kl(rows, "gold/win_rate_both", out / "both_vs_kl.png", "better on both (gold)")
     plot_hacking(rows, out / "hacking.png")
     if any(run.prompts for run in runs):
@@ -374,6 +398,8 @@ def analyse(multirun_dir: str | Path, out: str | Path | None = None, at_kl: floa
     ]
     if at_kl is not None:
         text += ["", at_kl_report(rows, at_kl)]
+        if has_both:
+            text += ["", at_kl_report(rows, at_kl, "gold/win_rate_both")]
     (out / "results.md").write_text("\n".join(text) + "\n")
     print("\n".join(text[4:]))
     print(f"\nwrote {out}")

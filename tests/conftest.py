@@ -12,6 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import lit_rlhf  # noqa: F401  (registers the config resolvers)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 

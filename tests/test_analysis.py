@@ -1,4 +1,4 @@
-"""``scripts/analyze_sweep.py`` on a synthetic multirun folder with hand-computed means and standard errors."""
+"""``scripts/analyze_sweep.py`` on a synthetic multirun folder, against hand-computed means and s.e."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ sweep = importlib.util.module_from_spec(_spec)
 sys.modules["analyze_sweep"] = sweep  # dataclasses look their module up
 _spec.loader.exec_module(sweep)
 
+TARGETS = {"identity": "Identity", "logsigmoid": "LogSigmoid"}
 # (transform, β) → per seed (final gold/kl_to_sft, final gold/win_rate_helpful)
 FINAL = {
     ("identity", 0.05): [(2.0, 0.60), (4.0, 0.70)],  # KL 3 ± 1, win 0.65 ± 0.05
@@ -38,7 +39,7 @@ def write_job(job: Path, transform: str, beta: float, seed: int, events: bool = 
         "seed": seed,
         "reward": {"helpful": {"path": None}},
         "aggregator": {"_target_": "lit_rlhf.aggregators.Sum"},
-        "transform": {"_target_": f"lit_rlhf.transforms.{'Identity' if transform == 'identity' else 'LogSigmoid'}"},
+        "transform": {"_target_": f"lit_rlhf.transforms.{TARGETS[transform]}"},
         "task": {"module": {"kl_coef": beta}},
     }
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -102,8 +103,8 @@ def test_analysis_table_plots_and_failed_job(multirun: Path, tmp_path: Path) -> 
     assert "| raw | 0.05 | 2 | 3.000 ± 1.000 | 0.650 ± 0.050 |" in md
     assert "± s.e." in md and "better on both" not in md  # no win_rate_both logged: no column
     # at KL 2: raw between (1, .55) and (3, .65) → .60; logsigmoid between (1.5, .60) and (2.5, .70) → .65
-    assert sweep.interpolate_at_kl(rows, 2.0) == {"raw": pytest.approx(0.60), "logsigmoid": pytest.approx(0.65)}
-    assert "- logsigmoid: 0.650  gain over raw: +0.050" in md
+    assert sweep.interpolate_at_kl(rows, 2.0) == {"raw": approx(0.60), "logsigmoid": approx(0.65)}
+    assert "at matched KL = 2 " in md and "- logsigmoid: 0.650  gain over raw: +0.050" in md
 
     for name in ("win_rate_vs_kl.png", "hacking.png", "underfitting.png"):
         assert (out / name).stat().st_size > 1000

@@ -71,11 +71,15 @@ def test_every_shipped_option_composes_and_instantiates(tmp_path, group):
 
 
 def test_sft_learns_and_saves_loadable_policy(tmp_path):
-    with hydra_cfg(tmp_path, [*TINY_WORLD, *TINY_STAGES, "task=sft", "task.max_epochs=3", "task.module.warmup_steps=10"]) as cfg:
+    with hydra_cfg(
+        tmp_path, [*TINY_WORLD, *TINY_STAGES, "task=sft", "task.max_epochs=3", "task.module.warmup_steps=10"]
+    ) as cfg:
         val_loss = run(cfg)
         vocab = len(vocabulary()) + 3
     # a randomly initialised model starts at ≈ log(vocab); the demonstrations' own entropy is ~3.5 nats
-    assert val_loss < math.log(vocab) - 0.7, f"held-out loss {val_loss:.2f} vs initial ≈ {math.log(vocab):.2f}"
+    assert val_loss < math.log(vocab) - 0.7, (
+        f"held-out loss {val_loss:.2f} vs initial ≈ {math.log(vocab):.2f}"
+    )
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
     out = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=True)
     assert out.shape == (1, 7)
@@ -143,10 +147,18 @@ def test_user_jsonl_and_local_hf_model(tmp_path):
 
 
 def test_missing_reward_model_folder_is_a_clear_error(tmp_path):
-    with hydra_cfg(
-        tmp_path,
-        [*TINY_WORLD, "reward=helpful", "reward.helpful.path=/no/such/rm", "task.policy_path=/no/such/sft"],
-    ) as cfg, pytest.raises(FileNotFoundError, match="/no/such/sft"):
+    with (
+        hydra_cfg(
+            tmp_path,
+            [
+                *TINY_WORLD,
+                "reward=helpful",
+                "reward.helpful.path=/no/such/rm",
+                "task.policy_path=/no/such/sft",
+            ],
+        ) as cfg,
+        pytest.raises(FileNotFoundError, match="/no/such/sft"),
+    ):
         run(cfg)
 
 

@@ -121,26 +121,30 @@ class CycledBatchSampler(Sampler[list[int]]):
     """Exactly ``num_batches`` full batches, from successive seeded permutations of ``range(n)``.
 
     Each permutation is cut into ``n // batch_size`` full batches (the remainder is dropped, so no batch
-    repeats a record); permutations follow one another until ``num_batches`` have been yielded. The
-    generator lives on, so a second pass (a second epoch) continues with new permutations.
+    repeats a record); permutations follow one another until ``num_batches`` have been yielded. Batch k
+    depends only on (seed, k), so a resumed run continues exactly where it stopped: set ``start`` to the
+    number of batches already consumed.
     """
 
-    def __init__(self, n: int, batch_size: int, num_batches: int, seed: int) -> None:
+    def __init__(self, n: int, batch_size: int, num_batches: int, seed: int, start: int = 0) -> None:
         if n < batch_size:
             raise ValueError(f"data.batch_size ({batch_size}) exceeds the {n} training records")
-        self.n, self.batch_size, self.num_batches = n, batch_size, num_batches
-        self.generator = torch.Generator().manual_seed(seed)
+        self.n, self.batch_size, self.num_batches, self.seed = n, batch_size, num_batches, seed
+        self.start = start
 
     def __len__(self) -> int:
-        return self.num_batches
+        return self.num_batches  # Lightning counts a resumed epoch's batches from where it stopped
 
     def __iter__(self) -> Iterator[list[int]]:
-        done, per_perm = 0, self.n // self.batch_size
-        while done < self.num_batches:
-            perm = torch.randperm(self.n, generator=self.generator).tolist()
-            for i in range(min(per_perm, self.num_batches - done)):
-                yield perm[i * self.batch_size : (i + 1) * self.batch_size]
-                done += 1
+        per_perm = self.n // self.batch_size
+        perm_index, perm = -1, []
+        for k in range(self.start, self.num_batches):
+            if k // per_perm != perm_index:
+                perm_index = k // per_perm
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + perm_index)
+                perm = torch.randperm(self.n, generator=gen).tolist()
+            i = k % per_perm
+            yield perm[i * self.batch_size : (i + 1) * self.batch_size]
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -405,7 +409,11 @@ class PromptDataModule(L.LightningDataModule):
                 shuffle_seed=self.seed,
                 drop_last=True,
             )
-        sampler = CycledBatchSampler(len(self._train), self.batch_size, self.num_batches, self.seed)
+        # on resume, skip the batches the restored PPO module has already trained on
+        done = getattr(self.trainer.lightning_module, "iteration", 0) if self.trainer is not None else 0
+        sampler = CycledBatchSampler(
+            len(self._train), self.batch_size, self.num_batches, self.seed, start=done
+        )
         return DataLoader(
             self._train,
             batch_sampler=sampler,

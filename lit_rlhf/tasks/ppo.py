@@ -112,6 +112,7 @@ class PPOModule(L.LightningModule):
         top_k: top-k sampling (0 = off).
         top_p: nucleus sampling (1.0 = off).
         eval_samples_per_prompt: responses per held-out prompt at evaluation.
+        seed: seeds the sampling of each iteration (with the iteration number).
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class PPOModule(L.LightningModule):
         top_k: int = 0,
         top_p: float = 1.0,
         eval_samples_per_prompt: int = 4,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -171,7 +173,7 @@ class PPOModule(L.LightningModule):
         self.ppo_epochs, self.num_minibatches, self.max_grad_norm = ppo_epochs, num_minibatches, max_grad_norm
         self.missing_eos_penalty, self.samples_per_prompt = missing_eos_penalty, samples_per_prompt
         self.temperature = temperature
-        self.eval_samples_per_prompt = eval_samples_per_prompt
+        self.eval_samples_per_prompt, self.seed = eval_samples_per_prompt, seed
         self.generation_config = GenerationConfig(
             do_sample=True,
             max_new_tokens=max_new_tokens,
@@ -252,6 +254,9 @@ class PPOModule(L.LightningModule):
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        # the randomness of iteration i is a function of (seed, i, rank): a resumed run samples what the
+        # uninterrupted one would have, whatever else consumed random numbers in between
+        torch.manual_seed(self.seed * 1_000_003 + self.iteration * 7919 + self.global_rank)
         ro = self.rollout(batch)
         mask = ro.response_mask.float()
         P = ro.input_ids.shape[1] - mask.shape[1]
@@ -328,8 +333,13 @@ class PPOModule(L.LightningModule):
         self.log("reward", reward.mean(), prog_bar=True, logger=False, batch_size=B)
 
     # ---------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG stream
+            torch.manual_seed(batch_idx)
+            return self._evaluate(batch)
+
+    @torch.no_grad()
+    def _evaluate(self, batch: dict) -> dict:
         """Samples of the policy and of the reference on held-out prompts, for the evaluation callbacks.
 
         Returns prompts, responses of both, raw scores of both, and the per-sequence KL(π‖π_ref) of the
@@ -384,6 +394,11 @@ class PPOModule(L.LightningModule):
         checkpoint["ppo_iteration"] = self.iteration
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        missing = [k for k in ("kl_controller", "ppo_iteration") if k not in checkpoint]
+        if missing:
+            raise ValueError(
+                f"this checkpoint was not written by task=ppo (it lacks {missing}); check ckpt_path"
+            )
         self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
         self.iteration = checkpoint["ppo_iteration"]
 

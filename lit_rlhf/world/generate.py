@@ -28,7 +28,7 @@ from lit_rlhf.world.responses import (
 from lit_rlhf.world.tokenizer import save_tokenizer
 from lit_rlhf.world.vocab import ASPECT_NAMES, CLOSERS, OPENERS, TOPIC_NAMES, prompt_groups, vocabulary
 
-WORLD_VERSION = 1  # bump when generation changes, so stale worlds are refused rather than reused
+WORLD_VERSION = 2  # bump when generation changes, so stale worlds are refused rather than reused
 PROPERTIES = ("helpful", "harmless")
 # Share of each pair kind per property: two demonstrations, two synthetic in-cap responses, and a
 # contrast (the same response with its topic/aspect words moved, or one harmful/rude/safety word edited).
@@ -133,7 +133,7 @@ def make_pairs(prompts: list[str], n: int, prop: str, label_scale: float, rng: r
             b = contrast(prompt, a, rng)
             if b is not None and rng.random() < 0.5:
                 a, b = b, a
-        if b is None or a == b:
+        if b is None or a == b or not a.strip() or not b.strip():  # an empty response is no answer
             continue
         p = bt_probability(gold(prompt, a), gold(prompt, b), label_scale)
         chosen, rejected = (a, b) if rng.random() < p else (b, a)

@@ -1,0 +1,268 @@
+"""lit_rlhf side: RewardModelModule / PPOModule driven by a Lightning Trainer, the way users run them.
+
+``python benchmarks/lit_side.py {rm,ppo}`` (lit_rlhf's venv) prints one ``RESULT {json}`` line: throughput
+after the warm-up steps, the work done (optimizer steps, sequences, tokens) and, for PPO, a breakdown of
+the step (each timed phase is wrapped with ``perf_counter``; CPU ops are synchronous, so the wrappers
+measure the phase itself).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from common import RUNS, Settings, StepClock, emit, matmul_params, ppo_step_flops, setup_threads, train_flops  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+from lit_rlhf.data.datamodules import PreferenceDataModule, PromptDataModule  # noqa: E402
+from lit_rlhf.models.factory import load_tokenizer, quiet_transformers  # noqa: E402
+from lit_rlhf.tasks.ppo import PPOModule  # noqa: E402
+from lit_rlhf.tasks.reward_model import RewardModelModule  # noqa: E402
+
+
+class Meter(L.Callback):
+    """Stamps the end of every training batch, counts optimizer steps and the tokens of each batch."""
+
+    def __init__(self, count_batch_tokens: bool) -> None:
+        self.clock, self.count_batch_tokens = StepClock(), count_batch_tokens
+        self.opt_steps: dict[int, int] = defaultdict(int)
+        self.tokens = self.positions = self.rows = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for i, opt in enumerate(trainer.optimizers):
+            opt = getattr(opt, "optimizer", opt)  # LightningOptimizer → torch optimizer
+            opt.register_step_post_hook(lambda *_a, i=i: self.opt_steps.__setitem__(i, self.opt_steps[i] + 1))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.count_batch_tokens:
+            self.tokens += int(batch["attention_mask"].sum())
+            self.positions += batch["attention_mask"].numel()
+            self.rows += len(batch["attention_mask"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.clock.tick()
+
+
+def trainer(callbacks: list, max_steps: int) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=max_steps,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+
+
+def optimizer():
+    return functools.partial(torch.optim.AdamW, betas=(0.9, 0.95), weight_decay=0.0)
+
+
+def run_rm(s: Settings) -> dict:
+    tok = load_tokenizer(RUNS / "models" / "tokenizer")
+    model = AutoModelForSequenceClassification.from_pretrained(RUNS / "models" / "reward", num_labels=1)
+    dm = PreferenceDataModule(
+        tok,
+        path=str(RUNS / "data" / "pairs.jsonl"),
+        val_fraction=0.0,
+        seed=s.seed,
+        batch_size=s.rm_batch_pairs,
+        max_prompt_tokens=s.rm_max_prompt_tokens,
+        max_length=s.rm_max_length,
+    )
+    module = RewardModelModule(model, optimizer(), lr=s.lr)
+    meter = Meter(count_batch_tokens=True)
+    steps = s.rm_warmup_steps + s.rm_steps
+    tr = trainer([meter], steps)
+    L.seed_everything(s.seed, verbose=False)
+    tr.fit(module, datamodule=dm)
+    seconds = meter.clock.timed_seconds(s.rm_warmup_steps)
+    n = matmul_params(model)
+    timed_tokens = meter.tokens * s.rm_steps / steps  # tokens per step vary; use the mean
+    return {
+        "side": "lit_rlhf",
+        "task": "rm",
+        "seconds": seconds,
+        "cpu_seconds": meter.clock.timed_cpu_seconds(s.rm_warmup_steps),
+        "throughput": s.rm_steps * s.rm_batch_pairs / seconds,
+        "unit": "pairs/s",
+        "flops_per_s": train_flops(n, timed_tokens) / seconds,
+        "work": {
+            "optimizer_steps": meter.opt_steps[0],
+            "pairs": meter.rows // 2,
+            "sequences": meter.rows,
+            "tokens": meter.tokens,
+            "padded_positions": meter.positions,
+        },
+    }
+
+
+class Phases:
+    """Accumulates seconds per named phase of the current step."""
+
+    def __init__(self) -> None:
+        self.t: dict[str, float] = defaultdict(float)
+
+    def wrap(self, fn, name_of):
+        @functools.wraps(fn)
+        def inner(*a, **kw):
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            self.t[name_of(*a, **kw)] += time.perf_counter() - t0
+            return out
+
+        return inner
+
+
+def run_ppo(s: Settings) -> dict:
+    models = RUNS / "models"
+    tok = load_tokenizer(models / "tokenizer")
+    actor = AutoModelForCausalLM.from_pretrained(models / "policy")
+    ref = AutoModelForCausalLM.from_pretrained(models / "policy")
+    critic = AutoModelForTokenClassification.from_pretrained(models / "reward", num_labels=1)
+    rm = AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
+    steps = s.ppo_warmup_steps + s.ppo_steps
+    dm = PromptDataModule(
+        tok,
+        train_path=str(RUNS / "data" / "prompts.jsonl"),
+        val_fraction=0.0,
+        seed=s.seed,
+        batch_size=s.ppo_batch_prompts,
+        num_batches=steps,
+    )
+    module = PPOModule(
+        actor,
+        critic,
+        ref,
+        {"helpful": rm},
+        tok,
+        optimizer(),
+        lr=s.lr,
+        value_lr=s.lr,
+        kl_coef=s.kl_coef,
+        ppo_epochs=s.ppo_epochs,
+        num_minibatches=s.ppo_minibatches,
+        max_grad_norm=None,  # TRL's PPO loop does not clip: same work
+        max_new_tokens=s.ppo_max_new_tokens,
+        temperature=s.temperature,
+    )
+
+    # breakdown: wrap the module's phases (instance attributes shadow the methods)
+    ph = Phases()
+    work = {"prompt_tokens": 0, "response_tokens": 0, "generated_positions": 0, "rollouts": 0}
+
+    def gen_counting(model, input_ids, attention_mask):
+        seq, rmask, has_eos = PPOModule.generate(module, model, input_ids, attention_mask)
+        work["prompt_tokens"] += int(attention_mask.sum())
+        work["response_tokens"] += int(rmask.sum())
+        work["generated_positions"] += rmask.numel()
+        work["rollouts"] += len(rmask)
+        return seq, rmask, has_eos
+
+    def lp_name(model, *a, **kw):
+        if torch.is_grad_enabled():
+            return "update: policy forward"
+        return "rollout: policy log-prob forward" if model is module.actor else "rollout: reference forward"
+
+    module.generate = ph.wrap(gen_counting, lambda *a, **kw: "rollout: generation")
+    module._token_logprobs = ph.wrap(functools.partial(PPOModule._token_logprobs, module), lp_name)
+    module._values = ph.wrap(
+        functools.partial(PPOModule._values, module),
+        lambda *a, **kw: "update: value forward" if torch.is_grad_enabled() else "rollout: value forward",
+    )
+    module.score = ph.wrap(
+        functools.partial(PPOModule.score, module), lambda *a, **kw: "rollout: reward forward"
+    )
+    module.training_step = ph.wrap(
+        functools.partial(PPOModule.training_step, module), lambda *a, **kw: "training_step"
+    )
+    per_step: list[dict[str, float]] = []
+
+    class StepPhases(L.Callback):
+        def on_train_batch_end(self, *a, **kw) -> None:
+            per_step.append(dict(ph.t))
+            ph.t.clear()
+
+    meter = Meter(count_batch_tokens=False)
+    tr = trainer([meter, StepPhases()], steps)
+    L.seed_everything(s.seed, verbose=False)
+    tr.fit(module, datamodule=dm)
+    seconds = meter.clock.timed_seconds(s.ppo_warmup_steps)
+
+    # mean phase seconds over the timed steps; "update (backward + optimizer + losses)" = the rest of the step
+    timed = per_step[s.ppo_warmup_steps :]
+    keys = sorted({k for d in timed for k in d})
+    mean = {k: sum(d.get(k, 0.0) for d in timed) / len(timed) for k in keys}
+    step_total = seconds / s.ppo_steps
+    rollout = sum(v for k, v in mean.items() if k.startswith("rollout"))
+    upd_fwd = sum(v for k, v in mean.items() if k.startswith("update"))
+    breakdown = {k: v for k, v in mean.items() if k != "training_step"}
+    breakdown["update: backward + optimizer + loss maths"] = mean["training_step"] - rollout - upd_fwd
+    breakdown["Lightning loop + data (outside training_step)"] = step_total - mean["training_step"]
+    breakdown["step total"] = step_total
+
+    P = s_prompt_tokens()
+    n_lm, n_cls = matmul_params(actor), matmul_params(rm)
+    fl = ppo_step_flops(n_lm, n_cls, s.ppo_batch_prompts, P, s.ppo_max_new_tokens, s.ppo_epochs)
+    update_s = breakdown["update: backward + optimizer + loss maths"] + upd_fwd
+    return {
+        "side": "lit_rlhf",
+        "task": "ppo",
+        "seconds": seconds,
+        "cpu_seconds": meter.clock.timed_cpu_seconds(s.ppo_warmup_steps),
+        "throughput": s.ppo_steps * s.ppo_batch_prompts / seconds,
+        "unit": "rollouts/s",
+        "flops_per_s": fl["total"] / step_total,
+        "update_flops_per_s": fl["update"] / update_s,
+        "breakdown_s": breakdown,
+        "work": {
+            "ppo_iterations": len(meter.clock.stamps),
+            "minibatch_updates": meter.opt_steps[0],  # policy optimizer steps (critic: same number)
+            "critic_steps": meter.opt_steps[1],
+            **work,
+            "tokens": work["prompt_tokens"] + work["response_tokens"],
+        },
+    }
+
+
+def s_prompt_tokens() -> int:
+    return json.loads((RUNS / "data" / "prompts_meta.json").read_text())["prompt_tokens"]
+
+
+def main() -> None:
+    task = sys.argv[1]
+    quiet_transformers()
+    s = Settings.load()
+    setup_threads(s.threads)
+    import warnings  # noqa: PLC0415
+
+    warnings.filterwarnings("ignore")
+    result = {"rm": run_rm, "ppo": run_ppo}[task](s)
+    result["versions"] = {"torch": torch.__version__, "lightning": L.__version__, "transformers": _tf()}
+    emit(result)
+
+
+def _tf() -> str:
+    import transformers  # noqa: PLC0415
+
+    return transformers.__version__
+
+
+if __name__ == "__main__":
+    main()
