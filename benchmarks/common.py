@@ -33,16 +33,16 @@ class Settings:
     rm_batch_pairs: int = 32
     rm_max_prompt_tokens: int = 32
     rm_max_length: int = 64
-    rm_warmup_steps: int = 2
-    rm_steps: int = 8  # timed steps (after the warm-up)
+    rm_warmup_steps: int = 3
+    rm_steps: int = 30  # timed steps (after the warm-up)
     lr: float = 1e-4
     # PPO
     ppo_batch_prompts: int = 16
     ppo_max_new_tokens: int = 24
     ppo_epochs: int = 2
     ppo_minibatches: int = 2
-    ppo_warmup_steps: int = 1
-    ppo_steps: int = 3  # timed PPO iterations (after the warm-up)
+    ppo_warmup_steps: int = 2
+    ppo_steps: int = 8  # timed PPO iterations (after the warm-up)
     temperature: float = 1.0
     kl_coef: float = 0.05
 

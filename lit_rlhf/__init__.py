@@ -6,3 +6,5 @@ from omegaconf import OmegaConf
 # command finds (and resumes) the same folder.
 if not OmegaConf.has_resolver("or_default"):
     OmegaConf.register_new_resolver("or_default", lambda value, default: value or default)
+if not OmegaConf.has_resolver("min"):
+    OmegaConf.register_new_resolver("min", lambda *values: min(values))

@@ -169,6 +169,8 @@ def run_ppo(cfg: DictConfig) -> float | None:
     )
     trainer = make_trainer(cfg, cfg.task.get("callbacks"))
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg), weights_only=True)
+    if cfg.task.iterations % cfg.task.val_check_interval:  # the last evaluation was not at the end
+        trainer.validate(module, datamodule=dm, verbose=False)
     if trainer.is_global_zero:
         out = save_model(module.actor, tok, Path(cfg.paths.output_dir) / "model")
         log.info("ppo: policy saved to %s", out)

@@ -14,6 +14,7 @@ The objective is the paper's ``E[u(x, y)] − β·KL(π‖π_ref)`` with u the t
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -39,6 +40,7 @@ from lit_rlhf.rlhf import (
     value_loss,
 )
 
+log = logging.getLogger(__name__)
 RewardFn = Callable[[Tensor, Tensor, "PPOModule"], Tensor]
 
 
@@ -113,6 +115,10 @@ class PPOModule(L.LightningModule):
         top_p: nucleus sampling (1.0 = off).
         eval_samples_per_prompt: responses per held-out prompt at evaluation.
         seed: seeds the sampling of each iteration (with the iteration number).
+        max_bad_batches: stop after this many consecutive batches with NaN/inf scores, log-probs or values
+            (each one is skipped and counted in ``ppo/skipped_batches``).
+        max_ratio: skip a minibatch's policy update when max π/π_old exceeds this (ratio explosion);
+            counted in ``ppo/skipped_updates``.
     """
 
     def __init__(
@@ -146,6 +152,8 @@ class PPOModule(L.LightningModule):
         top_p: float = 1.0,
         eval_samples_per_prompt: int = 4,
         seed: int = 0,
+        max_bad_batches: int = 3,
+        max_ratio: float = 100.0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -185,6 +193,8 @@ class PPOModule(L.LightningModule):
         )
         self.reward_fn: RewardFn = raw_sum
         self.iteration = 0
+        self.max_bad_batches, self.max_ratio = max_bad_batches, max_ratio
+        self.skipped_batches = self.skipped_updates = self._bad_streak = 0
 
     # ---------------------------------------------------------------- rollouts
     @torch.no_grad()
@@ -261,6 +271,11 @@ class PPOModule(L.LightningModule):
         mask = ro.response_mask.float()
         P = ro.input_ids.shape[1] - mask.shape[1]
 
+        # 0. numerical faults: a batch with NaN/inf scores, log-probs or values is skipped, not learned from
+        if not self._finite_rollout(ro):
+            self.iteration += 1
+            return
+
         # 1. the reward PPO optimises: transform + aggregation (installed by RewardTransformCallback)
         reward = self.reward_fn(ro.scores, ro.prompt_ids, self).float()  # (B,)
         if self.missing_eos_penalty is not None:
@@ -291,23 +306,30 @@ class PPOModule(L.LightningModule):
                 pg_loss, pg_stats = ppo_policy_loss(
                     logprobs, ro.logprobs[idx], advantages[idx], m, self.clip_eps
                 )
-                opt_actor.zero_grad()
-                self.manual_backward(pg_loss)
-                if self.max_grad_norm:
-                    self.clip_gradients(
-                        opt_actor, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
-                    )
-                opt_actor.step()
+                # a ratio explosion (π/π_old beyond max_ratio) or a non-finite loss skips this update
+                if torch.isfinite(pg_loss) and pg_stats["ratio_max"] <= self.max_ratio:
+                    opt_actor.zero_grad()
+                    self.manual_backward(pg_loss)
+                    if self.max_grad_norm:
+                        self.clip_gradients(
+                            opt_actor, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
+                        )
+                    opt_actor.step()
+                else:
+                    self.skipped_updates += 1
 
                 values = self._values(ids, am, P)
                 vf_loss, vf_stats = value_loss(values, ro.values[idx], returns[idx], m, self.value_clip_eps)
-                opt_critic.zero_grad()
-                self.manual_backward(self.vf_coef * vf_loss)
-                if self.max_grad_norm:
-                    self.clip_gradients(
-                        opt_critic, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
-                    )
-                opt_critic.step()
+                if torch.isfinite(vf_loss):
+                    opt_critic.zero_grad()
+                    self.manual_backward(self.vf_coef * vf_loss)
+                    if self.max_grad_norm:
+                        self.clip_gradients(
+                            opt_critic, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
+                        )
+                    opt_critic.step()
+                else:
+                    self.skipped_updates += 1
                 for k, v in {**pg_stats, **vf_stats, "pg_loss": pg_loss, "vf_loss": vf_loss}.items():
                     if k in stats:
                         stats[k].append(v.detach().float())
@@ -318,7 +340,7 @@ class PPOModule(L.LightningModule):
         seq_kl = (kl * mask).sum(-1)  # (B,)
         self.kl_ctl.update(seq_kl.mean().item(), B)
         self.iteration += 1
-        log = {f"ppo/{k}": torch.stack(v).mean() for k, v in stats.items()}
+        log = {f"ppo/{k}": torch.stack(v).mean() for k, v in stats.items() if v}
         log |= {
             "ppo/kl": seq_kl.mean(),
             "ppo/beta": torch.tensor(beta),
@@ -327,10 +349,39 @@ class PPOModule(L.LightningModule):
             "ppo/eos_rate": ro.has_eos.float().mean(),
             "ppo/entropy_proxy": -masked_mean(ro.logprobs, mask),
             "train/loss": log_total(stats, self.vf_coef),
+            "ppo/skipped_batches": torch.tensor(float(self.skipped_batches)),
+            "ppo/skipped_updates": torch.tensor(float(self.skipped_updates)),
         }
         self.log_dict(log, prog_bar=False, batch_size=B)
         self.log("ppo/kl_pb", seq_kl.mean(), prog_bar=True, logger=False, batch_size=B)
         self.log("reward", reward.mean(), prog_bar=True, logger=False, batch_size=B)
+
+    def _finite_rollout(self, ro: Rollout) -> bool:
+        """Fault policy: skip a batch whose scores, log-probs or values are not finite; stop after
+        ``max_bad_batches`` such batches in a row with an error that says where the NaNs came from."""
+        checks = {
+            "reward-model scores": ro.scores,
+            "policy log-probs": ro.logprobs,
+            "reference log-probs": ro.ref_logprobs,
+            "critic values": ro.values,
+        }
+        bad = {k: int((~torch.isfinite(v)).sum()) for k, v in checks.items()}
+        bad = {k: n for k, n in bad.items() if n}
+        if not bad:
+            self._bad_streak = 0
+            return True
+        self.skipped_batches += 1
+        self._bad_streak += 1
+        what = ", ".join(f"{n} non-finite {k}" for k, n in bad.items())
+        log.warning("PPO iteration %d skipped: %s (%d in a row)", self.iteration, what, self._bad_streak)
+        if self._bad_streak >= self.max_bad_batches:
+            raise FloatingPointError(
+                f"{self._bad_streak} consecutive PPO batches had non-finite values ({what}); stopping "
+                "instead of training on them. Check the reward models (reward.<name>.path) and the "
+                "learning rate (task.module.lr); raise task.module.max_bad_batches to tolerate more."
+            )
+        self.log("ppo/skipped_batches", float(self.skipped_batches), batch_size=len(ro.scores))
+        return False
 
     # ---------------------------------------------------------------- evaluation
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
@@ -405,4 +456,5 @@ class PPOModule(L.LightningModule):
 
 def log_total(stats: dict[str, list[Tensor]], vf_coef: float) -> Tensor:
     """Mean policy loss + vf_coef · mean value loss over the iteration's minibatches."""
-    return torch.stack(stats["pg_loss"]).mean() + vf_coef * torch.stack(stats["vf_loss"]).mean()
+    mean = lambda k: torch.stack(stats[k]).mean() if stats[k] else torch.tensor(0.0)  # noqa: E731
+    return mean("pg_loss") + vf_coef * mean("vf_loss")
