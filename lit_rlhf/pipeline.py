@@ -229,7 +229,11 @@ def stage_hash(sub: DictConfig) -> str:
     keys = ["task", "model", "data", "optimizer", "seed"] + (
         ["reward"] if sub.task.name == "reward_model" else []
     )
-    text = json.dumps({k: resolved.get(k) for k in keys}, sort_keys=True, default=str)
+    parts = {k: resolved.get(k) for k in keys}
+    world = Path(str(sub.data.world.out_dir)) / "world.json" if sub.data.get("world") else None
+    if world is not None and world.is_file():  # a regenerated world (new version) invalidates its stages
+        parts["world"] = json.loads(world.read_text()).get("params")
+    text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
