@@ -2,7 +2,7 @@
 
 Run with lit_rlhf's venv (``/work/venv/bin/python benchmarks/prepare.py``); ``run.py`` calls it.
 
-* ``world/``: the embedded world (``build_world(seed)``), whose tokenizer both sides load;
+* ``world-v<WORLD_VERSION>/``: the embedded world (``build_world(seed)``), whose tokenizer both sides load;
 * ``models/policy`` (GPT-2 LM) and ``models/reward`` (GPT-2 + scalar head), one GPT2Config, saved with
   ``save_pretrained``: both sides load the same weights (policy = actor and reference; reward folder =
   reward model and the critic's initial backbone);
@@ -28,6 +28,7 @@ from common import RUNS, Settings, log  # noqa: E402
 from lit_rlhf.data.datamodules import PreferenceDataModule  # noqa: E402
 from lit_rlhf.models.factory import TinyGPT2, load_tokenizer, quiet_transformers  # noqa: E402
 from lit_rlhf.world import build_world  # noqa: E402
+from lit_rlhf.world.generate import WORLD_VERSION  # noqa: E402
 
 
 def main() -> None:
@@ -35,16 +36,15 @@ def main() -> None:
     s = Settings()
     RUNS.mkdir(exist_ok=True)
     s.dump()
-    world = build_world(RUNS / "world", seed=s.seed)
+    world = build_world(RUNS / f"world-v{WORLD_VERSION}", seed=s.seed)
     tok = load_tokenizer(world.tokenizer)
 
     # models: one config, saved once
     spec = TinyGPT2(n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head, n_positions=s.n_positions)
     models = RUNS / "models"
-    for head, name in (("causal_lm", "policy"), ("reward", "reward")):
-        if not (models / name / "config.json").exists():
-            torch.manual_seed(s.seed)
-            spec.build(head, tok).save_pretrained(models / name)
+    for head, name in (("causal_lm", "policy"), ("reward", "reward")):  # rebuilt every time: seconds
+        torch.manual_seed(s.seed)
+        spec.build(head, tok).save_pretrained(models / name)
     tok.save_pretrained(models / "tokenizer")
 
     data = RUNS / "data"

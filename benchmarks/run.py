@@ -52,7 +52,38 @@ print(best / 1e9)
 """
 
 
-def run_side(python: str | Path, script: str, task: str) -> dict:
+def busy_cores(seconds: float = 2.0) -> float:
+    """Cores kept busy by the whole machine over ``seconds`` (from /proc/stat)."""
+
+    def snap() -> tuple[int, int]:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = f[3] + f[4]
+        return sum(f) - idle, sum(f)
+
+    b0, t0 = snap()
+    time.sleep(seconds)
+    b1, t1 = snap()
+    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.3) -> float:
+    """Wait (up to ``max_wait`` s) until other processes keep fewer than ``threshold`` cores busy.
+
+    Two OpenMP threads on a 2-core machine lose far more than their share when a third process competes
+    (threads wait for each other at every barrier), so runs started on a busy machine are not comparable.
+    Returns the busy cores measured last; the report shows it for every run.
+    """
+    end = time.monotonic() + max_wait
+    busy = busy_cores()
+    while busy > threshold and time.monotonic() < end:
+        busy = busy_cores(5.0)
+    if busy > threshold:
+        log(f"[run] machine still busy ({busy:.2f} cores) after {max_wait:.0f} s; running anyway")
+    return busy
+
+
+def run_side(python: str | Path, script: str, task: str, max_wait: float) -> dict:
+    busy = wait_quiet(max_wait)
     cmd = [str(python), str(HERE / script), task]
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
@@ -63,6 +94,7 @@ def run_side(python: str | Path, script: str, task: str) -> dict:
     r = parse_result(p.stdout)
     r["wall_total_s"] = time.perf_counter() - t0
     r["loadavg_1min_start"] = load0
+    r["busy_cores_before"] = busy
     return r
 
 
@@ -106,7 +138,7 @@ def summarise(task: str, lit: list[dict], peer: list[dict], peak_gflops: float) 
         else None,
         "runs_lit": [round(r["throughput"], 3) for r in lit],
         "runs_peer": [round(r["throughput"], 3) for r in peer],
-        "load": [round(r["loadavg_1min_start"], 1) for r in lit + peer],
+        "load": [round(r["busy_cores_before"], 2) for r in lit + peer],
     }
 
 
@@ -133,7 +165,7 @@ def report(s: Settings, peak: float, rows: list[dict], raw: dict, repeats: int, 
         "MFU = model FLOPs (6·N·tokens train, 2·N·tokens forward; N = block + head weights) / time / peak.",
         "",
         "| task | lit_rlhf | TRL | ratio (lit/TRL) | per CPU-second: lit / TRL (ratio) | peak RSS MB lit / TRL "
-        "| MFU lit / TRL | runs lit · TRL | 1-min load avg at starts |",
+        "| MFU lit / TRL | runs lit · TRL | busy cores before each run (lit…, TRL…) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
@@ -169,6 +201,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating lit/peer runs per task")
     ap.add_argument("--tasks", default="rm,ppo", help="comma-separated: rm, ppo")
     ap.add_argument("--out", default=str(HERE / "results.md"))
+    ap.add_argument("--max-wait", type=float, default=600, help="seconds to wait for a quiet machine per run")
     a = ap.parse_args()
     tasks = a.tasks.split(",")
     for t in tasks:
@@ -176,6 +209,7 @@ def main() -> None:
             raise SystemExit(f"{PEERS[t]} missing: run `bash benchmarks/setup_peers.sh` first")
     subprocess.run([LIT_PY, str(HERE / "prepare.py")], check=True, env=ENV)
     s = Settings.load()
+    wait_quiet(a.max_wait)
     peak = matmul_peak(s.threads)
     log(f"[run] matmul peak {peak:.1f} GFLOP/s, load average {os.getloadavg()[0]:.1f}")
     rows, raw = [], {}
@@ -186,7 +220,7 @@ def main() -> None:
             if i % 2:
                 order.reverse()  # alternate who goes first
             for who, py, script in order:
-                r = run_side(py, script, task)
+                r = run_side(py, script, task, a.max_wait)
                 (lit if who == "lit" else peer).append(r)
                 log(
                     f"[run] {task} #{i} {who}: {r['throughput']:.3f} {r['unit']}, rss {r['peak_rss_mb']:.0f} MB, "

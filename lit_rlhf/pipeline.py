@@ -155,6 +155,7 @@ def run_ppo(cfg: DictConfig) -> float | None:
     reward_models = {}
     for name, path in rm_paths.items():
         rm = Pretrained(str(path))
+        rm.check_reward_model(f"reward.{name}.path")
         check_same_tokenizer(tok, rm.load_tokenizer(), f"reward.{name}.path={path}")
         reward_models[name] = rm.build("reward", tok)
     dm = instantiate(cfg.task.datamodule, tokenizer=tok)

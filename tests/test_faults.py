@@ -86,3 +86,15 @@ def test_missing_checkpoint_path_is_named(tmp_path, stage_cache, monkeypatch):
     monkeypatch.setattr(test_resume, "RESUMABLE", [*RESUMABLE, "ckpt_path=/no/such.ckpt"])
     with pytest.raises(FileNotFoundError, match="ckpt_path=/no/such.ckpt"):
         run_ppo(tmp_path, stage_cache)
+
+
+def test_reward_folder_of_the_wrong_kind_is_refused(tmp_path, stage_cache):
+    """An SFT (causal LM) folder given as a reward model would score with a random head: refused."""
+    with hydra_cfg(tmp_path / "p", [*TINY_WORLD, *TINY_STAGES], cache=stage_cache) as cfg:
+        sft = ensure_stage(cfg, "sft")
+    overrides = [*TINY_WORLD, *TINY_STAGES, "reward=helpful", f"reward.helpful.path={sft}"]
+    with hydra_cfg(tmp_path, overrides, cache=stage_cache) as cfg:
+        from lit_rlhf.pipeline import run
+
+        with pytest.raises(ValueError, match=r"reward.helpful.path: .* not a reward model"):
+            run(cfg)

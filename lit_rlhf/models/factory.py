@@ -14,6 +14,7 @@ the user sets ``model.trust_remote_code=true``.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -155,6 +156,17 @@ class Pretrained:
                 "save_pretrained; nothing is downloaded from a hub."
             )
         return path
+
+    def check_reward_model(self, where: str) -> None:
+        """Refuse a folder that is not a trained reward model (its score head would be random)."""
+        path = self._check_folder()
+        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+        if not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise ValueError(
+                f"{where}: {path} holds a {archs or 'model without architectures'}, not a reward model "
+                "(a *ForSequenceClassification folder written by task=reward_model); its score head would be "
+                "random. Train one with `python train.py task=reward_model reward=<name>` and point here."
+            )
 
     def load_tokenizer(self, default: str | Path | None = None) -> PreTrainedTokenizerBase:
         path = self.tokenizer_path or self._check_folder()
