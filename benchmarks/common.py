@@ -76,6 +76,11 @@ class StepClock:
         return self.stamps[-1] - self.stamps[warmup - 1]
 
 
+def step_seconds(stamps: list[float], warmup: int) -> list[float]:
+    """Duration of each timed step (end-to-end stamps after the warm-up)."""
+    return [b - a for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:])]
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process (Linux ``ru_maxrss`` is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -128,6 +133,9 @@ def emit(result: dict) -> None:
     """Print the side's one result line (the driver parses it)."""
     result.setdefault("peak_rss_mb", round(peak_rss_mb(), 1))
     result.setdefault("loadavg_1min_end", os.getloadavg()[0])
+    import torch  # noqa: PLC0415
+
+    result.setdefault("torch_threads_end", torch.get_num_threads())
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from common import RUNS, Settings, StepClock, emit, matmul_params, ppo_step_flops, setup_threads, train_flops  # noqa: E402
+from common import RUNS, Settings, StepClock, emit, matmul_params, ppo_step_flops, setup_threads, step_seconds, train_flops  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -101,6 +101,8 @@ def run_rm(s: Settings) -> dict:
         "seconds": seconds,
         "cpu_seconds": meter.clock.timed_cpu_seconds(s.rm_warmup_steps),
         "throughput": s.rm_steps * s.rm_batch_pairs / seconds,
+        "step_s": step_seconds(meter.clock.stamps, s.rm_warmup_steps),
+        "per_step": s.rm_batch_pairs,
         "unit": "pairs/s",
         "flops_per_s": train_flops(n, timed_tokens) / seconds,
         "work": {
@@ -227,6 +229,8 @@ def run_ppo(s: Settings) -> dict:
         "seconds": seconds,
         "cpu_seconds": meter.clock.timed_cpu_seconds(s.ppo_warmup_steps),
         "throughput": s.ppo_steps * s.ppo_batch_prompts / seconds,
+        "step_s": step_seconds(meter.clock.stamps, s.ppo_warmup_steps),
+        "per_step": s.ppo_batch_prompts,
         "unit": "rollouts/s",
         "flops_per_s": fl["total"] / step_total,
         "update_flops_per_s": fl["update"] / update_s,

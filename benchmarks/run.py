@@ -114,6 +114,9 @@ def summarise(task: str, lit: list[dict], peer: list[dict], peak_gflops: float) 
         return median([r[key] for r in rs])
 
     lit_tp, peer_tp = med(lit, "throughput"), med(peer, "throughput")
+    # robust to bursts of other load: units per step / median step time, pooled over all runs of a side
+    lit_ms = lit[0]["per_step"] / median([x for r in lit for x in r["step_s"]])
+    peer_ms = peer[0]["per_step"] / median([x for r in peer for x in r["step_s"]])
     units = lit[0]["throughput"] * lit[0]["seconds"]  # pairs or rollouts in the timed window
     lit_cpu = median([units / r["cpu_seconds"] for r in lit])
     peer_cpu = median([units / r["cpu_seconds"] for r in peer])
@@ -123,6 +126,9 @@ def summarise(task: str, lit: list[dict], peer: list[dict], peak_gflops: float) 
         "lit": lit_tp,
         "peer": peer_tp,
         "ratio": lit_tp / peer_tp,
+        "lit_ms": lit_ms,
+        "peer_ms": peer_ms,
+        "ratio_ms": lit_ms / peer_ms,
         "lit_per_cpu_s": lit_cpu,
         "peer_per_cpu_s": peer_cpu,
         "ratio_cpu": lit_cpu / peer_cpu,
@@ -164,9 +170,9 @@ def report(s: Settings, peak: float, rows: list[dict], raw: dict, repeats: int, 
         f"Machine matmul peak (fp32 torch.mm 4096², {s.threads} threads): **{peak:.1f} GFLOP/s**. "
         "MFU = model FLOPs (6·N·tokens train, 2·N·tokens forward; N = block + head weights) / time / peak.",
         "",
-        "| task | lit_rlhf | TRL | ratio (lit/TRL) | per CPU-second: lit / TRL (ratio) | peak RSS MB lit / TRL "
+        "| task | lit_rlhf | TRL | ratio (lit/TRL) | from median step time: lit / TRL (ratio) | per CPU-second: lit / TRL (ratio) | peak RSS MB lit / TRL "
         "| MFU lit / TRL | runs lit · TRL | busy cores before each run (lit…, TRL…) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
         mfu = f"{r['lit_mfu']:.1%} / {r['peer_mfu']:.1%}"
@@ -174,7 +180,8 @@ def report(s: Settings, peak: float, rows: list[dict], raw: dict, repeats: int, 
             mfu += f" (update: {r['lit_update_mfu']:.1%} / {r['peer_update_mfu']:.1%})"
         L.append(
             f"| {r['task']} ({PEER_NAME[r['task']]}) | {fmt(r['lit'])} {r['unit']} | {fmt(r['peer'])} {r['unit']} "
-            f"| **{r['ratio']:.2f}x** | {fmt(r['lit_per_cpu_s'])} / {fmt(r['peer_per_cpu_s'])} ({r['ratio_cpu']:.2f}x) "
+            f"| **{r['ratio']:.2f}x** | {fmt(r['lit_ms'])} / {fmt(r['peer_ms'])} ({r['ratio_ms']:.2f}x) "
+            f"| {fmt(r['lit_per_cpu_s'])} / {fmt(r['peer_per_cpu_s'])} ({r['ratio_cpu']:.2f}x) "
             f"| {r['lit_rss']:.0f} / {r['peer_rss']:.0f} | {mfu} | {r['runs_lit']} · {r['runs_peer']} | {r['load']} |"
         )
     L += ["", "Settings (both sides): `" + json.dumps(s.__dict__) + "`", ""]

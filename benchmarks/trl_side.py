@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
-from common import RUNS, Settings, StepClock, emit, matmul_params, ppo_step_flops, setup_threads, train_flops  # noqa: E402
+from common import RUNS, Settings, StepClock, emit, matmul_params, ppo_step_flops, setup_threads, step_seconds, train_flops  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from torch.utils.data import SequentialSampler  # noqa: E402
 from transformers import (  # noqa: E402
@@ -112,6 +112,8 @@ def run_rm(s: Settings, out: str) -> dict:
         "seconds": seconds,
         "cpu_seconds": meter.clock.timed_cpu_seconds(s.rm_warmup_steps),
         "throughput": s.rm_steps * s.rm_batch_pairs / seconds,
+        "step_s": step_seconds(meter.clock.stamps, s.rm_warmup_steps),
+        "per_step": s.rm_batch_pairs,
         "unit": "pairs/s",
         "flops_per_s": train_flops(matmul_params(model), timed_tokens) / seconds,
         "work": {
@@ -256,6 +258,8 @@ def run_ppo(s: Settings, out: str) -> dict:
         "seconds": seconds,
         "cpu_seconds": meter.clock.timed_cpu_seconds(s.ppo_warmup_steps),
         "throughput": s.ppo_steps * s.ppo_batch_prompts / seconds,
+        "step_s": step_seconds(meter.clock.stamps, s.ppo_warmup_steps),
+        "per_step": s.ppo_batch_prompts,
         "unit": "rollouts/s",
         "flops_per_s": fl["total"] / step_total,
         "update_flops_per_s": fl["update"] / mean["_update_total"],

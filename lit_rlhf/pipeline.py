@@ -30,7 +30,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from lit_rlhf.models import Pretrained, quiet_transformers
+from lit_rlhf.models import Pretrained, lora, quiet_transformers
 
 log = logging.getLogger("lit_rlhf")
 CARRIED = ("data", "model", "paths")  # override groups a PPO run passes on to the stages it builds
@@ -56,6 +56,11 @@ def make_trainer(cfg: DictConfig, extra_callbacks: dict | None = None) -> L.Trai
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
+def with_lora(cfg: DictConfig, model: Any, head: str) -> Any:
+    """``model`` with LoRA adapters if the ``lora`` group is selected (``lora=default``), else ``model``."""
+    return instantiate(cfg.lora).apply(model, head) if cfg.get("lora") else model
+
+
 def resume_path(cfg: DictConfig) -> str | None:
     """``ckpt_path`` if given, else ``<run dir>/checkpoints/last.ckpt`` if it exists (auto-resume)."""
     if cfg.get("ckpt_path"):
@@ -71,10 +76,13 @@ def resume_path(cfg: DictConfig) -> str | None:
 
 
 def save_model(model: Any, tokenizer: Any, out: Path) -> Path:
-    """``save_pretrained`` model and tokenizer into ``out`` atomically (a kill never leaves half a folder)."""
+    """``save_pretrained`` model and tokenizer into ``out`` atomically (a kill never leaves half a folder).
+
+    A LoRA model is saved merged (adapters folded into the weights), so plain transformers loads it.
+    """
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    lora.merged(model).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if out.exists():
         shutil.rmtree(out)
@@ -92,7 +100,7 @@ def run_sft(cfg: DictConfig) -> float | None:
     prepare_data(cfg)
     spec = instantiate(cfg.model)
     tok = spec.load_tokenizer(tokenizer_default(cfg))
-    model = spec.build("causal_lm", tok)
+    model = with_lora(cfg, spec.build("causal_lm", tok), "causal_lm")
     dm = instantiate(cfg.task.datamodule, tokenizer=tok)
     module = instantiate(cfg.task.module, model=model, optimizer=instantiate(cfg.optimizer))
     trainer = make_trainer(cfg)
@@ -117,7 +125,7 @@ def run_reward_model(cfg: DictConfig) -> float | None:
     prepare_data(cfg)
     spec = instantiate(cfg.model)
     tok = spec.load_tokenizer(tokenizer_default(cfg))
-    model = spec.build("reward", tok)
+    model = with_lora(cfg, spec.build("reward", tok), "reward")
     dm_cfg = OmegaConf.to_container(cfg.task.datamodule, resolve=True, throw_on_missing=False)
     dm_cfg["path"] = rspec.data
     dm = instantiate(dm_cfg, tokenizer=tok)
@@ -159,11 +167,12 @@ def run_ppo(cfg: DictConfig) -> float | None:
         check_same_tokenizer(tok, rm.load_tokenizer(), f"reward.{name}.path={path}")
         reward_models[name] = rm.build("reward", tok)
     dm = instantiate(cfg.task.datamodule, tokenizer=tok)
+    actor = with_lora(cfg, policy.build("causal_lm", tok), "causal_lm")
     module = instantiate(
         cfg.task.module,
-        actor=policy.build("causal_lm", tok),
+        actor=actor,
         critic=policy.build("value", tok),
-        ref=policy.build("causal_lm", tok),
+        ref=None if lora.is_lora(actor) else policy.build("causal_lm", tok),  # LoRA: adapters off = π_ref
         reward_models=reward_models,
         tokenizer=tok,
         optimizer=instantiate(cfg.optimizer),
@@ -186,6 +195,7 @@ def quiet() -> None:
         ".*ModelCheckpoint with manual optimization.*",  # PPO checkpoints after its update, by design
         ".*does not have many workers.*",  # in-memory token lists need no worker processes
         ".*isinstance\\(treespec, LeafSpec\\).*",
+        ".*is_gradient_checkpointing.*",  # PEFT calls a transformers property deprecated in v5
     ):
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)

@@ -64,10 +64,12 @@ def reduce_samples(rewards: Tensor, spec: ReferenceSpec) -> Tensor:
     raise ValueError("statistic=response is not a reduction of samples")
 
 
-def module_fingerprint(module: nn.Module) -> str:
-    """Hash of a model's parameters (what the cache keys on); cheap for the models trained here."""
+def module_fingerprint(module: nn.Module | dict[str, Tensor]) -> str:
+    """Hash of a model's parameters, or of a state dict (what the cache keys on); cheap for the models
+    trained here."""
     h = hashlib.sha256()
-    for name, p in sorted(module.state_dict().items()):
+    state = module if isinstance(module, dict) else module.state_dict()
+    for name, p in sorted(state.items()):
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]

@@ -87,7 +87,7 @@ def test_sft_learns_and_saves_loadable_policy(tmp_path):
 
 def tiny_hf_model(folder: Path) -> Path:
     """A user's local HF folder: a GPT-2 and its tokenizer written with save_pretrained."""
-    tok = build_tokenizer(vocabulary())
+    tok = build_tokenizer()
     cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)
     cfg.pad_token_id, cfg.eos_token_id = tok.pad_token_id, tok.eos_token_id
     GPT2LMHeadModel(cfg).save_pretrained(folder)

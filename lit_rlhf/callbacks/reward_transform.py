@@ -118,7 +118,7 @@ class RewardTransformCallback(L.Callback):
             return ids.to(pl_module.device), mask.to(pl_module.device)
 
         parts = {
-            "ref": module_fingerprint(pl_module.ref),
+            "ref": module_fingerprint(pl_module.reference_state_dict()),
             "reward_models": {n: module_fingerprint(pl_module.reward_models[n]) for n in names},
             "prompts": cache_key({"p": prompts, "ids": [r.id for r in records]}),
             "n": self.n_samples,
@@ -138,7 +138,7 @@ class RewardTransformCallback(L.Callback):
             torch.manual_seed(self.seed)
             try:
                 samples = sample_rewards(
-                    lambda i, m: pl_module.generate(pl_module.ref, i, m),
+                    pl_module.generate_reference,
                     pl_module.score,
                     encode,
                     prompts,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from lit_rlhf.data.jsonl import (
     OnError,
@@ -120,31 +120,56 @@ def _loader(
 class CycledBatchSampler(Sampler[list[int]]):
     """Exactly ``num_batches`` full batches, from successive seeded permutations of ``range(n)``.
 
-    Each permutation is cut into ``n // batch_size`` full batches (the remainder is dropped, so no batch
-    repeats a record); permutations follow one another until ``num_batches`` have been yielded. Batch k
-    depends only on (seed, k), so a resumed run continues exactly where it stopped: set ``start`` to the
-    number of batches already consumed.
+    Each permutation is cut into ``n // (batch_size · world_size)`` full global batches (the remainder is
+    dropped, so no batch repeats a record); permutations follow one another until ``num_batches`` have
+    been yielded. Under data parallelism rank r takes the r-th slice of ``batch_size`` records of each
+    global batch: ranks see disjoint prompts, and W processes × ``batch_size`` see the same prompts per
+    step as one process × ``W·batch_size``. Batch k depends only on (seed, k), so a resumed run continues
+    exactly where it stopped: set ``start`` to the number of batches already consumed.
+
+    Args:
+        n: number of records.
+        batch_size: records per batch of THIS process.
+        num_batches: batches to yield (one per PPO iteration).
+        seed: seed of the permutations.
+        start: batches already consumed (resume).
+        rank: this process's global rank.
+        world_size: number of processes.
     """
 
-    def __init__(self, n: int, batch_size: int, num_batches: int, seed: int, start: int = 0) -> None:
-        if n < batch_size:
-            raise ValueError(f"data.batch_size ({batch_size}) exceeds the {n} training records")
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        num_batches: int,
+        seed: int,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if n < batch_size * world_size:
+            raise ValueError(
+                f"data.batch_size ({batch_size}) × {world_size} process(es) exceeds the {n} training records"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of {world_size} process(es)")
         self.n, self.batch_size, self.num_batches, self.seed = n, batch_size, num_batches, seed
-        self.start = start
+        self.start, self.rank, self.world_size = start, rank, world_size
 
     def __len__(self) -> int:
         return self.num_batches  # Lightning counts a resumed epoch's batches from where it stopped
 
     def __iter__(self) -> Iterator[list[int]]:
-        per_perm = self.n // self.batch_size
+        global_batch = self.batch_size * self.world_size
+        per_perm = self.n // global_batch
         perm_index, perm = -1, []
         for k in range(self.start, self.num_batches):
             if k // per_perm != perm_index:
                 perm_index = k // per_perm
                 gen = torch.Generator().manual_seed(self.seed * 1_000_003 + perm_index)
                 perm = torch.randperm(self.n, generator=gen).tolist()
-            i = k % per_perm
-            yield perm[i * self.batch_size : (i + 1) * self.batch_size]
+            first = (k % per_perm) * global_batch + self.rank * self.batch_size
+            yield perm[first : first + self.batch_size]
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -318,8 +343,10 @@ class PromptDataModule(L.LightningDataModule):
             Records without an "id" get ids after the training ones, so ids never clash.
         val_fraction: Share of ``train_path`` held out when ``val_path`` is None (0: no validation).
         seed: Seed of the split and of the training shuffle.
-        batch_size: Prompts per rollout batch (incomplete last batch dropped).
-        val_batch_size: Prompts per evaluation batch.
+        batch_size: Prompts per rollout batch of each process (incomplete last batch dropped). Under DDP
+            the global batch is ``batch_size × world size``; this module shards it over the ranks
+            itself (run the Trainer with ``use_distributed_sampler=False``), training and validation.
+        val_batch_size: Prompts per evaluation batch (per process).
         max_prompt_tokens: Prompt tokens kept (from the end).
         num_batches: If set, the train loader yields exactly this many batches (one per PPO iteration),
             cycling through freshly shuffled passes over the prompts; None = one shuffled pass.
@@ -399,8 +426,17 @@ class PromptDataModule(L.LightningDataModule):
         ids = encode_prompts(self.tokenizer, [r.prompt for r in records], self.max_prompt_tokens)
         return [PromptItem(id=r.id, prompt=r.prompt, input_ids=x) for r, x in zip(records, ids)]
 
+    def _world(self) -> tuple[int, int]:
+        """(rank, world size) of this process: (0, 1) outside a Trainer."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
-        if self.num_batches is None:
+        rank, world = self._world()
+        num_batches = self.num_batches
+        if num_batches is None and world > 1:  # one shuffled pass, sharded
+            num_batches = len(self._train) // (self.batch_size * world)
+        if num_batches is None:
             return _loader(
                 self._train,
                 self.batch_size,
@@ -412,7 +448,7 @@ class PromptDataModule(L.LightningDataModule):
         # on resume, skip the batches the restored PPO module has already trained on
         done = getattr(self.trainer.lightning_module, "iteration", 0) if self.trainer is not None else 0
         sampler = CycledBatchSampler(
-            len(self._train), self.batch_size, self.num_batches, self.seed, start=done
+            len(self._train), self.batch_size, num_batches, self.seed, start=done, rank=rank, world_size=world
         )
         return DataLoader(
             self._train,
@@ -423,4 +459,11 @@ class PromptDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader | list:
-        return _loader(self._val, self.val_batch_size, self.collate, self.num_workers) if self._val else []
+        if not self._val:
+            return []
+        rank, world = self._world()
+        if world == 1:
+            return _loader(self._val, self.val_batch_size, self.collate, self.num_workers)
+        # each rank evaluates every world-th prompt (a few repeat so that ranks have equal batches)
+        sampler = DistributedSampler(self._val, num_replicas=world, rank=rank, shuffle=False)
+        return _loader(self._val, self.val_batch_size, self.collate, self.num_workers, sampler=sampler)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
 
 import lightning as L
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedModel
 
+from lit_rlhf.models import lora
 from lit_rlhf.models.factory import position_ids
 from lit_rlhf.models.scoring import reward_scores
 from lit_rlhf.optim import warmup_schedule
@@ -88,7 +90,8 @@ class PPOModule(L.LightningModule):
     Args:
         actor: the policy, a causal LM initialised from the SFT model.
         critic: value model (a ``*ForTokenClassification`` with one label).
-        ref: frozen reference policy π_ref (the SFT model) for the KL term.
+        ref: frozen reference policy π_ref (the SFT model) for the KL term; ``None`` when the actor is a
+            LoRA model (``lora=…``): π_ref is then the actor with its adapters off (no second copy).
         reward_models: name → frozen reward model (``*ForSequenceClassification``, one label).
         tokenizer: shared by all models (its pad and eos ids are used).
         optimizer: partial optimizer (the ``optimizer/`` group), used for actor and critic.
@@ -125,7 +128,7 @@ class PPOModule(L.LightningModule):
         self,
         actor: PreTrainedModel,
         critic: PreTrainedModel,
-        ref: PreTrainedModel,
+        ref: PreTrainedModel | None,
         reward_models: dict[str, PreTrainedModel],
         tokenizer,
         optimizer: Callable[..., torch.optim.Optimizer],
@@ -162,13 +165,16 @@ class PPOModule(L.LightningModule):
             raise ValueError("task=ppo needs at least one reward model (the `reward` group)")
         if temperature <= 0:
             raise ValueError(f"task.module.temperature must be > 0, got {temperature}")
+        if ref is None and not lora.is_lora(actor):
+            raise ValueError("PPOModule needs a reference policy: pass ref, or a LoRA actor (lora=…)")
         self.actor, self.critic, self.ref = actor, critic, ref
         self.reward_models = nn.ModuleDict(reward_models)
         self.reward_names = list(reward_models)
-        for frozen in (self.ref, *self.reward_models.values()):
+        for frozen in self.frozen_models():
             frozen.requires_grad_(False).eval()
         for m in (self.actor, self.critic, self.ref):
-            disable_dropout(m)
+            if m is not None:
+                disable_dropout(m)
         self.tokenizer, self.optimizer_fn = tokenizer, optimizer
         self.lr, self.value_lr, self.warmup_steps = lr, value_lr, warmup_steps
         self.kl_ctl = (
@@ -195,6 +201,29 @@ class PPOModule(L.LightningModule):
         self.iteration = 0
         self.max_bad_batches, self.max_ratio = max_bad_batches, max_ratio
         self.skipped_batches = self.skipped_updates = self._bad_streak = 0
+
+    # ---------------------------------------------------------------- the reference policy
+    def frozen_models(self) -> list[nn.Module]:
+        return [m for m in (self.ref, *self.reward_models.values()) if m is not None]
+
+    @contextmanager
+    def reference(self) -> Iterator[PreTrainedModel]:
+        """π_ref: the separate frozen copy, or, under LoRA, the actor with its adapters switched off."""
+        with lora.reference(self.actor) if self.ref is None else nullcontext(self.ref) as ref:
+            yield ref
+
+    def reference_state_dict(self) -> dict[str, Tensor]:
+        """π_ref's weights, under the plain model's names (what the r_ref cache is keyed on)."""
+        return lora.base_weights(self.actor) if self.ref is None else self.ref.state_dict()
+
+    def generate_reference(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Responses of π_ref (see :meth:`generate`)."""
+        with self.reference() as ref:
+            return self.generate(ref, input_ids, attention_mask)
+
+    def _reference_logprobs(self, input_ids: Tensor, attention_mask: Tensor, P: int) -> Tensor:
+        with self.reference() as ref:
+            return self._token_logprobs(ref, input_ids, attention_mask, P)
 
     # ---------------------------------------------------------------- rollouts
     @torch.no_grad()
@@ -256,7 +285,7 @@ class PPOModule(L.LightningModule):
             attention_mask=full_mask,
             response_mask=response_mask,
             logprobs=self._token_logprobs(self.actor, seq, full_mask, P),
-            ref_logprobs=self._token_logprobs(self.ref, seq, full_mask, P),
+            ref_logprobs=self._reference_logprobs(seq, full_mask, P),
             values=self._values(seq, full_mask, P),
             scores=self.score(seq, full_mask),
             has_eos=has_eos,
@@ -306,30 +335,16 @@ class PPOModule(L.LightningModule):
                 pg_loss, pg_stats = ppo_policy_loss(
                     logprobs, ro.logprobs[idx], advantages[idx], m, self.clip_eps
                 )
-                # a ratio explosion (π/π_old beyond max_ratio) or a non-finite loss skips this update
-                if torch.isfinite(pg_loss) and pg_stats["ratio_max"] <= self.max_ratio:
-                    opt_actor.zero_grad()
-                    self.manual_backward(pg_loss)
-                    if self.max_grad_norm:
-                        self.clip_gradients(
-                            opt_actor, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
-                        )
-                    opt_actor.step()
-                else:
-                    self.skipped_updates += 1
-
                 values = self._values(ids, am, P)
                 vf_loss, vf_stats = value_loss(values, ro.values[idx], returns[idx], m, self.value_clip_eps)
-                if torch.isfinite(vf_loss):
-                    opt_critic.zero_grad()
-                    self.manual_backward(self.vf_coef * vf_loss)
-                    if self.max_grad_norm:
-                        self.clip_gradients(
-                            opt_critic, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
-                        )
-                    opt_critic.step()
-                else:
-                    self.skipped_updates += 1
+                # a ratio explosion (π/π_old beyond max_ratio) or a non-finite loss skips that update, on
+                # every rank at once (under DDP the replicas must take the same steps)
+                finite_ratio = torch.isfinite(pg_loss) & (pg_stats["ratio_max"] <= self.max_ratio)
+                pg_ok = self._all_ranks(bool(finite_ratio))
+                vf_ok = self._all_ranks(bool(torch.isfinite(vf_loss)))
+                self.skipped_updates += (not pg_ok) + (not vf_ok)
+                if pg_ok or vf_ok:
+                    self._update((opt_actor, pg_loss, pg_ok), (opt_critic, self.vf_coef * vf_loss, vf_ok))
                 for k, v in {**pg_stats, **vf_stats, "pg_loss": pg_loss, "vf_loss": vf_loss}.items():
                     if k in stats:
                         stats[k].append(v.detach().float())
@@ -338,7 +353,9 @@ class PPOModule(L.LightningModule):
 
         # 4. KL controller and logs
         seq_kl = (kl * mask).sum(-1)  # (B,)
-        self.kl_ctl.update(seq_kl.mean().item(), B)
+        world = self.trainer.world_size
+        global_kl = self.trainer.strategy.reduce(seq_kl.mean(), reduce_op="mean")  # ranks keep one β
+        self.kl_ctl.update(float(global_kl), B * world)
         self.iteration += 1
         log = {f"ppo/{k}": torch.stack(v).mean() for k, v in stats.items() if v}
         log |= {
@@ -352,9 +369,31 @@ class PPOModule(L.LightningModule):
             "ppo/skipped_batches": torch.tensor(float(self.skipped_batches)),
             "ppo/skipped_updates": torch.tensor(float(self.skipped_updates)),
         }
-        self.log_dict(log, prog_bar=False, batch_size=B)
+        self.log_dict(log, prog_bar=False, batch_size=B, sync_dist=True)  # DDP: mean over ranks
         self.log("ppo/kl_pb", seq_kl.mean(), prog_bar=True, logger=False, batch_size=B)
         self.log("reward", reward.mean(), prog_bar=True, logger=False, batch_size=B)
+
+    def _all_ranks(self, ok: bool) -> bool:
+        """True only if ``ok`` on every process (a single process: ``ok``)."""
+        return bool(self.trainer.strategy.reduce_boolean_decision(ok, all=True))
+
+    def _update(self, *parts: tuple[torch.optim.Optimizer, Tensor, bool]) -> None:
+        """One backward of the summed losses, then a (clipped) step of each optimizer whose loss is ok.
+
+        Actor and critic share no parameter, so the gradient of the sum is each loss's own gradient:
+        the same update as one backward per loss, with one all-reduce under DDP in which every trained
+        parameter takes part. A skipped loss enters with weight 0 (its gradient is zeroed, not applied).
+        """
+        for opt, _, _ in parts:
+            opt.zero_grad()
+        total = sum(loss if ok else loss.nan_to_num() * 0.0 for _, loss, ok in parts)
+        self.manual_backward(total)
+        for opt, _, ok in parts:
+            if not ok:
+                continue
+            if self.max_grad_norm:
+                self.clip_gradients(opt, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+            opt.step()
 
     def _finite_rollout(self, ro: Rollout) -> bool:
         """Fault policy: skip a batch whose scores, log-probs or values are not finite; stop after
@@ -367,12 +406,12 @@ class PPOModule(L.LightningModule):
         }
         bad = {k: int((~torch.isfinite(v)).sum()) for k, v in checks.items()}
         bad = {k: n for k, n in bad.items() if n}
-        if not bad:
+        if self._all_ranks(not bad):  # under DDP a batch bad on one rank is skipped on all
             self._bad_streak = 0
             return True
         self.skipped_batches += 1
         self._bad_streak += 1
-        what = ", ".join(f"{n} non-finite {k}" for k, n in bad.items())
+        what = ", ".join(f"{n} non-finite {k}" for k, n in bad.items()) or "non-finite values on another rank"
         log.warning("PPO iteration %d skipped: %s (%d in a row)", self.iteration, what, self._bad_streak)
         if self._bad_streak >= self.max_bad_batches:
             raise FloatingPointError(
@@ -404,8 +443,9 @@ class PPOModule(L.LightningModule):
         prompt_ids = batch["prompt_ids"].repeat_interleave(n, 0)
         P = ids.shape[1]
         out = {"prompts": [p for p in batch["prompts"] for _ in range(n)], "prompt_ids": prompt_ids}
-        for who, model in (("policy", self.actor), ("sft", self.ref)):
-            seq, rmask, _ = self.generate(model, ids, mask)
+        policy = lambda i, m: self.generate(self.actor, i, m)  # noqa: E731
+        for who, sample in (("policy", policy), ("sft", self.generate_reference)):
+            seq, rmask, _ = sample(ids, mask)
             full = torch.cat([mask, rmask], 1)
             out[f"{who}_responses"] = self.tokenizer.batch_decode(
                 seq[:, P:].masked_fill(rmask == 0, self.tokenizer.pad_token_id), skip_special_tokens=True
@@ -414,7 +454,7 @@ class PPOModule(L.LightningModule):
             out[f"{who}_length"] = rmask.sum(-1).float()
             if who == "policy":
                 lp = self._token_logprobs(self.actor, seq, full, P)
-                ref_lp = self._token_logprobs(self.ref, seq, full, P)
+                ref_lp = self._reference_logprobs(seq, full, P)
                 out["kl"] = ((lp - ref_lp) * rmask).sum(-1)
         self.log_dict(
             {"val/kl": out["kl"].mean(), "val/response_length": out["policy_length"].mean()},
@@ -425,21 +465,25 @@ class PPOModule(L.LightningModule):
 
     # ---------------------------------------------------------------- optimisation and state
     def configure_optimizers(self):
-        opt_a = self.optimizer_fn(self.actor.parameters(), lr=self.lr)
-        opt_c = self.optimizer_fn(self.critic.parameters(), lr=self.value_lr)
+        trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731  (LoRA: adapters)
+        opt_a = self.optimizer_fn(trainable(self.actor), lr=self.lr)
+        opt_c = self.optimizer_fn(trainable(self.critic), lr=self.value_lr)
         return [opt_a, opt_c], [
             warmup_schedule(opt_a, self.warmup_steps),
             warmup_schedule(opt_c, self.warmup_steps),
         ]
 
     def on_train_epoch_start(self) -> None:
-        for frozen in (self.ref, *self.reward_models.values()):
+        for frozen in self.frozen_models():
             frozen.eval()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        frozen = ("ref.", "reward_models.")
+        # only what training changes: frozen models and (under LoRA) the frozen base are rebuilt on load
+        frozen = {n for n, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
         checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(frozen)
+            k: v
+            for k, v in checkpoint["state_dict"].items()
+            if k not in frozen and not k.startswith(("ref.", "reward_models."))
         }
         checkpoint["kl_controller"] = self.kl_ctl.state_dict()
         checkpoint["ppo_iteration"] = self.iteration
