@@ -444,7 +444,8 @@ class PPOModule(L.LightningModule):
         P = ids.shape[1]
         out = {"prompts": [p for p in batch["prompts"] for _ in range(n)], "prompt_ids": prompt_ids}
         policy = lambda i, m: self.generate(self.actor, i, m)  # noqa: E731
-        for who, sample in (("policy", policy), ("sft", self.generate_reference)):
+        # SFT first: with the same seed its samples are the same at every evaluation
+        for who, sample in (("sft", self.generate_reference), ("policy", policy)):
             seq, rmask, _ = sample(ids, mask)
             full = torch.cat([mask, rmask], 1)
             out[f"{who}_responses"] = self.tokenizer.batch_decode(
