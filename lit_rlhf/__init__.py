@@ -1,10 +1,25 @@
 """lit_rlhf: RLHF with transformed and combined Bradley–Terry rewards on Lightning + Hydra."""
 
+import hashlib
+
 from omegaconf import OmegaConf
 
-# `${or_default:${hydra.job.override_dirname},default}` names a run's folder after its overrides, so the same
-# command finds (and resumes) the same folder.
-if not OmegaConf.has_resolver("or_default"):
-    OmegaConf.register_new_resolver("or_default", lambda value, default: value or default)
+
+def run_name(overrides: str, default: str = "default", max_len: int = 100) -> str:
+    """A folder name for a run from its overrides: the same command finds (and resumes) the same folder.
+
+    Slashes are replaced (a path in an override must not nest folders) and a long name is cut and suffixed
+    with a hash of the whole, so it stays unique and within file-name limits.
+    """
+    if not overrides:
+        return default
+    name = overrides.replace("/", "_")
+    if len(name) > max_len:
+        name = f"{name[: max_len - 13]}-{hashlib.sha1(overrides.encode()).hexdigest()[:12]}"
+    return name
+
+
+if not OmegaConf.has_resolver("run_name"):
+    OmegaConf.register_new_resolver("run_name", run_name)
 if not OmegaConf.has_resolver("min"):
     OmegaConf.register_new_resolver("min", lambda *values: min(values))

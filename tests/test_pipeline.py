@@ -188,3 +188,14 @@ def test_default_command_end_to_end_and_multirun(tmp_path):
         assert list((job / "tensorboard").glob("events.*")), f"{job} has no TensorBoard events"
     again = sorted(p.name for p in (tmp_path / ".cache" / "lit_rlhf" / "stages").iterdir() if p.is_dir())
     assert again == stages  # every job reused the cached SFT policy and reward models
+
+
+def test_run_folder_names_are_safe_and_stable():
+    from lit_rlhf import run_name
+
+    assert run_name("") == "default"
+    assert run_name("+transform=logsigmoid,seed=1") == "+transform=logsigmoid,seed=1"
+    long = ",".join(f"task.module.x{i}=/some/path/{i}" for i in range(40))
+    name = run_name(long)
+    assert "/" not in name and len(name) <= 100
+    assert name == run_name(long) and name != run_name(long + ",seed=2")
