@@ -66,7 +66,7 @@ class StepClock:
         self.cpu.append(time.process_time())
 
     def timed_cpu_seconds(self, warmup: int) -> float:
-        """CPU seconds this process used over the timed steps (less sensitive to other load than wall time)."""
+        """CPU seconds this process used over the timed steps (less sensitive to load than wall time)."""
         return self.cpu[-1] - self.cpu[warmup - 1]
 
     def timed_seconds(self, warmup: int) -> float:
@@ -178,3 +178,38 @@ def setup_threads(n: int) -> None:
 
 def log(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
+
+
+def ppo_result(
+    side: str,
+    s,
+    meter,
+    seconds: float,
+    fl: dict,
+    step_total: float,
+    update_s: float,
+    breakdown: dict,
+    work: dict,
+    steps: tuple[int, int],
+) -> dict:
+    """The result record both PPO sides print (same fields, so the driver can compare them)."""
+    return {
+        "side": side,
+        "task": "ppo",
+        "seconds": seconds,
+        "cpu_seconds": meter.clock.timed_cpu_seconds(s.ppo_warmup_steps),
+        "throughput": s.ppo_steps * s.ppo_batch_prompts / seconds,
+        "step_s": step_seconds(meter.clock.stamps, s.ppo_warmup_steps),
+        "per_step": s.ppo_batch_prompts,
+        "unit": "rollouts/s",
+        "flops_per_s": fl["total"] / step_total,
+        "update_flops_per_s": fl["update"] / update_s,
+        "breakdown_s": breakdown,
+        "work": {
+            "ppo_iterations": len(meter.clock.stamps),
+            "minibatch_updates": steps[0],
+            "critic_steps": steps[1],
+            **work,
+            "tokens": work["prompt_tokens"] + work["response_tokens"],
+        },
+    }

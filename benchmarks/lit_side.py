@@ -18,7 +18,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from common import RUNS, Settings, StepClock, emit, matmul_params, ppo_step_flops, setup_threads, step_seconds, train_flops  # noqa: E402
+from common import (  # noqa: E402
+    RUNS,
+    Settings,
+    StepClock,
+    emit,
+    matmul_params,
+    ppo_result,
+    ppo_step_flops,
+    setup_threads,
+    step_seconds,
+    train_flops,
+)
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -223,26 +234,8 @@ def run_ppo(s: Settings) -> dict:
     n_lm, n_cls = matmul_params(actor), matmul_params(rm)
     fl = ppo_step_flops(n_lm, n_cls, s.ppo_batch_prompts, P, s.ppo_max_new_tokens, s.ppo_epochs)
     update_s = breakdown["update: backward + optimizer + loss maths"] + upd_fwd
-    return {
-        "side": "lit_rlhf",
-        "task": "ppo",
-        "seconds": seconds,
-        "cpu_seconds": meter.clock.timed_cpu_seconds(s.ppo_warmup_steps),
-        "throughput": s.ppo_steps * s.ppo_batch_prompts / seconds,
-        "step_s": step_seconds(meter.clock.stamps, s.ppo_warmup_steps),
-        "per_step": s.ppo_batch_prompts,
-        "unit": "rollouts/s",
-        "flops_per_s": fl["total"] / step_total,
-        "update_flops_per_s": fl["update"] / update_s,
-        "breakdown_s": breakdown,
-        "work": {
-            "ppo_iterations": len(meter.clock.stamps),
-            "minibatch_updates": meter.opt_steps[0],  # policy optimizer steps (critic: same number)
-            "critic_steps": meter.opt_steps[1],
-            **work,
-            "tokens": work["prompt_tokens"] + work["response_tokens"],
-        },
-    }
+    steps = (meter.opt_steps[0], meter.opt_steps[1])  # policy and critic optimizer steps
+    return ppo_result("lit_rlhf", s, meter, seconds, fl, step_total, update_s, breakdown, work, steps)
 
 
 def s_prompt_tokens() -> int:

@@ -170,7 +170,8 @@ def report(s: Settings, peak: float, rows: list[dict], raw: dict, repeats: int, 
         f"Machine matmul peak (fp32 torch.mm 4096², {s.threads} threads): **{peak:.1f} GFLOP/s**. "
         "MFU = model FLOPs (6·N·tokens train, 2·N·tokens forward; N = block + head weights) / time / peak.",
         "",
-        "| task | lit_rlhf | TRL | ratio (lit/TRL) | from median step time: lit / TRL (ratio) | per CPU-second: lit / TRL (ratio) | peak RSS MB lit / TRL "
+        "| task | lit_rlhf | TRL | ratio (lit/TRL) | from median step time: lit / TRL (ratio) "
+        "| per CPU-second: lit / TRL (ratio) | peak RSS MB lit / TRL "
         "| MFU lit / TRL | runs lit · TRL | busy cores before each run (lit…, TRL…) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
@@ -179,10 +180,12 @@ def report(s: Settings, peak: float, rows: list[dict], raw: dict, repeats: int, 
         if r["lit_update_mfu"] is not None:
             mfu += f" (update: {r['lit_update_mfu']:.1%} / {r['peer_update_mfu']:.1%})"
         L.append(
-            f"| {r['task']} ({PEER_NAME[r['task']]}) | {fmt(r['lit'])} {r['unit']} | {fmt(r['peer'])} {r['unit']} "
+            f"| {r['task']} ({PEER_NAME[r['task']]}) | {fmt(r['lit'])} {r['unit']} "
+            f"| {fmt(r['peer'])} {r['unit']} "
             f"| **{r['ratio']:.2f}x** | {fmt(r['lit_ms'])} / {fmt(r['peer_ms'])} ({r['ratio_ms']:.2f}x) "
             f"| {fmt(r['lit_per_cpu_s'])} / {fmt(r['peer_per_cpu_s'])} ({r['ratio_cpu']:.2f}x) "
-            f"| {r['lit_rss']:.0f} / {r['peer_rss']:.0f} | {mfu} | {r['runs_lit']} · {r['runs_peer']} | {r['load']} |"
+            f"| {r['lit_rss']:.0f} / {r['peer_rss']:.0f} | {mfu} "
+            f"| {r['runs_lit']} · {r['runs_peer']} | {r['load']} |"
         )
     L += ["", "Settings (both sides): `" + json.dumps(s.__dict__) + "`", ""]
     for task in raw:
@@ -230,7 +233,8 @@ def main() -> None:
                 r = run_side(py, script, task, a.max_wait)
                 (lit if who == "lit" else peer).append(r)
                 log(
-                    f"[run] {task} #{i} {who}: {r['throughput']:.3f} {r['unit']}, rss {r['peak_rss_mb']:.0f} MB, "
+                    f"[run] {task} #{i} {who}: {r['throughput']:.3f} {r['unit']}, "
+                    f"rss {r['peak_rss_mb']:.0f} MB, "
                     f"load {r['loadavg_1min_start']:.1f}"
                 )
         for l_run, p_run in zip(lit, peer):

@@ -22,7 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
-from common import RUNS, Settings, StepClock, emit, matmul_params, ppo_step_flops, setup_threads, step_seconds, train_flops  # noqa: E402
+from common import (  # noqa: E402
+    RUNS,
+    Settings,
+    StepClock,
+    emit,
+    matmul_params,
+    ppo_result,
+    ppo_step_flops,
+    setup_threads,
+    step_seconds,
+    train_flops,
+)
 from datasets import Dataset  # noqa: E402
 from torch.utils.data import SequentialSampler  # noqa: E402
 from transformers import (  # noqa: E402
@@ -252,26 +263,9 @@ def run_ppo(s: Settings, out: str) -> dict:
     P = len(ids[0])
     n_lm, n_cls = matmul_params(policy), matmul_params(rm)
     fl = ppo_step_flops(n_lm, n_cls, s.ppo_batch_prompts, P, s.ppo_max_new_tokens, s.ppo_epochs)
-    return {
-        "side": f"trl {trl.__version__} PPOTrainer",
-        "task": "ppo",
-        "seconds": seconds,
-        "cpu_seconds": meter.clock.timed_cpu_seconds(s.ppo_warmup_steps),
-        "throughput": s.ppo_steps * s.ppo_batch_prompts / seconds,
-        "step_s": step_seconds(meter.clock.stamps, s.ppo_warmup_steps),
-        "per_step": s.ppo_batch_prompts,
-        "unit": "rollouts/s",
-        "flops_per_s": fl["total"] / step_total,
-        "update_flops_per_s": fl["update"] / mean["_update_total"],
-        "breakdown_s": breakdown,
-        "work": {
-            "ppo_iterations": len(meter.clock.stamps),
-            "minibatch_updates": meter.opt_steps,
-            "critic_steps": meter.opt_steps,  # one optimizer over policy+value
-            **work,
-            "tokens": work["prompt_tokens"] + work["response_tokens"],
-        },
-    }
+    side, steps = f"trl {trl.__version__} PPOTrainer", (meter.opt_steps, meter.opt_steps)  # one optimizer
+    update_s = mean["_update_total"]
+    return ppo_result(side, s, meter, seconds, fl, step_total, update_s, breakdown, work, steps)
 
 
 def main() -> None:
