@@ -94,7 +94,7 @@ class RewardTransformCallback(L.Callback):
 
     def compute_reference(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ReferenceTable:
         """Sample n responses per prompt from π_ref, score them, reduce per reward model (cached)."""
-        from lit_rlhf.data.tokenize import encode_prompt  # noqa: PLC0415
+        from lit_rlhf.data.tokenize import encode_prompts, pad_batch  # noqa: PLC0415
 
         dm = trainer.datamodule
         dm.setup("fit")
@@ -109,12 +109,7 @@ class RewardTransformCallback(L.Callback):
         max_prompt = getattr(dm, "max_prompt_tokens", 32)
 
         def encode(texts: Sequence[str]) -> tuple[Tensor, Tensor]:
-            rows = [encode_prompt(tok, t, max_prompt) for t in texts]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(rows):
-                ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
+            ids, mask = pad_batch(encode_prompts(tok, texts, max_prompt), tok.pad_token_id, left=True)
             return ids.to(pl_module.device), mask.to(pl_module.device)
 
         parts = {

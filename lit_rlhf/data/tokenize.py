@@ -150,6 +150,13 @@ def _mask(seqs: Sequence[Sequence[int]], left: bool = False) -> torch.Tensor:
     return (pos[None, :] < lengths[:, None]).long()  # (B, T)
 
 
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_token_id: int, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists → padded ``(input_ids, attention_mask)``, both (B, T); left padding for generation."""
+    return _pad(seqs, pad_token_id, left=left), _mask(seqs, left=left)
+
+
 class SFTCollator:
     """Right-pads demonstrations; loss only on response tokens and eos.
 

@@ -46,24 +46,21 @@ def score_texts(
     Tokenisation is the same as in reward-model training: prompt and response tokenised separately,
     ``prompt + response + eos``, prompt truncated from the left, response from the right.
     """
-    from lit_rlhf.data.tokenize import encode_example  # noqa: PLC0415  (data imports models' helpers)
+    from lit_rlhf.data.tokenize import encode_examples, pad_batch  # noqa: PLC0415  (data imports models')
 
     if len(prompts) != len(responses):
         raise ValueError(f"score_texts got {len(prompts)} prompts and {len(responses)} responses")
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
     out = []
     for i in range(0, len(prompts), batch_size):
-        rows = [
-            encode_example(tokenizer, p, r, max_prompt_tokens, max_length)[0]
-            for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size], strict=True)
-        ]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, r in enumerate(rows):
-            ids[j, : len(r)] = torch.tensor(r)
-            mask[j, : len(r)] = 1
+        rows = encode_examples(
+            tokenizer,
+            prompts[i : i + batch_size],
+            responses[i : i + batch_size],
+            max_prompt_tokens,
+            max_length,
+        )
+        ids, mask = pad_batch([ids for ids, _ in rows], tokenizer.pad_token_id)
         out.append(reward_scores(model, ids.to(device), mask.to(device)).cpu())
     return torch.cat(out) if out else torch.empty(0)
 
