@@ -7,6 +7,7 @@ learning rate, so one group serves the policy, the value model and the reward mo
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -51,8 +52,23 @@ def paged_adamw8bit(params: Iterable[torch.nn.Parameter], lr: float, **kwargs: A
     return _bitsandbytes().optim.PagedAdamW8bit(params, lr=lr, **kwargs)
 
 
-def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> LambdaLR:
-    """Linear warm-up from ~0 to the optimizer's learning rate over ``warmup_steps`` steps, then constant."""
+def warmup_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None = None
+) -> LambdaLR:
+    """Linear warm-up from ~0 to the optimizer's learning rate over ``warmup_steps`` steps.
+
+    Then constant (``total_steps=None``) or a cosine decay to 0 at ``total_steps`` (a run no longer than
+    its warm-up only warms up).
+    """
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if total_steps is None or total_steps <= warmup_steps:
+            return 1.0
+        done = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * done))
+
+    return LambdaLR(optimizer, factor)

@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,8 @@ def run_reward_model(cfg: DictConfig) -> float | None:
         )
     ((name, rspec),) = cfg.reward.items()
     prepare_data(cfg)
-    spec = instantiate(cfg.model)
+    init = reward_model_init(cfg)
+    spec = instantiate(cfg.model) if init == "model" else Pretrained(init)
     tok = spec.load_tokenizer(tokenizer_default(cfg))
     model = with_lora(cfg, spec.build("reward", tok), "reward")
     dm_cfg = OmegaConf.to_container(cfg.task.datamodule, resolve=True, throw_on_missing=False)
@@ -141,6 +142,22 @@ def run_reward_model(cfg: DictConfig) -> float | None:
             out,
         )
     return metric(trainer, cfg.get("optimized_metric"))
+
+
+def reward_model_init(cfg: DictConfig, sft: Callable[[], Path] | None = None) -> str:
+    """Where a reward model's weights start (``task.init_from``): ``"model"`` or a model folder.
+
+    ``auto``: the SFT policy when the ``model`` group is a fresh model (the embedded tiny GPT-2), else the
+    ``model`` group's own weights; ``sft``: the SFT stage (``sft()``, default: this config's, built and
+    cached if missing); ``model``: the ``model`` group as is; any other value: a local model folder.
+    The scalar head always starts fresh.
+    """
+    init = str(cfg.task.get("init_from") or "model")
+    if init == "auto":
+        init = "sft" if str(cfg.model.get("_target_", "")).endswith(".TinyGPT2") else "model"
+    if init == "sft":
+        return str(sft() if sft else ensure_stage(cfg, "sft"))
+    return init
 
 
 def check_same_tokenizer(tok: Any, other: Any, where: str) -> None:
@@ -262,6 +279,9 @@ def file_lock(path: Path):
 def ensure_stage(cfg: DictConfig, task: str, extra: Sequence[str] = ()) -> Path:
     """The model folder of a stage (``sft`` or ``reward_model``), trained now if not cached yet."""
     sub = stage_config(cfg, task, extra)
+    if task == "reward_model":  # an SFT start is THIS config's SFT stage; its folder enters the hash
+        with open_dict(sub):
+            sub.task.init_from = reward_model_init(sub, sft=lambda: ensure_stage(cfg, "sft"))
     tag = task if task == "sft" else f"{task}-{'-'.join(sub.reward)}"
     out = Path(cfg.paths.cache_dir) / "stages" / f"{tag}-{stage_hash(sub)}"
     model_dir = out / "model"

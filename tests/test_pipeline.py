@@ -199,3 +199,19 @@ def test_run_folder_names_are_safe_and_stable():
     name = run_name(long)
     assert "/" not in name and len(name) <= 100
     assert name == run_name(long) and name != run_name(long + ",seed=2")
+
+
+def test_reward_model_stage_starts_from_its_sft_stage(tmp_path, stage_cache):
+    """The embedded reward models start from the SFT policy: another SFT stage gives another RM stage."""
+    from lit_rlhf.pipeline import ensure_stage
+
+    with hydra_cfg(tmp_path / "a", [*TINY_WORLD, *TINY_STAGES], cache=stage_cache) as cfg:
+        sft, rm = ensure_stage(cfg, "sft"), ensure_stage(cfg, "reward_model", ["reward=helpful"])
+    other_sft = [*TINY_STAGES, 'pipeline.sft=["task.max_epochs=1","task.module.warmup_steps=3"]']
+    with hydra_cfg(tmp_path / "b", [*TINY_WORLD, *other_sft], cache=stage_cache) as cfg:
+        sft2, rm2 = ensure_stage(cfg, "sft"), ensure_stage(cfg, "reward_model", ["reward=helpful"])
+    assert sft2 != sft and rm2 != rm  # the RM stage hash carries its SFT folder
+    # the RM's backbone shapes are the SFT policy's (the tiny model overrides reached both)
+    policy = AutoModelForCausalLM.from_pretrained(sft2)
+    reward = AutoModelForSequenceClassification.from_pretrained(rm2)
+    assert reward.config.n_embd == policy.config.n_embd == 32

@@ -62,3 +62,38 @@ def test_training_moves_weights_and_saved_folder_reloads(tmp_path):
         a = model(**b).logits
         c = again(**b).logits
     torch.testing.assert_close(a, c)
+
+
+def test_cosine_schedule_warms_up_peaks_and_reaches_zero():
+    from lit_rlhf.optim import warmup_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = warmup_schedule(opt, warmup_steps=4, total_steps=14)
+    lrs = []
+    for _ in range(14):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == [0.5, 1.0, 1.5, 2.0]  # linear warm-up
+    assert lrs[4] == 2.0 and lrs[9] == 1.0  # cosine: peak, half way at the middle of the decay
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))  # strictly decreasing after warm-up
+    assert opt.param_groups[0]["lr"] == 0.0
+    short = warmup_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0), 4, total_steps=3)
+    assert short.get_last_lr() == [0.5]  # a run shorter than its warm-up only warms up
+
+
+def test_reward_model_init_choices():
+    """auto: the SFT stage for the embedded tiny model, the model's own weights for a model folder."""
+    from omegaconf import OmegaConf
+
+    from lit_rlhf.pipeline import reward_model_init
+
+    def cfg(init: str, target: str) -> OmegaConf:
+        return OmegaConf.create({"task": {"init_from": init}, "model": {"_target_": target}})
+
+    sft = lambda: "/stages/sft/model"  # noqa: E731
+    assert reward_model_init(cfg("auto", "lit_rlhf.models.TinyGPT2"), sft) == "/stages/sft/model"
+    assert reward_model_init(cfg("auto", "lit_rlhf.models.Pretrained"), sft) == "model"
+    assert reward_model_init(cfg("sft", "lit_rlhf.models.Pretrained"), sft) == "/stages/sft/model"
+    assert reward_model_init(cfg("model", "lit_rlhf.models.TinyGPT2"), sft) == "model"
+    assert reward_model_init(cfg("/my/folder", "lit_rlhf.models.TinyGPT2"), sft) == "/my/folder"

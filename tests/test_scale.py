@@ -242,6 +242,7 @@ RM_RUN = [
     "task.datamodule.on_error=skip",
     "task.module.warmup_steps=0",
     "task.module.lr=3e-3",
+    "task.init_from=model",  # a fresh backbone: the comparison needs no SFT stage
 ]
 DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
 

@@ -28,6 +28,7 @@ class RewardModelModule(L.LightningModule):
         optimizer: partial optimizer (the ``optimizer/`` group).
         lr: peak learning rate.
         warmup_steps: linear warm-up steps.
+        cosine_decay: after warm-up, decay the learning rate to 0 over the run (cosine); else constant.
         margin: constant margin m in the loss (0 = plain Bradley–Terry).
         center_coef: weight of the reward-centering regulariser (0 = off).
     """
@@ -38,12 +39,14 @@ class RewardModelModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr: float = 1e-3,
         warmup_steps: int = 0,
+        cosine_decay: bool = False,
         margin: float = 0.0,
         center_coef: float = 0.0,
     ) -> None:
         super().__init__()
         self.model, self.optimizer_fn = model, optimizer
         self.lr, self.warmup_steps, self.margin, self.center_coef = lr, warmup_steps, margin, center_coef
+        self.cosine_decay = cosine_decay
         self.val_acc, self.val_margin = MeanMetric(), MeanMetric()
         self.val_r, self.val_r2 = MeanMetric(), MeanMetric()
 
@@ -91,7 +94,8 @@ class RewardModelModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = self.optimizer_fn(self.model.parameters(), lr=self.lr)
+        total = int(self.trainer.estimated_stepping_batches) if self.cosine_decay else None
         return {
             "optimizer": opt,
-            "lr_scheduler": {"scheduler": warmup_schedule(opt, self.warmup_steps), "interval": "step"},
+            "lr_scheduler": {"scheduler": warmup_schedule(opt, self.warmup_steps, total), "interval": "step"},
         }

@@ -22,6 +22,7 @@ class SFTModule(L.LightningModule):
         optimizer: partial optimizer (the ``optimizer/`` group), completed with params and ``lr``.
         lr: peak learning rate.
         warmup_steps: linear warm-up steps.
+        cosine_decay: after warm-up, decay the learning rate to 0 over the run (cosine); else constant.
     """
 
     def __init__(
@@ -30,9 +31,11 @@ class SFTModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr: float = 1e-3,
         warmup_steps: int = 0,
+        cosine_decay: bool = False,
     ) -> None:
         super().__init__()
         self.model, self.optimizer_fn, self.lr, self.warmup_steps = model, optimizer, lr, warmup_steps
+        self.cosine_decay = cosine_decay
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.model(
@@ -52,7 +55,8 @@ class SFTModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = self.optimizer_fn(self.model.parameters(), lr=self.lr)
+        total = int(self.trainer.estimated_stepping_batches) if self.cosine_decay else None
         return {
             "optimizer": opt,
-            "lr_scheduler": {"scheduler": warmup_schedule(opt, self.warmup_steps), "interval": "step"},
+            "lr_scheduler": {"scheduler": warmup_schedule(opt, self.warmup_steps, total), "interval": "step"},
         }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One study from scratch: its Hydra multirun (two jobs at a time, one thread each), then its plots + table.
+#
+#   bash scripts/study.sh single_reward            # conf/experiment/single_reward.yaml
+#   bash scripts/study.sh combination seed=0       # extra overrides narrow or change the sweep
+#
+# Writes multirun/study/<name>/ (one folder per job) and multirun/study/<name>/analysis/ (PNGs,
+# results.md). Needs the `sweep` extra (hydra-joblib-launcher) and `plots` (matplotlib); `.[dev]` has both.
+# Re-running the same command resumes each job from its folder's last checkpoint (an interrupted study goes
+# on); delete the folder for a fresh study.
+set -euo pipefail
+name=${1:?usage: bash scripts/study.sh EXPERIMENT [overrides...]}
+shift
+here=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-python}
+out=${STUDY_DIR:-multirun/study/$name}
+jobs=${STUDY_JOBS:-2}
+OMP_NUM_THREADS=1 "$py" "$here/train.py" -m "experiment=$name" hydra/launcher=joblib \
+    "hydra.launcher.n_jobs=$jobs" "hydra.sweep.dir=$out" trainer.enable_progress_bar=false "$@"
+"$py" "$here/scripts/analyze_sweep.py" "$out" --at-kl "${AT_KL:-1.0}"
