@@ -201,6 +201,8 @@ def run_ppo(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         out = save_model(module.actor, tok, Path(cfg.paths.output_dir) / "model")
         log.info("ppo: policy saved to %s", out)
+        stages = {"policy": str(policy_path), "reward_models": {k: str(v) for k, v in rm_paths.items()}}
+        (Path(cfg.paths.output_dir) / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
     return metric(trainer, cfg.get("optimized_metric"))
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
@@ -119,3 +121,79 @@ def test_method_names_of_combination_configs() -> None:
     cfg["aggregator"] = {"_target_": "lit_rlhf.aggregators.Sum"}
     assert sweep.method_of(cfg) == "logsigmoid+sum"
     assert sweep.method_of({"reward": {"helpful": {}}, "transform": {"_target_": "x.Whiten"}}) == "whiten"
+
+
+# ------------------------------------------------------------------ regime study (scripts/regime_plot.py)
+_spec_r = importlib.util.spec_from_file_location("regime_plot", ROOT / "scripts" / "regime_plot.py")
+regime = importlib.util.module_from_spec(_spec_r)
+sys.modules["regime_plot"] = regime
+_spec_r.loader.exec_module(regime)
+
+# variant → (margins of the first rollout batch, {(method, β): per seed (final KL, final win rate)})
+REGIME = {
+    "default": (
+        [-2.0, 2.0, -2.0, 2.0],  # std 2
+        {
+            ("identity", 0.05): [(1.0, 0.50), (1.0, 0.50)],
+            ("identity", 0.02): [(3.0, 0.54), (3.0, 0.54)],  # raw at KL 2: 0.52 (both seeds)
+            ("logsigmoid", 0.05): [(1.0, 0.52), (1.0, 0.50)],
+            ("logsigmoid", 0.02): [(3.0, 0.60), (3.0, 0.58)],  # at KL 2: 0.56, 0.54 → gain 0.04, 0.02
+        },
+    ),
+    "fresh": (
+        [-1.0, 1.0],  # std 1
+        {
+            ("identity", 0.05): [(0.5, 0.50), (0.5, 0.50)],
+            ("identity", 0.02): [(1.5, 0.56), (1.5, 0.56)],  # at KL 1: 0.53
+            ("logsigmoid", 0.05): [(0.5, 0.50), (0.5, 0.50)],
+            ("logsigmoid", 0.02): [(1.5, 0.52), (1.5, 0.52)],  # at KL 1: 0.51 → gain −0.02
+        },
+    ),
+}
+
+
+def write_regime_job(job: Path, variant: str, transform: str, beta: float, seed: int) -> None:
+    margins, finals = REGIME[variant]
+    (job / ".hydra").mkdir(parents=True)
+    cfg = {
+        "seed": seed,
+        "reward": {"helpful": {"path": None}},
+        "transform": {"_target_": f"lit_rlhf.transforms.{TARGETS[transform]}"},
+        "task": {"module": {"kl_coef": beta}},
+    }
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    overrides = [f"+transform={transform}", f"task.module.kl_coef={beta}", f"seed={seed}"]
+    if variant != "default":  # the default variant's jobs may come from a plain single-reward study
+        overrides.insert(0, f"+experiment/rm_variant={variant}")
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    kl, win = finals[(transform, beta)][seed]
+    with SummaryWriter(str(job / "tensorboard")) as w:
+        w.add_histogram("reward/helpful_margin", torch.tensor(margins), 1)
+        w.add_histogram("reward/helpful_margin", torch.tensor([-9.0, 9.0]), 11)  # later: must be ignored
+        w.add_scalar("gold/kl_to_sft", kl, 20)
+        w.add_scalar("gold/win_rate_helpful", win, 20)
+
+
+def test_regime_gain_at_matched_kl_vs_margin_range(tmp_path: Path) -> None:
+    dirs = [tmp_path / "study", tmp_path / "regime"]
+    num = 0
+    for variant, (_, finals) in REGIME.items():
+        for transform, beta in finals:
+            for seed in (0, 1):
+                write_regime_job(dirs[variant != "default"] / str(num), variant, transform, beta, seed)
+                num += 1
+    fresh, default = regime.analyse(dirs, out=tmp_path / "out")  # sorted by margin range
+    assert (fresh.name, default.name) == ("fresh", "default")
+    assert fresh.margin_std == pytest.approx((1.0, 0.0)) and default.margin_std == pytest.approx((2.0, 0.0))
+    assert default.kl == pytest.approx(2.0) and fresh.kl == pytest.approx(1.0)  # middle of the shared range
+    assert default.raw == pytest.approx((0.52, 0.0))
+    assert default.logsigmoid == pytest.approx((0.55, 0.01))
+    assert default.gain == pytest.approx((0.03, 0.01)) and default.n_seeds == 2
+    assert fresh.gain == pytest.approx((-0.02, 0.0), abs=1e-6)
+    assert (tmp_path / "out" / "regime.png").stat().st_size > 0
+    md = (tmp_path / "out" / "regime.md").read_text()
+    assert "| default | 2.00 ± 0.00 | 2.00 | 0.520 ± 0.000 | 0.550 ± 0.010 | 0.030 ± 0.010 | 2 |" in md
+
+    with pytest.warns(sweep.SweepWarning, match="not bracketed"):
+        (far,) = regime.analyse(dirs[1:], out=tmp_path / "out2", at_kl=5.0)
+    assert math.isnan(far.gain[0]) and far.n_seeds == 0
