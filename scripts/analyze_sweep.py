@@ -16,8 +16,11 @@ evaluation from ``tensorboard/gold_eval.jsonl``. Jobs are grouped by (method, β
   of per-prompt improvement mean(gold_helpful − gold_helpful_sft);
 * ``results.md`` — one row per (method, β).
 
-``--at-kl X`` interpolates each method's win rate linearly between consecutive β at KL = X and prints the
-gain over the raw reward (``raw`` or ``raw+sum``).
+``--at-kl X`` compares methods at matched KL = X twice: each method's mean win rate interpolated linearly
+between consecutive β (final values), and each run's win rate where its own training passed KL = X (between
+the two evaluations that bracket it; mean over β, ± s.e. over seeds, gain over the raw reward paired by
+seed) — the second works when the methods' final KLs do not overlap. Gains are over the raw reward
+(``raw`` or ``raw+sum``).
 """
 
 from __future__ import annotations
@@ -84,6 +87,20 @@ class Run:
         """Last logged value of ``tag`` (NaN when the tag is missing)."""
         points = self.scalars.get(tag)
         return points[-1][1] if points else math.nan
+
+    def trajectory(self, tag: str) -> list[tuple[float, float]]:
+        """(KL to SFT, ``tag``) at each evaluation that logged both, in step order."""
+        kl = dict(self.scalars.get("gold/kl_to_sft", []))
+        return [(kl[step], v) for step, v in self.scalars.get(tag, []) if step in kl]
+
+    def at_kl(self, kl: float, tag: str = "gold/win_rate_helpful") -> float:
+        """``tag`` where this run's training passed KL = ``kl``: linear between the two evaluations that
+        bracket it (the first such pair); NaN if its evaluations never bracket ``kl``."""
+        pts = self.trajectory(tag)
+        for (k0, y0), (k1, y1) in zip(pts, pts[1:]):
+            if min(k0, k1) <= kl <= max(k0, k1):
+                return y0 if k0 == k1 else y0 + (y1 - y0) * (kl - k0) / (k1 - k0)
+        return math.nan
 
 
 @dataclass
@@ -240,6 +257,18 @@ def interpolate_at_kl(rows: list[Row], kl: float, tag: str = "gold/win_rate_help
     return out
 
 
+def per_seed_at_kl(
+    runs: list[Run], kl: float, tag: str = "gold/win_rate_helpful"
+) -> dict[str, dict[int, float]]:
+    """method → seed → ``tag`` at KL = ``kl`` along training, averaged over the β whose runs reach it."""
+    vals: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        v = run.at_kl(kl, tag)
+        if not math.isnan(v):
+            vals[run.method][run.seed].append(v)
+    return {m: {seed: float(np.mean(v)) for seed, v in by_seed.items()} for m, by_seed in vals.items()}
+
+
 def baseline_of(methods: list[str]) -> str | None:
     """The raw-reward baseline: ``raw``, else ``raw+sum``, if present."""
     return next((m for m in ("raw", "raw+sum") if m in methods), None)
@@ -289,8 +318,12 @@ def plot_metric_vs_kl(rows: list[Row], tag: str, path: Path, ylabel: str) -> Non
         )
         for r, (kx, _), (ky, _) in zip(pts, x, y):
             ax.annotate(f"β={r.beta:g}", (kx, ky), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            _, kls = _mean_curve(r.runs, "gold/kl_to_sft")  # the path there: mean over seeds per evaluation
+            _, vals = _mean_curve(r.runs, tag)
+            if len(kls) == len(vals) > 1:
+                ax.plot(kls, vals, ":", color=color, lw=0.8, alpha=0.7)
     n = sorted({r.n for r in rows})
-    ax.set(xlabel="KL(π ‖ π_SFT) at the last evaluation", ylabel=ylabel)
+    ax.set(xlabel="KL(π ‖ π_SFT) at the last evaluation (dotted: along training)", ylabel=ylabel)
     ax.set_title(f"mean ± s.e. over seeds (n = {', '.join(map(str, n))})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -369,6 +402,25 @@ def at_kl_report(rows: list[Row], kl: float, tag: str = "gold/win_rate_helpful")
         gain = w - wins[base] if base and method != base else math.nan
         gain = "" if math.isnan(gain) else f"  gain over {base}: {gain:+.3f}"
         lines.append(f"- {method}: {'not bracketed by its β sweep' if math.isnan(w) else f'{w:.3f}'}{gain}")
+    runs = [run for r in rows for run in r.runs]
+    along = per_seed_at_kl(runs, kl, tag)
+    lines += [
+        "",
+        f"{tag} where training passed KL = {kl:g} (each run's evaluations, mean over the β that reach it; "
+        "mean ± s.e. over seeds; gain paired by seed):",
+    ]
+    for method in dict.fromkeys(r.method for r in rows):
+        by_seed = along.get(method, {})
+        if not by_seed:
+            lines.append(f"- {method}: no run passed KL = {kl:g}")
+            continue
+        text = f"- {method}: {fmt(*mean_se(list(by_seed.values())))} (n = {len(by_seed)})"
+        if base and method != base and along.get(base):
+            seeds = sorted(set(by_seed) & set(along[base]))
+            if seeds:
+                gain = mean_se([by_seed[s] - along[base][s] for s in seeds])
+                text += f"  gain over {base}: {fmt(*gain)} (n = {len(seeds)})"
+        lines.append(text)
     return "\n".join(lines)
 
 

@@ -9,10 +9,10 @@ job's overrides; ``default`` when absent), and for each variant measures:
 * the **margin range**: the standard deviation of ``r − r_ref`` over the SFT policy's rollouts — read from
   each job's first ``reward/<name>_margin`` histogram (the first PPO batch, still the SFT policy) and
   averaged over the variant's jobs. It is in reward-model logits, the unit in which ``log σ`` saturates.
-* the **gain at matched KL**: per seed, each method's final ``gold/win_rate_helpful`` is interpolated
-  linearly in its final ``gold/kl_to_sft`` across β, at KL = ``--at-kl`` (default: the middle of the KL
-  range both methods cover for that variant); gain = log-sigmoid − raw; mean ± s.e. over the seeds where
-  both methods bracket that KL.
+* the **gain at matched KL**: each run's ``gold/win_rate_helpful`` where its training passed KL =
+  ``--at-kl`` (linear between the two evaluations that bracket it; default KL: the middle of the range
+  both methods pass through for that variant), averaged per seed over the β that reach it; gain =
+  log-sigmoid − raw, paired by seed, mean ± s.e. over the seeds where both methods reach that KL.
 
 Writes ``regime.png`` (gain vs margin range, error bars ± s.e. on both axes) and ``regime.md`` to ``--out``
 (default: the first folder's ``analysis/``).
@@ -42,7 +42,7 @@ if "analyze_sweep" not in sys.modules:  # shared loading and statistics
     _spec = importlib.util.spec_from_file_location("analyze_sweep", _here / "analyze_sweep.py")
     sys.modules["analyze_sweep"] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(sys.modules["analyze_sweep"])
-from analyze_sweep import Run, load_runs, mean_se, warn  # noqa: E402
+from analyze_sweep import Run, load_runs, mean_se, per_seed_at_kl, warn  # noqa: E402
 
 METHODS = ("raw", "logsigmoid")
 WIN, KL = "gold/win_rate_helpful", "gold/kl_to_sft"
@@ -92,28 +92,20 @@ def first_margin_std(job: Path, reward: str = "helpful") -> float:
     return math.sqrt(max(0.0, h.sum_squares / h.num - mean * mean))
 
 
-def win_at_kl(points: list[tuple[float, float]], kl: float) -> float:
-    """Linear interpolation of (KL, win) points, sorted by KL, at ``kl``; NaN outside their range."""
-    pts = sorted(points)
-    for (k0, y0), (k1, y1) in zip(pts, pts[1:]):
-        if k0 <= kl <= k1:
-            return y0 if k1 == k0 else y0 + (y1 - y0) * (kl - k0) / (k1 - k0)
-    return pts[0][1] if len(pts) == 1 and pts[0][0] == kl else math.nan
-
-
 def matched_kl(runs: list[Run]) -> float:
-    """The middle of the KL range that both methods' (mean over seeds, per β) points cover."""
+    """The middle of the KL range both methods' runs pass through during training.
+
+    A method covers [median of its runs' smallest evaluated KL, median of their largest]; NaN if the two
+    methods' ranges do not overlap.
+    """
     lo, hi = [], []
     for method in METHODS:
-        by_beta = defaultdict(list)
-        for r in runs:
-            if r.method == method:
-                by_beta[r.beta].append(r.final(KL))
-        kls = [float(np.nanmean(v)) for v in by_beta.values()]
-        if not kls:
+        spans = [[k for k, _ in r.trajectory(WIN)] for r in runs if r.method == method]
+        spans = [s for s in spans if s]
+        if not spans:
             return math.nan
-        lo.append(min(kls))
-        hi.append(max(kls))
+        lo.append(float(np.median([min(s) for s in spans])))
+        hi.append(float(np.median([max(s) for s in spans])))
     a, b = max(lo), min(hi)
     return (a + b) / 2 if a <= b else math.nan
 
@@ -121,27 +113,20 @@ def matched_kl(runs: list[Run]) -> float:
 def summarise_variant(name: str, runs: list[Run], at_kl: float | None) -> Variant:
     runs = [r for r in runs if r.method in METHODS]
     kl = at_kl if at_kl is not None else matched_kl(runs)
-    wins: dict[str, dict[int, float]] = {m: {} for m in METHODS}
-    for method in METHODS:
-        by_seed = defaultdict(list)
-        for r in runs:
-            if r.method == method and not math.isnan(r.final(KL)) and not math.isnan(r.final(WIN)):
-                by_seed[r.seed].append((r.final(KL), r.final(WIN)))
-        for seed, pts in by_seed.items():
-            w = win_at_kl(pts, kl) if not math.isnan(kl) else math.nan
-            if math.isnan(w):
-                warn(f"variant {name}, {method}, seed {seed}: KL {kl:.3g} not bracketed by its β sweep")
-            wins[method][seed] = w
-    seeds = sorted(s for s in wins["raw"] if s in wins["logsigmoid"])
-    gains = [wins["logsigmoid"][s] - wins["raw"][s] for s in seeds]
+    along = per_seed_at_kl(runs, kl, WIN) if not math.isnan(kl) else {}
+    raw, ls = along.get("raw", {}), along.get("logsigmoid", {})
+    seeds = sorted(set(raw) & set(ls))
+    if not seeds:
+        warn(f"variant {name}: no seed where both methods pass KL {kl:.3g}")
+    gains = [ls[s] - raw[s] for s in seeds]
     return Variant(
         name=name,
         margin_std=mean_se([first_margin_std(r.path) for r in runs]),
         kl=kl,
-        raw=mean_se(list(wins["raw"].values())),
-        logsigmoid=mean_se(list(wins["logsigmoid"].values())),
+        raw=mean_se(list(raw.values())),
+        logsigmoid=mean_se(list(ls.values())),
         gain=mean_se(gains),
-        n_seeds=sum(not math.isnan(g) for g in gains),
+        n_seeds=len(gains),
     )
 
 

@@ -113,6 +113,22 @@ def test_analysis_table_plots_and_failed_job(multirun: Path, tmp_path: Path) -> 
     assert not (out / "both_vs_kl.png").exists()
 
 
+def test_win_rate_where_training_passed_a_kl(multirun: Path) -> None:
+    """Each job evaluates at (KL/2, win/2) then (KL, win); runs are read along those two points."""
+    with pytest.warns(sweep.SweepWarning):
+        runs = sweep.load_runs(multirun)
+    # raw β .05: seed 0 (1, .30)→(2, .60): .45 at KL 1.5; seed 1 (2, .35)→(4, .70) never passes 1.5;
+    # raw β .1 stays ≤ 1. logsigmoid: β .05 seed 0 .51, seed 1 .36 (starts at 1.5); β .1 .58, .62 (ends there)
+    along = sweep.per_seed_at_kl(runs, 1.5)
+    assert along == {
+        "raw": {0: pytest.approx(0.45)},
+        "logsigmoid": {0: pytest.approx((0.51 + 0.58) / 2), 1: pytest.approx((0.36 + 0.62) / 2)},
+    }
+    report = sweep.at_kl_report(sweep.summarise(runs), 1.5)
+    assert "- raw: 0.450 (n = 1)" in report
+    assert "- logsigmoid: 0.518 ± 0.027 (n = 2)  gain over raw: 0.095 (n = 1)" in report
+
+
 def test_method_names_of_combination_configs() -> None:
     two = {"helpful": {}, "harmless": {}}
     cfg = {"reward": two, "aggregator": {"_target_": "lit_rlhf.aggregators.WeightedSum"}}
@@ -129,24 +145,24 @@ regime = importlib.util.module_from_spec(_spec_r)
 sys.modules["regime_plot"] = regime
 _spec_r.loader.exec_module(regime)
 
-# variant → (margins of the first rollout batch, {(method, β): per seed (final KL, final win rate)})
+# variant → (margins of the first rollout batch, {(method, β): per seed [(KL, win) at steps 10 and 20]})
 REGIME = {
     "default": (
         [-2.0, 2.0, -2.0, 2.0],  # std 2
         {
-            ("identity", 0.05): [(1.0, 0.50), (1.0, 0.50)],
-            ("identity", 0.02): [(3.0, 0.54), (3.0, 0.54)],  # raw at KL 2: 0.52 (both seeds)
-            ("logsigmoid", 0.05): [(1.0, 0.52), (1.0, 0.50)],
-            ("logsigmoid", 0.02): [(3.0, 0.60), (3.0, 0.58)],  # at KL 2: 0.56, 0.54 → gain 0.04, 0.02
+            ("identity", 0.05): [[(0.5, 0.50), (1.5, 0.54)]] * 2,
+            ("identity", 0.02): [[(1.0, 0.52), (3.0, 0.50)]] * 2,
+            ("logsigmoid", 0.05): [[(0.5, 0.50), (1.5, 0.56)], [(0.5, 0.50), (1.5, 0.54)]],
+            ("logsigmoid", 0.02): [[(1.0, 0.54), (3.0, 0.60)], [(1.0, 0.52), (3.0, 0.58)]],
         },
     ),
     "fresh": (
         [-1.0, 1.0],  # std 1
         {
-            ("identity", 0.05): [(0.5, 0.50), (0.5, 0.50)],
-            ("identity", 0.02): [(1.5, 0.56), (1.5, 0.56)],  # at KL 1: 0.53
-            ("logsigmoid", 0.05): [(0.5, 0.50), (0.5, 0.50)],
-            ("logsigmoid", 0.02): [(1.5, 0.52), (1.5, 0.52)],  # at KL 1: 0.51 → gain −0.02
+            ("identity", 0.05): [[(0.25, 0.50), (1.0, 0.52)]] * 2,
+            ("identity", 0.02): [[(0.25, 0.50), (1.0, 0.52)]] * 2,
+            ("logsigmoid", 0.05): [[(0.25, 0.50), (1.0, 0.50)]] * 2,
+            ("logsigmoid", 0.02): [[(0.25, 0.50), (1.0, 0.50)]] * 2,
         },
     ),
 }
@@ -166,12 +182,12 @@ def write_regime_job(job: Path, variant: str, transform: str, beta: float, seed:
     if variant != "default":  # the default variant's jobs may come from a plain single-reward study
         overrides.insert(0, f"+experiment/rm_variant={variant}")
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    kl, win = finals[(transform, beta)][seed]
     with SummaryWriter(str(job / "tensorboard")) as w:
         w.add_histogram("reward/helpful_margin", torch.tensor(margins), 1)
         w.add_histogram("reward/helpful_margin", torch.tensor([-9.0, 9.0]), 11)  # later: must be ignored
-        w.add_scalar("gold/kl_to_sft", kl, 20)
-        w.add_scalar("gold/win_rate_helpful", win, 20)
+        for step, (kl, win) in zip((10, 20), finals[(transform, beta)][seed]):
+            w.add_scalar("gold/kl_to_sft", kl, step)
+            w.add_scalar("gold/win_rate_helpful", win, step)
 
 
 def test_regime_gain_at_matched_kl_vs_margin_range(tmp_path: Path) -> None:
@@ -182,18 +198,23 @@ def test_regime_gain_at_matched_kl_vs_margin_range(tmp_path: Path) -> None:
             for seed in (0, 1):
                 write_regime_job(dirs[variant != "default"] / str(num), variant, transform, beta, seed)
                 num += 1
-    fresh, default = regime.analyse(dirs, out=tmp_path / "out")  # sorted by margin range
+    with pytest.warns(sweep.SweepWarning, match="no gold_eval.jsonl"):
+        fresh, default = regime.analyse(dirs, out=tmp_path / "out")  # sorted by margin range
     assert (fresh.name, default.name) == ("fresh", "default")
-    assert fresh.margin_std == pytest.approx((1.0, 0.0)) and default.margin_std == pytest.approx((2.0, 0.0))
-    assert default.kl == pytest.approx(2.0) and fresh.kl == pytest.approx(1.0)  # middle of the shared range
-    assert default.raw == pytest.approx((0.52, 0.0))
-    assert default.logsigmoid == pytest.approx((0.55, 0.01))
-    assert default.gain == pytest.approx((0.03, 0.01)) and default.n_seeds == 2
-    assert fresh.gain == pytest.approx((-0.02, 0.0), abs=1e-6)
-    assert (tmp_path / "out" / "regime.png").stat().st_size > 0
+    approx = lambda pair: pytest.approx(pair, abs=1e-6)  # noqa: E731
+    assert fresh.margin_std == approx((1.0, 0.0)) and default.margin_std == approx((2.0, 0.0))
+    # default: both methods pass KL 0.5–1.5 (β .05) and 1–3 (β .02): median span [0.75, 2.25] → KL 1.5
+    assert default.kl == pytest.approx(1.5) and fresh.kl == pytest.approx(0.625)
+    # at KL 1.5, raw: β .05 → .54, β .02 → .515, mean .5275 (both seeds)
+    # logsigmoid: seed 0 (.56 + .555) / 2 = .5575; seed 1 (.54 + .535) / 2 = .5375 → gains .03, .01
+    assert default.raw == approx((0.5275, 0.0))
+    assert default.logsigmoid == approx((0.5475, 0.01))
+    assert default.gain == approx((0.02, 0.01)) and default.n_seeds == 2
+    assert fresh.raw == approx((0.51, 0.0)) and fresh.gain == approx((-0.01, 0.0))
+    assert (tmp_path / "out" / "regime.png").stat().st_size > 1000
     md = (tmp_path / "out" / "regime.md").read_text()
-    assert "| default | 2.00 ± 0.00 | 2.00 | 0.520 ± 0.000 | 0.550 ± 0.010 | 0.030 ± 0.010 | 2 |" in md
+    assert "| default | 2.00 ± 0.00 | 1.50 | 0.528 ± 0.000 | 0.548 ± 0.010 | 0.020 ± 0.010 | 2 |" in md
 
-    with pytest.warns(sweep.SweepWarning, match="not bracketed"):
+    with pytest.warns(sweep.SweepWarning, match="no seed where both methods pass KL 5"):
         (far,) = regime.analyse(dirs[1:], out=tmp_path / "out2", at_kl=5.0)
     assert math.isnan(far.gain[0]) and far.n_seeds == 0
