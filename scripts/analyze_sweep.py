@@ -440,7 +440,7 @@ def analyse(multirun_dir: str | Path, out: str | Path | None = None, at_kl: floa
     if any(run.prompts for run in runs):
         plot_underfitting(rows, out / "underfitting.png")
     text = [
-        f"# Sweep {Path(multirun_dir).resolve()}",
+        f"# Sweep {multirun_dir}",
         "",
         f"{len(runs)} jobs. Values are at the last evaluation: mean ± s.e. over the n seeds of each row "
         "(s.e. = sample std / √n). 'not improved' = share of held-out prompts whose mean gold helpfulness "
