@@ -4,7 +4,8 @@
 
 Reads the raw (``identity``) and ``logsigmoid`` jobs of one or more multirun folders (e.g. the output of
 ``bash scripts/study.sh regime``), groups them by reward-model variant (``+experiment/rm_variant=…`` in a
-job's overrides; ``default`` when absent), and for each variant measures:
+job's overrides; ``default`` when absent), keeps the β values every variant has, and for each variant
+measures:
 
 * the **margin range**: the standard deviation of ``r − r_ref`` over the SFT policy's rollouts — read from
   each job's first ``reward/<name>_margin`` histogram (the first PPO batch, still the SFT policy) and
@@ -187,6 +188,9 @@ def analyse(
     for d in dirs:
         for run in load_runs(d):
             groups[variant_of(run.path)].append(run)
+    # the same β grid for every variant (a variant's runs may come from a wider sweep)
+    betas = set.intersection(*({r.beta for r in runs} for runs in groups.values())) if groups else set()
+    groups = {name: [r for r in runs if r.beta in betas] for name, runs in groups.items()}
     variants = sorted(
         (summarise_variant(name, runs, at_kl) for name, runs in groups.items()),
         key=lambda v: (math.isnan(v.margin_std[0]), v.margin_std[0]),
