@@ -96,11 +96,7 @@ class Run:
     def at_kl(self, kl: float, tag: str = "gold/win_rate_helpful") -> float:
         """``tag`` where this run's training passed KL = ``kl``: linear between the two evaluations that
         bracket it (the first such pair); NaN if its evaluations never bracket ``kl``."""
-        pts = self.trajectory(tag)
-        for (k0, y0), (k1, y1) in zip(pts, pts[1:]):
-            if min(k0, k1) <= kl <= max(k0, k1):
-                return y0 if k0 == k1 else y0 + (y1 - y0) * (kl - k0) / (k1 - k0)
-        return math.nan
+        return interpolate(self.trajectory(tag), kl)
 
 
 @dataclass
@@ -115,6 +111,15 @@ class Row:
     n: int
     stats: dict[str, tuple[float, float]]
     runs: list[Run]
+
+
+def interpolate(points: list[tuple[float, float]], kl: float) -> float:
+    """y at x = ``kl`` on a path of (x, y) points: linear within the first consecutive pair that brackets
+    ``kl``; NaN if none does."""
+    for (k0, y0), (k1, y1) in zip(points, points[1:]):
+        if min(k0, k1) <= kl <= max(k0, k1):
+            return y0 if k0 == k1 else y0 + (y1 - y0) * (kl - k0) / (k1 - k0)
+    return math.nan
 
 
 def warn(msg: str) -> None:
@@ -247,11 +252,7 @@ def interpolate_at_kl(rows: list[Row], kl: float, tag: str = "gold/win_rate_help
         pts = sorted(
             (r.beta, r.stats["gold/kl_to_sft"][0], r.stats[tag][0]) for r in rows if r.method == method
         )
-        out[method] = math.nan
-        for (_, k0, y0), (_, k1, y1) in zip(pts, pts[1:]):
-            if min(k0, k1) <= kl <= max(k0, k1):
-                out[method] = y0 if k0 == k1 else y0 + (y1 - y0) * (kl - k0) / (k1 - k0)
-                break
+        out[method] = interpolate([(k, y) for _, k, y in pts], kl)
         if len(pts) == 1 and pts[0][1] == kl:
             out[method] = pts[0][2]
     return out
