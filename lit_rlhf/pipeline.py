@@ -124,6 +124,11 @@ def run_reward_model(cfg: DictConfig) -> float | None:
     ((name, rspec),) = cfg.reward.items()
     prepare_data(cfg)
     init = reward_model_init(cfg)
+    if init != "model" and not (Path(init) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"task.init_from={init}: not a model folder (no config.json). Use auto, sft, model or a folder "
+            "written by save_pretrained."
+        )
     spec = instantiate(cfg.model) if init == "model" else Pretrained(init)
     tok = spec.load_tokenizer(tokenizer_default(cfg))
     model = with_lora(cfg, spec.build("reward", tok), "reward")

@@ -126,6 +126,12 @@ def test_user_jsonl_and_local_hf_model(tmp_path):
     assert acc is not None and 0.0 <= acc <= 1.0
     rm_dir = tmp_path / "rm" / "run" / "model"
     assert AutoModelForSequenceClassification.from_pretrained(rm_dir).config.num_labels == 1
+    bad_init = ["task=reward_model", "reward=helpful", "data=jsonl", f"data.path={tmp_path}/hh.jsonl"]
+    with (
+        hydra_cfg(tmp_path / "rm2", [*bad_init, *common, "task.init_from=/no/such/dir"]) as cfg,
+        pytest.raises(FileNotFoundError, match="task.init_from=/no/such/dir"),
+    ):
+        run(cfg)
     ppo = [
         "data=jsonl",
         f"data.path={tmp_path}/prompts.jsonl",
@@ -144,6 +150,8 @@ def test_user_jsonl_and_local_hf_model(tmp_path):
     with hydra_cfg(tmp_path / "ppo", ppo) as cfg:
         run(cfg)
     assert (tmp_path / "ppo" / "run" / "model" / "config.json").is_file()
+    stages = json.loads((tmp_path / "ppo" / "run" / "stages.json").read_text())
+    assert stages == {"policy": str(base), "reward_models": {"helpful": str(rm_dir)}}
 
 
 def test_missing_reward_model_folder_is_a_clear_error(tmp_path):
