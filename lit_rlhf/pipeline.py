@@ -30,10 +30,13 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from lit_rlhf.models import Pretrained, lora, quiet_transformers
+from lit_rlhf.models import Pretrained, ValueModel, lora, quiet_transformers
 
 log = logging.getLogger("lit_rlhf")
-CARRIED = ("data", "model", "paths")  # override groups a PPO run passes on to the stages it builds
+# override groups a PPO run passes on to the stages it builds (the trainer on one device: see ensure_stage)
+CARRIED = ("data", "model", "paths", "trainer")
+MODEL_SETTINGS = ("trust_remote_code", "dtype", "attn_implementation", "gradient_checkpointing")
+ROLES = ("policy", "reference", "critic", "reward")
 TASKS = ("sft", "reward_model", "ppo")
 DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -75,14 +78,46 @@ def resume_path(cfg: DictConfig) -> str | None:
     return None
 
 
-def save_model(model: Any, tokenizer: Any, out: Path) -> Path:
+def role_spec(cfg: DictConfig, role: str, path: str | Path) -> Pretrained:
+    """The model folder ``path`` with the ``model`` group's settings (dtype, attention, checkpointing,
+    remote code) and the task's per-role overrides ``task.roles.<role>``: one spec per role."""
+    if role not in ROLES:
+        raise ValueError(f"unknown model role {role!r}; expected one of {ROLES}")
+    settings = {k: cfg.model.get(k) for k in MODEL_SETTINGS if cfg.model.get(k) is not None}
+    roles = cfg.task.get("roles") or {}
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise ValueError(f"task.roles has unknown roles {unknown}; expected some of {list(ROLES)}")
+    for key, value in dict(roles.get(role) or {}).items():
+        if key not in MODEL_SETTINGS:
+            raise ValueError(f"task.roles.{role}.{key}: unknown setting; expected one of {MODEL_SETTINGS}")
+        settings[key] = value
+    return Pretrained(str(path), **settings)
+
+
+def full_state_dict(trainer: L.Trainer, prefix: str) -> dict | None:
+    """Under a sharded strategy (FSDP, DeepSpeed ZeRO-3) the whole weights of ``<prefix>.*`` gathered from
+    every rank (every rank must call this); ``None`` when each rank holds the full model anyway."""
+    name = type(trainer.strategy).__name__
+    if "FSDP" not in name and "DeepSpeed" not in name:
+        return None
+    state = trainer.strategy.lightning_module_state_dict()
+    return {k.removeprefix(prefix + "."): v for k, v in state.items() if k.startswith(prefix + ".")}
+
+
+def save_model(model: Any, tokenizer: Any, out: Path, state_dict: dict | None = None) -> Path:
     """``save_pretrained`` model and tokenizer into ``out`` atomically (a kill never leaves half a folder).
 
     A LoRA model is saved merged (adapters folded into the weights), so plain transformers loads it.
+    ``state_dict``: the full weights gathered by :func:`full_state_dict` under a sharded strategy (a rank's
+    own module holds only its shard there).
     """
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    lora.merged(model).save_pretrained(tmp)
+    if state_dict is not None and not lora.is_lora(model):
+        model.save_pretrained(tmp, state_dict=state_dict)
+    else:
+        lora.merged(model).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if out.exists():
         shutil.rmtree(out)
@@ -109,8 +144,9 @@ def run_sft(cfg: DictConfig) -> float | None:
         trainer.validate(module, datamodule=dm, verbose=False)
         log.info("sft: initial val/loss %.3f", metric(trainer, "val/loss") or float("nan"))
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+    state = full_state_dict(trainer, "model")
     if trainer.is_global_zero:
-        out = save_model(module.model, tok, Path(cfg.paths.output_dir) / "model")
+        out = save_model(module.model, tok, Path(cfg.paths.output_dir) / "model", state)
         log.info("sft: val/loss %.3f; policy saved to %s", metric(trainer, "val/loss") or float("nan"), out)
     return metric(trainer, cfg.get("optimized_metric"))
 
@@ -129,7 +165,7 @@ def run_reward_model(cfg: DictConfig) -> float | None:
             f"task.init_from={init}: not a model folder (no config.json). Use auto, sft, model or a folder "
             "written by save_pretrained."
         )
-    spec = instantiate(cfg.model) if init == "model" else Pretrained(init)
+    spec = instantiate(cfg.model) if init == "model" else role_spec(cfg, "reward", init)
     tok = spec.load_tokenizer(tokenizer_default(cfg))
     model = with_lora(cfg, spec.build("reward", tok), "reward")
     dm_cfg = OmegaConf.to_container(cfg.task.datamodule, resolve=True, throw_on_missing=False)
@@ -138,8 +174,9 @@ def run_reward_model(cfg: DictConfig) -> float | None:
     module = instantiate(cfg.task.module, model=model, optimizer=instantiate(cfg.optimizer))
     trainer = make_trainer(cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg), weights_only=True)
+    state = full_state_dict(trainer, "model")
     if trainer.is_global_zero:
-        out = save_model(module.model, tok, Path(cfg.paths.output_dir) / "model")
+        out = save_model(module.model, tok, Path(cfg.paths.output_dir) / "model", state)
         log.info(
             "reward_model[%s]: val/rm_acc %.3f; saved to %s",
             name,
@@ -152,14 +189,17 @@ def run_reward_model(cfg: DictConfig) -> float | None:
 def reward_model_init(cfg: DictConfig, sft: Callable[[], Path] | None = None) -> str:
     """Where a reward model's weights start (``task.init_from``): ``"model"`` or a model folder.
 
-    ``auto``: the SFT policy when the ``model`` group is a fresh model (the embedded tiny GPT-2), else the
-    ``model`` group's own weights; ``sft``: the SFT stage (``sft()``, default: this config's, built and
-    cached if missing); ``model``: the ``model`` group as is; any other value: a local model folder.
+    ``auto``: the SFT policy when the ``model`` group is a fresh model (the embedded tiny GPT-2) and the data
+    has demonstrations (the embedded world), else the ``model`` group's own weights (a pretrained model, or
+    a fresh tiny one on user preference data, which has no SFT file); ``sft``: the SFT stage (``sft()``,
+    default: this config's, built and cached if missing); ``model``: the ``model`` group as is; any other
+    value: a local model folder.
     The scalar head always starts fresh.
     """
     init = str(cfg.task.get("init_from") or "model")
     if init == "auto":
-        init = "sft" if str(cfg.model.get("_target_", "")).endswith(".TinyGPT2") else "model"
+        fresh = str(cfg.model.get("_target_", "")).endswith(".TinyGPT2")
+        init = "sft" if fresh and cfg.data.get("world") else "model"
     if init == "sft":
         return str(sft() if sft else ensure_stage(cfg, "sft"))
     return init
@@ -173,6 +213,19 @@ def check_same_tokenizer(tok: Any, other: Any, where: str) -> None:
         )
 
 
+def build_critic(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, Path], tok: Any) -> ValueModel:
+    """The critic (``task.critic_init``): ``policy`` = the SFT policy's backbone and a new value head;
+    ``reward_model`` = the (first) reward model's backbone and score head, as InstructGPT starts it."""
+    init = str(cfg.task.get("critic_init") or "policy")
+    if init == "policy":
+        return role_spec(cfg, "critic", policy_path).build("value", tok)
+    if init == "reward_model":
+        name, path = next(iter(rm_paths.items()))
+        log.info("ppo: critic starts from reward model %s (%s)", name, path)
+        return ValueModel.from_reward_model(role_spec(cfg, "critic", path).build("reward", tok))
+    raise ValueError(f"task.critic_init must be policy or reward_model, got {init!r}")
+
+
 def run_ppo(cfg: DictConfig) -> float | None:
     prepare_data(cfg)
     policy_path = cfg.task.policy_path or ensure_stage(cfg, "sft")
@@ -180,21 +233,24 @@ def run_ppo(cfg: DictConfig) -> float | None:
         name: spec.path or ensure_stage(cfg, "reward_model", [f"reward={name}"])
         for name, spec in cfg.reward.items()
     }
-    policy = Pretrained(str(policy_path))
+    policy = role_spec(cfg, "policy", policy_path)
     tok = policy.load_tokenizer()
     reward_models = {}
     for name, path in rm_paths.items():
-        rm = Pretrained(str(path))
+        rm = role_spec(cfg, "reward", path)
         rm.check_reward_model(f"reward.{name}.path")
         check_same_tokenizer(tok, rm.load_tokenizer(), f"reward.{name}.path={path}")
-        reward_models[name] = rm.build("reward", tok)
+        reward_models[name] = rm.build("reward", tok, trainable=False)
     dm = instantiate(cfg.task.datamodule, tokenizer=tok)
     actor = with_lora(cfg, policy.build("causal_lm", tok), "causal_lm")
+    ref = None  # LoRA: π_ref is the actor with its adapters off (no second copy)
+    if not lora.is_lora(actor):
+        ref = role_spec(cfg, "reference", policy_path).build("causal_lm", tok, trainable=False)
     module = instantiate(
         cfg.task.module,
         actor=actor,
-        critic=policy.build("value", tok),
-        ref=None if lora.is_lora(actor) else policy.build("causal_lm", tok),  # LoRA: adapters off = π_ref
+        critic=build_critic(cfg, Path(policy_path), rm_paths, tok),
+        ref=ref,
         reward_models=reward_models,
         tokenizer=tok,
         optimizer=instantiate(cfg.optimizer),
@@ -203,8 +259,9 @@ def run_ppo(cfg: DictConfig) -> float | None:
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg), weights_only=True)
     if cfg.task.iterations % cfg.task.val_check_interval:  # the last evaluation was not at the end
         trainer.validate(module, datamodule=dm, verbose=False)
+    state = full_state_dict(trainer, "actor")
     if trainer.is_global_zero:
-        out = save_model(module.actor, tok, Path(cfg.paths.output_dir) / "model")
+        out = save_model(module.actor, tok, Path(cfg.paths.output_dir) / "model", state)
         log.info("ppo: policy saved to %s", out)
         stages = {"policy": str(policy_path), "reward_models": {k: str(v) for k, v in rm_paths.items()}}
         (Path(cfg.paths.output_dir) / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
@@ -265,6 +322,7 @@ def stage_hash(sub: DictConfig) -> str:
         ["reward"] if sub.task.name == "reward_model" else []
     )
     parts = {k: resolved.get(k) for k in keys}
+    parts["precision"] = resolved.get("trainer", {}).get("precision")
     world = Path(str(sub.data.world.out_dir)) / "world.json" if sub.data.get("world") else None
     if world is not None and world.is_file():  # a regenerated world (new version) invalidates its stages
         parts["world"] = json.loads(world.read_text()).get("params")
@@ -300,6 +358,9 @@ def ensure_stage(cfg: DictConfig, task: str, extra: Sequence[str] = ()) -> Path:
         with open_dict(sub):
             sub.paths.output_dir = str(out)
             sub.hydra = None  # not needed below, and it would not resolve outside the main job
+            # the run's trainer (accelerator, precision) on ONE device: a stage built inside a multi-process
+            # run would have its DDP children re-run the whole command
+            sub.trainer.devices, sub.trainer.num_nodes, sub.trainer.strategy = 1, 1, "auto"
         run(sub)
     if not (model_dir / "config.json").is_file():
         raise RuntimeError(f"stage {tag} finished without writing {model_dir}")

@@ -32,15 +32,19 @@ def test_loss_is_bradley_terry_on_one_forward(monkeypatch):
     model = tiny_rm()
     module = RewardModelModule(model, torch.optim.AdamW, margin=0.5, center_coef=0.01)
     calls = []
-    real_forward = model.forward
+    backbone_forward = model.transformer.forward
     monkeypatch.setattr(
-        model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape) or real_forward(*a, **k)
+        model.transformer,
+        "forward",
+        lambda *a, **k: (
+            calls.append(k.get("input_ids", a[0] if a else None).shape) or backbone_forward(*a, **k)
+        ),
     )
     b = batch()
     loss = module.training_step(b, 0)
-    assert calls == [(8, 7)]  # chosen and rejected together
-    with torch.no_grad():
-        r = real_forward(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, 0]
+    assert calls == [(8, 7)]  # chosen and rejected together, one backbone forward
+    with torch.no_grad():  # pad ≠ eos here, so transformers' own pooling reads the same last token
+        r = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, 0]
     rc, rr = r[:4], r[4:]
     expected = -F.logsigmoid(rc - rr - 0.5).mean() + 0.01 * ((rc + rr) ** 2).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
@@ -83,17 +87,20 @@ def test_cosine_schedule_warms_up_peaks_and_reaches_zero():
 
 
 def test_reward_model_init_choices():
-    """auto: the SFT stage for the embedded tiny model, the model's own weights for a model folder."""
+    """auto: the SFT stage for the embedded tiny model on the embedded world, the model's own weights for a
+    model folder, and for a fresh tiny model on user preference data (which has no SFT file to build from)."""
     from omegaconf import OmegaConf
 
     from lit_rlhf.pipeline import reward_model_init
 
-    def cfg(init: str, target: str) -> OmegaConf:
-        return OmegaConf.create({"task": {"init_from": init}, "model": {"_target_": target}})
+    def cfg(init: str, target: str, world: bool = True) -> OmegaConf:
+        data = {"world": {"seed": 0} if world else None}
+        return OmegaConf.create({"task": {"init_from": init}, "model": {"_target_": target}, "data": data})
 
     sft = lambda: "/stages/sft/model"  # noqa: E731
     assert reward_model_init(cfg("auto", "lit_rlhf.models.TinyGPT2"), sft) == "/stages/sft/model"
     assert reward_model_init(cfg("auto", "lit_rlhf.models.Pretrained"), sft) == "model"
+    assert reward_model_init(cfg("auto", "lit_rlhf.models.TinyGPT2", world=False), sft) == "model"
     assert reward_model_init(cfg("sft", "lit_rlhf.models.Pretrained"), sft) == "/stages/sft/model"
     assert reward_model_init(cfg("model", "lit_rlhf.models.TinyGPT2"), sft) == "model"
     assert reward_model_init(cfg("/my/folder", "lit_rlhf.models.TinyGPT2"), sft) == "/my/folder"

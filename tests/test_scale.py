@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 from transformers import (
     GPT2Config,
     GPT2ForSequenceClassification,
-    GPT2ForTokenClassification,
     GPT2LMHeadModel,
+    GPT2Model,
 )
 
 from conftest import ROOT, TINY_STAGES, TINY_WORLD, hydra_cfg
@@ -113,12 +113,13 @@ def test_reward_model_step_with_8bit_adamw(tmp_path: Path, name: str) -> None:
 
 def test_ppo_step_with_8bit_adamw(tmp_path: Path) -> None:
     pytest.importorskip("bitsandbytes")
+    from lit_rlhf.models import ValueModel
     from lit_rlhf.tasks.ppo import PPOModule
 
     actor, ref = tiny_gpt2(GPT2LMHeadModel), tiny_gpt2(GPT2LMHeadModel)
-    critic = tiny_gpt2(GPT2ForTokenClassification)
+    critic = ValueModel(tiny_gpt2(GPT2Model))
     rm = tiny_gpt2(GPT2ForSequenceClassification, seed=1)
-    actor_before, critic_before = actor.transformer.wte.weight.clone(), critic.transformer.wte.weight.clone()
+    actor_before, critic_before = actor.transformer.wte.weight.clone(), critic.backbone.wte.weight.clone()
     module = PPOModule(
         actor=actor,
         critic=critic,
@@ -141,10 +142,10 @@ def test_ppo_step_with_8bit_adamw(tmp_path: Path) -> None:
     fit_steps(module, [batch])
 
     assert not torch.equal(actor.transformer.wte.weight, actor_before)
-    assert not torch.equal(critic.transformer.wte.weight, critic_before)
+    assert not torch.equal(critic.backbone.wte.weight, critic_before)
     opt_actor, opt_critic = (o.optimizer for o in module.optimizers())
     assert_8bit_state(opt_actor, actor.transformer.wte.weight, actor.transformer.ln_f.bias)
-    assert_8bit_state(opt_critic, critic.transformer.wte.weight, critic.transformer.ln_f.bias)
+    assert_8bit_state(opt_critic, critic.backbone.wte.weight, critic.backbone.ln_f.bias)
 
 
 # ------------------------------------------------------------------ 2. the trainer group

@@ -4,9 +4,9 @@ Both expose the same two calls, so every task builds its networks the same way:
 
 * ``spec.load_tokenizer(default)`` — the tokenizer (``default`` is the data's, e.g. the embedded world's);
 * ``spec.build(head, tokenizer)`` — a ``transformers`` model with the given head:
-  ``"causal_lm"`` (policy), ``"reward"`` (scalar score at the last non-padding token, i.e. a
-  ``*ForSequenceClassification`` with one label) or ``"value"`` (one scalar per token, a
-  ``*ForTokenClassification`` with one label).
+  ``"causal_lm"`` (policy), ``"reward"`` (a ``*ForSequenceClassification`` with one label, scored at the
+  last attended token by :func:`lit_rlhf.models.heads.sequence_scores`) or ``"value"`` (one scalar per
+  token: a :class:`~lit_rlhf.models.heads.ValueModel`, any architecture ``AutoModel`` loads).
 
 Nothing is downloaded: ``Pretrained`` passes ``local_files_only=True`` and never trusts remote code unless
 the user sets ``model.trust_remote_code=true``.
@@ -20,23 +20,27 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
     AutoTokenizer,
     GPT2Config,
+    GPT2Model,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 from transformers.utils import logging as hf_logging
 
+from lit_rlhf.models.heads import ValueModel
+
 Head = Literal["causal_lm", "reward", "value"]
 _AUTO = {
     "causal_lm": AutoModelForCausalLM,
     "reward": AutoModelForSequenceClassification,
-    "value": AutoModelForTokenClassification,
+    "value": ValueModel,
 }
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 def quiet_transformers() -> None:
@@ -65,9 +69,20 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
     return tok
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, so a left-padded row sees the positions of a right-padded one."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+def parse_dtype(dtype: str | None, key: str = "model.dtype") -> torch.dtype | str:
+    """``float32`` / ``bfloat16`` / ``float16`` / ``auto`` (the checkpoint's) → a dtype; ``None`` = fp32."""
+    if dtype is None:
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"{key} must be one of {DTYPES} or null, got {dtype!r}")
+    return "auto" if dtype == "auto" else getattr(torch, dtype)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in backward (non-reentrant, so frozen inputs and LoRA work)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "config"):
+        model.config.use_cache = False  # a cache is useless while checkpointing; generate() turns it on
 
 
 class TinyGPT2:
@@ -80,6 +95,8 @@ class TinyGPT2:
         n_positions: context length in tokens (prompt + response).
         dropout: dropout on embeddings, attention and residuals.
         tokenizer_path: tokenizer folder; ``None`` = the data's tokenizer (the embedded world's).
+        dtype: weights dtype (see :class:`Pretrained`); ``None`` = float32. PPO loads its stages with it.
+        gradient_checkpointing: recompute activations in backward.
     """
 
     def __init__(
@@ -90,9 +107,13 @@ class TinyGPT2:
         n_positions: int = 64,
         dropout: float = 0.0,
         tokenizer_path: str | None = None,
+        dtype: str | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         if n_embd % n_head:
             raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
+        self.dtype = parse_dtype(dtype)
+        self.gradient_checkpointing = gradient_checkpointing
         self.n_layer, self.n_embd, self.n_head = n_layer, n_embd, n_head
         self.n_positions, self.dropout, self.tokenizer_path = n_positions, dropout, tokenizer_path
 
@@ -118,17 +139,29 @@ class TinyGPT2:
             bos_token_id=tokenizer.eos_token_id,
             num_labels=1,
         )
-        return _AUTO[head].from_config(config)
+        model = ValueModel(GPT2Model(config)) if head == "value" else _AUTO[head].from_config(config)
+        if self.dtype != torch.float32:
+            model.to(self.dtype)
+        if self.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return model
 
 
 class Pretrained:
     """A local Hugging Face model folder (``model=hf model.name_or_path=/local/folder``).
 
+    The same settings serve every role a run builds from it (policy, reference, critic, reward model);
+    :meth:`at` gives them to another folder (a stage the run trained, a reward model).
+
     Args:
         name_or_path: a local folder holding ``config.json`` and weights; nothing is fetched from a hub.
         tokenizer_path: tokenizer folder; ``None`` = ``name_or_path``.
         trust_remote_code: run the folder's own modelling code; off unless you trust the folder.
-        dtype: ``float32``/``bfloat16``/``float16``; ``None`` = float32.
+        dtype: weights dtype, ``float32`` / ``bfloat16`` / ``float16`` / ``auto`` (the checkpoint's);
+            ``None`` = float32. With ``trainer.precision=bf16-mixed`` keep fp32 weights (Lightning's autocast
+            keeps fp32 master weights); ``bfloat16`` here is pure bf16 training.
+        attn_implementation: ``eager`` / ``sdpa`` / ``flash_attention_2`` …; ``None`` = transformers' choice.
+        gradient_checkpointing: recompute activations in backward for the trained models (less memory).
     """
 
     def __init__(
@@ -137,11 +170,28 @@ class Pretrained:
         tokenizer_path: str | None = None,
         trust_remote_code: bool = False,
         dtype: str | None = None,
+        attn_implementation: str | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         self.name_or_path = str(name_or_path)
         self.tokenizer_path = tokenizer_path
         self.trust_remote_code = trust_remote_code
-        self.dtype = getattr(torch, dtype) if dtype else torch.float32
+        self.dtype_name = dtype
+        self.dtype = parse_dtype(dtype)
+        self.attn_implementation = attn_implementation
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def at(self, name_or_path: str | Path, **overrides) -> Pretrained:
+        """The same settings for another folder (``overrides``: any constructor argument)."""
+        kw = {
+            "tokenizer_path": None,
+            "trust_remote_code": self.trust_remote_code,
+            "dtype": self.dtype_name,
+            "attn_implementation": self.attn_implementation,
+            "gradient_checkpointing": self.gradient_checkpointing,
+        }
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return Pretrained(str(name_or_path), **kw)
 
     def _check_folder(self) -> Path:
         path = Path(self.name_or_path)
@@ -172,17 +222,23 @@ class Pretrained:
         path = self.tokenizer_path or self._check_folder()
         return load_tokenizer(path, trust_remote_code=self.trust_remote_code)
 
-    def build(self, head: Head, tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
+    def load_kwargs(self) -> dict:
+        """What every ``from_pretrained`` of this spec gets."""
+        kw = {"local_files_only": True, "trust_remote_code": self.trust_remote_code, "dtype": self.dtype}
+        if self.attn_implementation:
+            kw["attn_implementation"] = self.attn_implementation
+        return kw
+
+    def build(
+        self, head: Head, tokenizer: PreTrainedTokenizerBase | None = None, trainable: bool = True
+    ) -> nn.Module:
+        """The model with ``head``; ``trainable=False`` (a frozen reference or reward model): no recompute."""
         _check_head(head)
         path = self._check_folder()
-        kwargs = {"num_labels": 1} if head != "causal_lm" else {}
-        model = _AUTO[head].from_pretrained(
-            str(path),
-            local_files_only=True,
-            trust_remote_code=self.trust_remote_code,
-            dtype=self.dtype,
-            **kwargs,
-        )
+        kwargs = {"num_labels": 1} if head == "reward" else {}
+        model = _AUTO[head].from_pretrained(str(path), **self.load_kwargs(), **kwargs)
         if tokenizer is not None and model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
+        if self.gradient_checkpointing and trainable:
+            enable_gradient_checkpointing(model)
         return model

@@ -1,4 +1,4 @@
-"""Scoring with a Bradley–Terry reward model: r(x, y) read at the last non-padding token."""
+"""Scoring with a Bradley–Terry reward model: r(x, y) read at the last attended token."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_rlhf.models.factory import position_ids
+from lit_rlhf.models.heads import sequence_scores
 
 
 def reward_scores(
@@ -16,8 +16,9 @@ def reward_scores(
 ) -> torch.Tensor:
     """Scalar rewards of a ``*ForSequenceClassification`` model with one label.
 
-    The model reads its score at the right-most non-padding token (the EOS, or the last token of a truncated
-    response), both in reward-model training and in RL. Positions skip left padding.
+    The score is read at the right-most position of ``attention_mask`` (the EOS, or the last token of a
+    truncated response), both in reward-model training and in RL — never where ``pad_token_id`` says, which
+    with pad = eos would be the token before the EOS. Positions skip left padding.
 
     Args:
         model: reward model.
@@ -27,8 +28,7 @@ def reward_scores(
     Returns:
         (N,) rewards.
     """
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
-    return out.logits[:, 0].float()  # (N,)
+    return sequence_scores(model, input_ids, attention_mask)  # (N,)
 
 
 @torch.inference_mode()

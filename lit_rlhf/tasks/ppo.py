@@ -18,15 +18,13 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import NamedTuple
 
 import lightning as L
 import torch
 from torch import Tensor, nn
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 from lit_rlhf.models import lora
-from lit_rlhf.models.factory import position_ids
 from lit_rlhf.models.scoring import reward_scores
 from lit_rlhf.optim import warmup_schedule
 from lit_rlhf.rlhf import (
@@ -34,42 +32,16 @@ from lit_rlhf.rlhf import (
     FixedKLController,
     gae,
     kl_penalty,
-    logprobs_from_logits,
     masked_mean,
     masked_whiten,
     per_token_rewards,
     ppo_policy_loss,
     value_loss,
 )
+from lit_rlhf.tasks.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
 
 log = logging.getLogger(__name__)
 RewardFn = Callable[[Tensor, Tensor, "PPOModule"], Tensor]
-
-
-class Rollout(NamedTuple):
-    """A batch of B rollouts: P prompt tokens (left padded) followed by R response tokens.
-
-    Attributes:
-        prompt_ids: (B,) ids of the prompts (keys of the reference rewards).
-        input_ids: (B, P + R) prompt and response; response tokens after the EOS are padding.
-        attention_mask: (B, P + R).
-        response_mask: (B, R) 1 on response tokens up to and including the EOS.
-        logprobs: (B, R) log π_old(y_t | …) at sampling time.
-        ref_logprobs: (B, R) log π_ref(y_t | …).
-        values: (B, R) critic values V(s_t) before each response token.
-        scores: (B, K) raw score of each of the K reward models.
-        has_eos: (B,) whether the response ended with EOS (else it was cut at ``max_new_tokens``).
-    """
-
-    prompt_ids: Tensor
-    input_ids: Tensor
-    attention_mask: Tensor
-    response_mask: Tensor
-    logprobs: Tensor
-    ref_logprobs: Tensor
-    values: Tensor
-    scores: Tensor
-    has_eos: Tensor
 
 
 def raw_sum(scores: Tensor, prompt_ids: Tensor, module: PPOModule) -> Tensor:
@@ -89,7 +61,7 @@ class PPOModule(L.LightningModule):
 
     Args:
         actor: the policy, a causal LM initialised from the SFT model.
-        critic: value model (a ``*ForTokenClassification`` with one label).
+        critic: value model (:class:`~lit_rlhf.models.heads.ValueModel`: a backbone and a linear head).
         ref: frozen reference policy π_ref (the SFT model) for the KL term; ``None`` when the actor is a
             LoRA model (``lora=…``): π_ref is then the actor with its adapters off (no second copy).
         reward_models: name → frozen reward model (``*ForSequenceClassification``, one label).
@@ -114,8 +86,8 @@ class PPOModule(L.LightningModule):
         samples_per_prompt: responses sampled per prompt in a step.
         max_new_tokens: response length cap.
         temperature: sampling temperature (log-probs are taken at the same temperature).
-        top_k: top-k sampling (0 = off).
-        top_p: nucleus sampling (1.0 = off).
+        top_k: must stay 0: top-k truncation would make the ratio off-policy (refused).
+        top_p: must stay 1.0, for the same reason (refused).
         eval_samples_per_prompt: responses per held-out prompt at evaluation.
         seed: seeds the sampling of each iteration (with the iteration number).
         max_bad_batches: stop after this many consecutive batches with NaN/inf scores, log-probs or values
@@ -163,8 +135,6 @@ class PPOModule(L.LightningModule):
         self.strict_loading = False  # frozen models are not stored in checkpoints
         if not reward_models:
             raise ValueError("task=ppo needs at least one reward model (the `reward` group)")
-        if temperature <= 0:
-            raise ValueError(f"task.module.temperature must be > 0, got {temperature}")
         if ref is None and not lora.is_lora(actor):
             raise ValueError("PPOModule needs a reference policy: pass ref, or a LoRA actor (lora=…)")
         self.actor, self.critic, self.ref = actor, critic, ref
@@ -188,14 +158,10 @@ class PPOModule(L.LightningModule):
         self.missing_eos_penalty, self.samples_per_prompt = missing_eos_penalty, samples_per_prompt
         self.temperature = temperature
         self.eval_samples_per_prompt, self.seed = eval_samples_per_prompt, seed
-        self.generation_config = GenerationConfig(
-            do_sample=True,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+        # the sampling distribution is the run's alone (not the checkpoint's generation_config.json)
+        self.eos_ids = eos_token_ids(tokenizer, [actor])
+        self.generation_config = sampling_config(
+            tokenizer, self.eos_ids, max_new_tokens, temperature, top_k, top_p
         )
         self.reward_fn: RewardFn = raw_sum
         self.iteration = 0
@@ -226,41 +192,20 @@ class PPOModule(L.LightningModule):
             return self._token_logprobs(ref, input_ids, attention_mask, P)
 
     # ---------------------------------------------------------------- rollouts
-    @torch.no_grad()
     def generate(
         self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Sample responses; returns (sequences (B, P+R), response_mask (B, R), has_eos (B,))."""
-        out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, generation_config=self.generation_config
-        )
-        P = input_ids.shape[1]
-        response = out[:, P:]  # (B, R)
-        R = response.shape[1]
-        is_eos = response == self.tokenizer.eos_token_id
-        has_eos = is_eos.any(-1)
-        first_eos = torch.where(
-            has_eos, is_eos.int().argmax(-1), torch.full_like(has_eos, R, dtype=torch.long)
-        )
-        response_mask = torch.arange(R, device=out.device)[None] <= first_eos[:, None]  # incl. EOS
-        response = response.masked_fill(~response_mask, self.tokenizer.pad_token_id)
-        return torch.cat([input_ids, response], 1), response_mask.long(), has_eos
+        return generate(model, input_ids, attention_mask, self.generation_config, self.tokenizer.pad_token_id)
 
     def _token_logprobs(
         self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, P: int
     ) -> Tensor:
         """log π(y_t | x, y_<t) for the response tokens, (B, R), at the sampling temperature."""
-        logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
-        ).logits
-        logits = logits[:, P - 1 : -1].float() / self.temperature  # (B, R, V)
-        return logprobs_from_logits(logits, input_ids[:, P:])
+        return token_logprobs(model, input_ids, attention_mask, P, self.temperature)
 
     def _values(self, input_ids: Tensor, attention_mask: Tensor, P: int) -> Tensor:
-        out = self.critic(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
-        )
-        return out.logits[:, P - 1 : -1, 0].float()  # (B, R)
+        return self.critic(input_ids, attention_mask)[:, P - 1 : -1]  # (B, R)
 
     @torch.no_grad()
     def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
