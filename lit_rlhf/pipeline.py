@@ -91,7 +91,8 @@ def role_spec(cfg: DictConfig, role: str, path: str | Path) -> Pretrained:
     for key, value in dict(roles.get(role) or {}).items():
         if key not in MODEL_SETTINGS:
             raise ValueError(f"task.roles.{role}.{key}: unknown setting; expected one of {MODEL_SETTINGS}")
-        settings[key] = value
+        if value is not None:
+            settings[key] = value
     return Pretrained(str(path), **settings)
 
 
@@ -226,13 +227,9 @@ def build_critic(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, Path], 
     raise ValueError(f"task.critic_init must be policy or reward_model, got {init!r}")
 
 
-def run_ppo(cfg: DictConfig) -> float | None:
-    prepare_data(cfg)
-    policy_path = cfg.task.policy_path or ensure_stage(cfg, "sft")
-    rm_paths = {
-        name: spec.path or ensure_stage(cfg, "reward_model", [f"reward={name}"])
-        for name, spec in cfg.reward.items()
-    }
+def ppo_models(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, Path]) -> dict[str, Any]:
+    """Every network PPO holds, each from its role's spec: ``actor``, ``ref`` (``None`` under LoRA: the
+    actor with its adapters off), ``critic``, ``reward_models`` (name → model), and the ``tokenizer``."""
     policy = role_spec(cfg, "policy", policy_path)
     tok = policy.load_tokenizer()
     reward_models = {}
@@ -241,20 +238,25 @@ def run_ppo(cfg: DictConfig) -> float | None:
         rm.check_reward_model(f"reward.{name}.path")
         check_same_tokenizer(tok, rm.load_tokenizer(), f"reward.{name}.path={path}")
         reward_models[name] = rm.build("reward", tok, trainable=False)
-    dm = instantiate(cfg.task.datamodule, tokenizer=tok)
     actor = with_lora(cfg, policy.build("causal_lm", tok), "causal_lm")
-    ref = None  # LoRA: π_ref is the actor with its adapters off (no second copy)
+    ref = None
     if not lora.is_lora(actor):
         ref = role_spec(cfg, "reference", policy_path).build("causal_lm", tok, trainable=False)
-    module = instantiate(
-        cfg.task.module,
-        actor=actor,
-        critic=build_critic(cfg, Path(policy_path), rm_paths, tok),
-        ref=ref,
-        reward_models=reward_models,
-        tokenizer=tok,
-        optimizer=instantiate(cfg.optimizer),
-    )
+    critic = build_critic(cfg, policy_path, rm_paths, tok)
+    return {"actor": actor, "ref": ref, "critic": critic, "reward_models": reward_models, "tokenizer": tok}
+
+
+def run_ppo(cfg: DictConfig) -> float | None:
+    prepare_data(cfg)
+    policy_path = cfg.task.policy_path or ensure_stage(cfg, "sft")
+    rm_paths = {
+        name: spec.path or ensure_stage(cfg, "reward_model", [f"reward={name}"])
+        for name, spec in cfg.reward.items()
+    }
+    models = ppo_models(cfg, Path(policy_path), rm_paths)
+    tok = models.pop("tokenizer")
+    dm = instantiate(cfg.task.datamodule, tokenizer=tok)
+    module = instantiate(cfg.task.module, **models, tokenizer=tok, optimizer=instantiate(cfg.optimizer))
     trainer = make_trainer(cfg, cfg.task.get("callbacks"))
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg), weights_only=True)
     if cfg.task.iterations % cfg.task.val_check_interval:  # the last evaluation was not at the end

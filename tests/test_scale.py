@@ -218,6 +218,18 @@ def test_fsdp_strategy_wraps_each_block(tmp_path: Path) -> None:
     assert isinstance(instantiate(cfg, logger=False).strategy, FSDPStrategy)
 
 
+def test_fsdp_wraps_the_decoder_layer_of_a_llama_folder(tmp_path: Path) -> None:
+    """model=hf: the wrap unit comes from the folder's architecture (`_no_split_modules`), not from a
+    class named in the config."""
+    from tiny_hf import make_model_folder
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    folder = make_model_folder("llama", tmp_path / "llama")
+    cfg = trainer_cfg(tmp_path, "fsdp", "model=hf", f"model.name_or_path={folder}")
+    strategy = instantiate(cfg.strategy)
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
+
+
 @pytest.mark.parametrize(
     ("name", "overrides", "stage"),
     [("deepspeed", [], 2), ("deepspeed", ["trainer.strategy.stage=3"], 3), ("deepspeed_zero3", [], 3)],

@@ -1,0 +1,49 @@
+"""What the ``trainer/`` strategies need from the model: FSDP's wrap units from ``_no_split_modules``.
+
+transformers lists, per architecture, the blocks that must not be split across devices
+(``LlamaDecoderLayer``, ``GPT2Block``, ``Qwen2DecoderLayer`` …). Each becomes one FSDP unit, gathered only
+while it computes — the right granularity for any family, without naming a class in the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
+
+
+def no_split_classes(model: nn.Module) -> set[type[nn.Module]]:
+    """The module classes a model's ``_no_split_modules`` names, found among its submodules."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
+    if not classes:
+        raise ValueError(
+            f"{type(model).__name__} lists no _no_split_modules; set the FSDP wrap classes by hand "
+            "(trainer.strategy.auto_wrap_policy)"
+        )
+    return classes
+
+
+def no_split_policy(name_or_path: str | None = None, trust_remote_code: bool = False) -> ModuleWrapPolicy:
+    """FSDP wrap policy whose units are the architecture's no-split blocks.
+
+    Args:
+        name_or_path: the model folder (``model.name_or_path``); ``None`` = the embedded tiny GPT-2.
+        trust_remote_code: as ``model.trust_remote_code``.
+    """
+    if name_or_path is None:
+        config = GPT2Config(n_layer=1, n_embd=8, n_head=1, vocab_size=8)
+    else:
+        if not (Path(name_or_path) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.name_or_path={name_or_path} has no config.json (FSDP wrap policy)"
+            )
+        config = AutoConfig.from_pretrained(
+            name_or_path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    with torch.device("meta"):  # no memory, no weights: only the module tree
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return ModuleWrapPolicy(no_split_classes(model))
