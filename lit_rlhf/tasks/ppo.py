@@ -38,6 +38,7 @@ from lit_rlhf.rlhf import (
     ppo_policy_loss,
     value_loss,
 )
+from lit_rlhf.tasks.evaluation import evaluate
 from lit_rlhf.tasks.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -371,43 +372,7 @@ class PPOModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG stream
             torch.manual_seed(batch_idx)
-            return self._evaluate(batch)
-
-    @torch.no_grad()
-    def _evaluate(self, batch: dict) -> dict:
-        """Samples of the policy and of the reference on held-out prompts, for the evaluation callbacks.
-
-        Returns prompts, responses of both, raw scores of both, and the per-sequence KL(π‖π_ref) of the
-        policy's samples (k1, an unbiased estimate of the sequence KL).
-        """
-        n = self.eval_samples_per_prompt
-        ids, mask = (
-            batch["input_ids"].repeat_interleave(n, 0),
-            batch["attention_mask"].repeat_interleave(n, 0),
-        )
-        prompt_ids = batch["prompt_ids"].repeat_interleave(n, 0)
-        P = ids.shape[1]
-        out = {"prompts": [p for p in batch["prompts"] for _ in range(n)], "prompt_ids": prompt_ids}
-        policy = lambda i, m: self.generate(self.actor, i, m)  # noqa: E731
-        # SFT first: with the same seed its samples are the same at every evaluation
-        for who, sample in (("sft", self.generate_reference), ("policy", policy)):
-            seq, rmask, _ = sample(ids, mask)
-            full = torch.cat([mask, rmask], 1)
-            out[f"{who}_responses"] = self.tokenizer.batch_decode(
-                seq[:, P:].masked_fill(rmask == 0, self.tokenizer.pad_token_id), skip_special_tokens=True
-            )
-            out[f"{who}_scores"] = self.score(seq, full)
-            out[f"{who}_length"] = rmask.sum(-1).float()
-            if who == "policy":
-                lp = self._token_logprobs(self.actor, seq, full, P)
-                ref_lp = self._reference_logprobs(seq, full, P)
-                out["kl"] = ((lp - ref_lp) * rmask).sum(-1)
-        self.log_dict(
-            {"val/kl": out["kl"].mean(), "val/response_length": out["policy_length"].mean()},
-            batch_size=len(ids),
-            sync_dist=True,
-        )
-        return out
+            return evaluate(self, batch)
 
     # ---------------------------------------------------------------- optimisation and state
     def configure_optimizers(self):
