@@ -1,0 +1,398 @@
+"""What every policy-optimisation task shares (PPO, GRPO, RLOO, REINFORCE++), with manual optimization.
+
+One training step = one iteration on a batch of prompts:
+
+1. roll out: sample responses with the KV cache under the run's pinned distribution (``tasks/rollout.py``);
+2. score: log-probs of the policy and the frozen reference, the RAW score of every reward model, and (PPO
+   only) the critic's values. The reward optimised comes from ``self.reward_fn``, which the
+   ``RewardTransformCallback`` installs (transform per reward model, then aggregation), so the paper's
+   ``log σ(r − r_ref)`` and its AND-sum work under every algorithm;
+3. :meth:`PolicyModule.optimise` — the algorithm: advantages, then epochs of minibatch updates;
+4. the KL controller, the learning-rate schedule, and the logs under ``<algorithm>/…``.
+
+Subclasses implement :meth:`optimise` (and, with a critic, :meth:`rollout_values` and the optimizers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from lit_rlhf.models import lora
+from lit_rlhf.models.scoring import reward_scores
+from lit_rlhf.optim import warmup_schedule
+from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, kl_penalty, masked_mean
+from lit_rlhf.tasks.evaluation import evaluate
+from lit_rlhf.tasks.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
+
+log = logging.getLogger(__name__)
+RewardFn = Callable[[Tensor, Tensor, "PolicyModule"], Tensor]
+
+
+def raw_sum(scores: Tensor, prompt_ids: Tensor, module: PolicyModule) -> Tensor:
+    """Default reward when no callback installs one: the sum of raw reward-model scores."""
+    return scores.sum(-1)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """The ratio π/π_old must be 1 before any update: no dropout anywhere (as TRL and OpenRLHF do)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+
+
+class PolicyModule(L.LightningModule):
+    """Rollouts, scoring, evaluation, fault policy and state of a policy against frozen reward models.
+
+    Args:
+        actor: the policy, a causal LM initialised from the SFT model.
+        ref: frozen reference policy π_ref (the SFT model) for the KL term; ``None`` when the actor is a
+            LoRA model (``lora=…``): π_ref is then the actor with its adapters off (no second copy).
+        reward_models: name → frozen reward model (``*ForSequenceClassification``, one label).
+        tokenizer: shared by all models (its pad and eos ids are used).
+        optimizer: partial optimizer (the ``optimizer/`` group).
+        lr: actor learning rate.
+        warmup_steps: linear warm-up, in iterations.
+        kl_coef: initial KL coefficient β.
+        kl_target: target KL per sequence for the adaptive controller; ``None`` = fixed β.
+        kl_horizon: horizon of the adaptive controller (Ziegler et al., 2019).
+        kl_estimator: ``k1`` (log π − log π_ref), ``k2`` or ``k3`` per token.
+        clip_eps: ratio clip ε of the surrogate.
+        ppo_epochs: passes over each batch of rollouts.
+        num_minibatches: minibatches per pass.
+        max_grad_norm: gradient clipping (``None`` = off).
+        missing_eos_penalty: subtracted from the reward of responses cut without EOS (``None`` = off).
+        samples_per_prompt: responses sampled per prompt in a step (the group size of GRPO / RLOO).
+        max_new_tokens: response length cap.
+        temperature: sampling temperature (log-probs are taken at the same temperature).
+        top_k: must stay 0: top-k truncation would make the ratio off-policy (refused).
+        top_p: must stay 1.0, for the same reason (refused).
+        eval_samples_per_prompt: responses per held-out prompt at evaluation.
+        seed: seeds the sampling of each iteration (with the iteration number).
+        max_bad_batches: stop after this many consecutive batches with NaN/inf scores, log-probs or values
+            (each one is skipped and counted in ``<algorithm>/skipped_batches``).
+        max_ratio: skip a minibatch's policy update when max π/π_old exceeds this (ratio explosion);
+            counted in ``<algorithm>/skipped_updates``.
+    """
+
+    algorithm = "policy"  # the TensorBoard prefix of the subclass: ppo/…, grpo/…
+
+    def __init__(
+        self,
+        actor: PreTrainedModel,
+        ref: PreTrainedModel | None,
+        reward_models: dict[str, PreTrainedModel],
+        tokenizer,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr: float = 3e-5,
+        warmup_steps: int = 0,
+        kl_coef: float = 0.05,
+        kl_target: float | None = None,
+        kl_horizon: int = 10000,
+        kl_estimator: str = "k1",
+        clip_eps: float = 0.2,
+        ppo_epochs: int = 2,
+        num_minibatches: int = 2,
+        max_grad_norm: float | None = 1.0,
+        missing_eos_penalty: float | None = None,
+        samples_per_prompt: int = 1,
+        max_new_tokens: int = 16,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        eval_samples_per_prompt: int = 4,
+        seed: int = 0,
+        max_bad_batches: int = 3,
+        max_ratio: float = 100.0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.strict_loading = False  # frozen models are not stored in checkpoints
+        if not reward_models:
+            raise ValueError(f"task={self.algorithm} needs at least one reward model (the `reward` group)")
+        if ref is None and not lora.is_lora(actor):
+            raise ValueError(f"{type(self).__name__} needs a reference policy: pass ref, or a LoRA actor")
+        if samples_per_prompt < 1:
+            raise ValueError(f"task.module.samples_per_prompt must be >= 1, got {samples_per_prompt}")
+        self.actor, self.ref = actor, ref
+        self.reward_models = nn.ModuleDict(reward_models)
+        self.reward_names = list(reward_models)
+        for frozen in self.frozen_models():
+            frozen.requires_grad_(False).eval()
+        for m in (self.actor, self.ref):
+            if m is not None:
+                disable_dropout(m)
+        self.tokenizer, self.optimizer_fn = tokenizer, optimizer
+        self.lr, self.warmup_steps = lr, warmup_steps
+        self.kl_ctl = (
+            FixedKLController(kl_coef)
+            if kl_target is None
+            else AdaptiveKLController(kl_coef, target=kl_target, horizon=kl_horizon)
+        )
+        self.kl_estimator, self.clip_eps = kl_estimator, clip_eps
+        self.ppo_epochs, self.num_minibatches, self.max_grad_norm = ppo_epochs, num_minibatches, max_grad_norm
+        self.missing_eos_penalty, self.samples_per_prompt = missing_eos_penalty, samples_per_prompt
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.eval_samples_per_prompt, self.seed = eval_samples_per_prompt, seed
+        # the sampling distribution is the run's alone (not the checkpoint's generation_config.json)
+        self.eos_ids = eos_token_ids(tokenizer, [actor])
+        self.generation_config = sampling_config(
+            tokenizer, self.eos_ids, max_new_tokens, temperature, top_k, top_p
+        )
+        self.reward_fn: RewardFn = raw_sum
+        self.iteration = 0
+        self.max_bad_batches, self.max_ratio = max_bad_batches, max_ratio
+        self.skipped_batches = self.skipped_updates = self._bad_streak = 0
+
+    # ---------------------------------------------------------------- the reference policy
+    def frozen_models(self) -> list[nn.Module]:
+        return [m for m in (self.ref, *self.reward_models.values()) if m is not None]
+
+    @contextmanager
+    def reference(self) -> Iterator[PreTrainedModel]:
+        """π_ref: the separate frozen copy, or, under LoRA, the actor with its adapters switched off."""
+        with lora.reference(self.actor) if self.ref is None else nullcontext(self.ref) as ref:
+            yield ref
+
+    def reference_state_dict(self) -> dict[str, Tensor]:
+        """π_ref's weights, under the plain model's names (what the r_ref cache is keyed on)."""
+        return lora.base_weights(self.actor) if self.ref is None else self.ref.state_dict()
+
+    def generate_reference(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Responses of π_ref (see :meth:`generate`)."""
+        with self.reference() as ref:
+            return self.generate(ref, input_ids, attention_mask)
+
+    def _reference_logprobs(self, input_ids: Tensor, attention_mask: Tensor, P: int) -> Tensor:
+        with self.reference() as ref:
+            return self._token_logprobs(ref, input_ids, attention_mask, P)
+
+    # ---------------------------------------------------------------- rollouts
+    def generate(
+        self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample responses; returns (sequences (B, P+R), response_mask (B, R), has_eos (B,))."""
+        return generate(model, input_ids, attention_mask, self.generation_config, self.tokenizer.pad_token_id)
+
+    def _token_logprobs(
+        self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, P: int
+    ) -> Tensor:
+        """log π(y_t | x, y_<t) for the response tokens, (B, R), at the sampling temperature."""
+        return token_logprobs(model, input_ids, attention_mask, P, self.temperature)
+
+    def rollout_values(self, input_ids: Tensor, attention_mask: Tensor, P: int) -> Tensor:
+        """Critic values of the response positions, (B, R); zeros for the critic-free algorithms."""
+        return torch.zeros(input_ids.shape[0], input_ids.shape[1] - P, device=input_ids.device)
+
+    @torch.no_grad()
+    def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Raw scores of every reward model, (B, K) in ``self.reward_names`` order."""
+        return torch.stack(
+            [reward_scores(rm, input_ids, attention_mask) for rm in self.reward_models.values()], -1
+        )
+
+    @torch.no_grad()
+    def rollout(self, batch: dict) -> Rollout:
+        ids, mask, prompt_ids = batch["input_ids"], batch["attention_mask"], batch["prompt_ids"]
+        if self.samples_per_prompt > 1:  # consecutive blocks of G samples per prompt
+            ids, mask, prompt_ids = (
+                t.repeat_interleave(self.samples_per_prompt, 0) for t in (ids, mask, prompt_ids)
+            )
+        P = ids.shape[1]
+        seq, response_mask, has_eos = self.generate(self.actor, ids, mask)
+        full_mask = torch.cat([mask, response_mask], 1)
+        return Rollout(
+            prompt_ids=prompt_ids,
+            input_ids=seq,
+            attention_mask=full_mask,
+            response_mask=response_mask,
+            logprobs=self._token_logprobs(self.actor, seq, full_mask, P),
+            ref_logprobs=self._reference_logprobs(seq, full_mask, P),
+            values=self.rollout_values(seq, full_mask, P),
+            scores=self.score(seq, full_mask),
+            has_eos=has_eos,
+        )
+
+    # ---------------------------------------------------------------- training
+    def optimise(self, ro: Rollout, reward: Tensor, kl: Tensor) -> dict[str, Tensor]:
+        """The algorithm: advantages from the rollout, then the updates. Returns stats to log.
+
+        Args:
+            ro: the batch of rollouts.
+            reward: (B,) the reward optimised (transformed and aggregated, with the missing-EOS penalty).
+            kl: (B, R) per-token KL estimate ``kl_estimator`` of π_old against π_ref (0 past the EOS).
+        """
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        # the randomness of iteration i is a function of (seed, i, rank): a resumed run samples what the
+        # uninterrupted one would have, whatever else consumed random numbers in between
+        torch.manual_seed(self.seed * 1_000_003 + self.iteration * 7919 + self.global_rank)
+        ro = self.rollout(batch)
+        mask = ro.response_mask.float()
+
+        # 0. numerical faults: a batch with NaN/inf scores, log-probs or values is skipped, not learned from
+        if not self._finite_rollout(ro):
+            self.iteration += 1
+            return
+
+        # 1. the reward optimised: transform + aggregation (installed by RewardTransformCallback)
+        reward = self.reward_fn(ro.scores, ro.prompt_ids, self).float()  # (B,)
+        if self.missing_eos_penalty is not None:
+            reward = reward - self.missing_eos_penalty * (~ro.has_eos).float()
+
+        # 2-3. the algorithm
+        beta = self.kl_ctl.value
+        kl = kl_penalty(ro.logprobs, ro.ref_logprobs, self.kl_estimator) * mask  # (B, R)
+        updates_before = self.skipped_updates
+        stats = self.optimise(ro, reward, kl)
+        if self.skipped_updates - updates_before < self.updates_per_iteration():  # an update was applied
+            schedulers = self.lr_schedulers()
+            for sch in schedulers if isinstance(schedulers, list) else [schedulers]:
+                sch.step()
+
+        # 4. KL controller and logs
+        seq_kl = kl.sum(-1)  # (B,)
+        B, world = len(ro.prompt_ids), self.trainer.world_size
+        global_kl = self.trainer.strategy.reduce(seq_kl.mean(), reduce_op="mean")  # ranks keep one β
+        self.kl_ctl.update(float(global_kl), B * world)
+        self.iteration += 1
+        a = self.algorithm
+        logs = {k if "/" in k else f"{a}/{k}": v for k, v in stats.items()}
+        logs |= {
+            f"{a}/kl": seq_kl.mean(),
+            f"{a}/beta": torch.tensor(beta),
+            f"{a}/reward": reward.mean(),
+            f"{a}/response_length": mask.sum(-1).mean(),
+            f"{a}/eos_rate": ro.has_eos.float().mean(),
+            f"{a}/entropy_proxy": -masked_mean(ro.logprobs, mask),
+            f"{a}/skipped_batches": torch.tensor(float(self.skipped_batches)),
+            f"{a}/skipped_updates": torch.tensor(float(self.skipped_updates)),
+        }
+        self.log_dict(logs, prog_bar=False, batch_size=B, sync_dist=True)  # DDP: mean over ranks
+        self.log("kl", seq_kl.mean(), prog_bar=True, logger=False, batch_size=B)
+        self.log("reward", reward.mean(), prog_bar=True, logger=False, batch_size=B)
+
+    def updates_per_iteration(self) -> int:
+        """Optimizer updates an iteration attempts (to tell a fully skipped iteration)."""
+        return self.ppo_epochs * self.num_minibatches
+
+    def minibatches(self, B: int, device: torch.device) -> Iterator[Tensor]:
+        """``ppo_epochs`` shuffled passes of ``num_minibatches`` index sets over the B rollouts."""
+        size = -(-B // self.num_minibatches)
+        for _ in range(self.ppo_epochs):
+            yield from torch.randperm(B, device=device).split(size)
+
+    def ratio_ok(self, loss: Tensor, stats: dict[str, Tensor]) -> bool:
+        """A ratio explosion (π/π_old beyond ``max_ratio``) or a non-finite loss skips the update, on every
+        rank at once (under DDP the replicas must take the same steps)."""
+        ok = self._all_ranks(bool(torch.isfinite(loss) & (stats["ratio_max"] <= self.max_ratio)))
+        self.skipped_updates += not ok
+        return ok
+
+    def _all_ranks(self, ok: bool) -> bool:
+        """True only if ``ok`` on every process (a single process: ``ok``)."""
+        return bool(self.trainer.strategy.reduce_boolean_decision(ok, all=True))
+
+    def _update(self, *parts: tuple[torch.optim.Optimizer, Tensor, bool]) -> None:
+        """One backward of the summed losses, then a (clipped) step of each optimizer whose loss is ok.
+
+        Actor and critic share no parameter, so the gradient of the sum is each loss's own gradient:
+        the same update as one backward per loss, with one all-reduce under DDP in which every trained
+        parameter takes part. A skipped loss enters with weight 0 (its gradient is zeroed, not applied).
+        """
+        for opt, _, _ in parts:
+            opt.zero_grad()
+        total = sum(loss if ok else loss.nan_to_num() * 0.0 for _, loss, ok in parts)
+        self.manual_backward(total)
+        for opt, _, ok in parts:
+            if not ok:
+                continue
+            if self.max_grad_norm:
+                self.clip_gradients(opt, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+            opt.step()
+
+    def _finite_rollout(self, ro: Rollout) -> bool:
+        """Fault policy: skip a batch whose scores, log-probs or values are not finite; stop after
+        ``max_bad_batches`` such batches in a row with an error that says where the NaNs came from."""
+        checks = {
+            "reward-model scores": ro.scores,
+            "policy log-probs": ro.logprobs,
+            "reference log-probs": ro.ref_logprobs,
+            "critic values": ro.values,
+        }
+        bad = {k: int((~torch.isfinite(v)).sum()) for k, v in checks.items()}
+        bad = {k: n for k, n in bad.items() if n}
+        if self._all_ranks(not bad):  # under DDP a batch bad on one rank is skipped on all
+            self._bad_streak = 0
+            return True
+        self.skipped_batches += 1
+        self._bad_streak += 1
+        what = ", ".join(f"{n} non-finite {k}" for k, n in bad.items()) or "non-finite values on another rank"
+        log.warning(
+            "%s iteration %d skipped: %s (%d in a row)",
+            self.algorithm,
+            self.iteration,
+            what,
+            self._bad_streak,
+        )
+        if self._bad_streak >= self.max_bad_batches:
+            raise FloatingPointError(
+                f"{self._bad_streak} consecutive {self.algorithm.upper()} batches had non-finite values ({what}); "
+                "stopping instead of training on them. Check the reward models (reward.<name>.path) and the "
+                "learning rate (task.module.lr); raise task.module.max_bad_batches to tolerate more."
+            )
+        self.log(f"{self.algorithm}/skipped_batches", float(self.skipped_batches), batch_size=len(ro.scores))
+        return False
+
+    # ---------------------------------------------------------------- evaluation
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG stream
+            torch.manual_seed(batch_idx)
+            return evaluate(self, batch)
+
+    # ---------------------------------------------------------------- optimisation and state
+    @staticmethod
+    def trainable(model: nn.Module) -> list[nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
+
+    def configure_optimizers(self):
+        opt = self.optimizer_fn(self.trainable(self.actor), lr=self.lr)
+        return [opt], [warmup_schedule(opt, self.warmup_steps)]
+
+    def on_train_epoch_start(self) -> None:
+        for frozen in self.frozen_models():
+            frozen.eval()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # only what training changes: frozen models and (under LoRA) the frozen base are rebuilt on load
+        frozen = {n for n, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v
+            for k, v in checkpoint["state_dict"].items()
+            if k not in frozen and not k.startswith(("ref.", "reward_models."))
+        }
+        checkpoint["kl_controller"] = self.kl_ctl.state_dict()
+        checkpoint["ppo_iteration"] = self.iteration
+        checkpoint["algorithm"] = self.algorithm
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        missing = [k for k in ("kl_controller", "ppo_iteration") if k not in checkpoint]
+        if missing:
+            raise ValueError(
+                f"this checkpoint was not written by task={self.algorithm} (it lacks {missing}); "
+                "check ckpt_path"
+            )
+        if checkpoint.get("algorithm", "ppo") != self.algorithm:
+            raise ValueError(
+                f"this checkpoint was written by task={checkpoint.get('algorithm', 'ppo')}, not "
+                f"task={self.algorithm}; check ckpt_path"
+            )
+        self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
+        self.iteration = checkpoint["ppo_iteration"]
