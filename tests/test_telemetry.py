@@ -66,6 +66,7 @@ class ToyPPO(L.LightningModule):
         self.w = nn.Parameter(torch.zeros(1))
         self.out, self.train_batches, self.val_batches = out, train_batches, val_batches
         self.reward_fn = None
+        self.automatic_optimization = False  # as PPO: two optimizer steps per batch
 
     def setup(self, stage: str) -> None:
         torch.set_num_threads(1)
@@ -78,7 +79,11 @@ class ToyPPO(L.LightningModule):
         reward = self.reward_fn(self.share(SCORES), self.share(IDS), self)
         state = {n: t.state_dict() for n, t in self.reward_fn.transforms.items()}
         torch.save({"reward": reward, "state": state}, self.out / f"train-rank{self.global_rank}.pt")
-        return (self.w**2).sum()
+        opt = self.optimizers()
+        for _ in range(2):
+            opt.zero_grad()
+            self.manual_backward((self.w - 1).pow(2).sum())
+            opt.step()
 
     def validation_step(self, batch, batch_idx):
         return eval_chunk(int(batch[0]))
@@ -135,8 +140,9 @@ def test_scalar_and_histogram_tags_are_disjoint(tmp_path, every):
     for n in NAMES:
         assert {f"reward/{n}_raw", f"reward/{n}_transformed", f"reward/{n}_margin"} <= scalars
         assert {f"reward_hist/{n}_raw", f"reward_hist/{n}_transformed", f"reward_hist/{n}_margin"} <= hists
-    assert len(acc.Histograms("reward_hist/helpful_margin")) == 4 // every  # steps 1..4 every `every`
-    assert len(acc.Scalars("reward/helpful_raw")) == 4
+    # batches 0-3 (steps 1-4 of the callback) on the scalars' x-axis, histograms at 1, 1 + every, …
+    assert [e.step for e in acc.Scalars("reward/helpful_raw")] == [0, 1, 2, 3]
+    assert [e.step for e in acc.Histograms("reward_hist/helpful_margin")] == list(range(0, 4, every))
     h = acc.Histograms("reward_hist/helpful_margin")[0].histogram_value
     assert (h.num, h.sum) == (8, 8.0)  # margins −1 −1 −1 −1 0 2 4 6
 

@@ -261,7 +261,8 @@ class RewardTransformCallback(L.Callback):
         exp = getattr(pl_module.logger, "experiment", None)
         if exp is None or not hasattr(exp, "add_histogram"):
             return
-        step = trainer.global_step if trainer else 0
+        # the step Lightning logs scalars at: once per batch (global_step counts every optimizer's steps)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped if trainer else 0
         for k, name in enumerate(self.table.names):
             for what, x in (("raw", r[:, k]), ("transformed", u[:, k]), ("margin", margin[:, k])):
                 exp.add_histogram(f"reward_hist/{name}_{what}", x.detach().float().cpu(), step)
