@@ -8,9 +8,11 @@ refusal. Offered here from config, per reward model (the ``reference`` key of ea
 * ``statistic: mean``,
 * ``statistic: response`` with ``response: "<text>"`` — the reward of that fixed response for each prompt.
 
-The sampled rewards ``(P, n)`` are cached under ``cache_dir`` keyed by the reference policy's and the
-reward models' weights, the prompt set, n and the sampling settings; the statistic is applied on load, so
-changing ``q`` re-derives r_ref without sampling again, and changing n (or anything else) samples anew.
+The sampled rewards ``(P, n)`` are cached under ``cache_dir`` keyed by (:func:`sampling_key`) the reference
+policy's and the reward models' weights, the exact prompt token ids the rollouts use (so truncation
+``data.max_prompt_tokens``, the tokenizer and any chat template are part of the key), n, the seed and the
+module's generation settings; the statistic is applied on load, so changing ``q`` re-derives r_ref without
+sampling again, and changing n (or anything else) samples anew.
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig
 
 log = logging.getLogger(__name__)
 STATISTICS = ("quantile", "mean", "response")
@@ -76,7 +82,44 @@ def module_fingerprint(module: nn.Module | dict[str, Tensor]) -> str:
 
 
 def cache_key(parts: dict) -> str:
+    """A short hash of a JSON-serialisable dict (key order does not matter)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def generation_settings(gen: GenerationConfig) -> dict[str, Any]:
+    """Every setting of ``gen`` that differs from transformers' defaults (max_new_tokens, temperature,
+    top_k, top_p, eos and pad ids, ...), without the library version: what sampling depends on."""
+    return {k: v for k, v in gen.to_diff_dict().items() if k != "transformers_version"}
+
+
+def sampling_key(
+    reference: str,
+    reward_models: dict[str, str],
+    prompts: Sequence[tuple[int, Sequence[int]]],
+    n: int,
+    seed: int,
+    generation: dict[str, Any],
+) -> str:
+    """Cache key of the sampled reference rewards.
+
+    Args:
+        reference: :func:`module_fingerprint` of π_ref.
+        reward_models: name → :func:`module_fingerprint` of each reward model.
+        prompts: (prompt id, token ids) of every prompt, exactly as the rollouts feed them to the policy.
+        n: samples per prompt.
+        seed: sampling seed.
+        generation: :func:`generation_settings` of the module's generation config.
+    """
+    ids = hashlib.sha256(json.dumps([[int(i), [int(t) for t in x]] for i, x in prompts]).encode())
+    parts = {
+        "ref": reference,
+        "reward_models": reward_models,
+        "prompt_ids": ids.hexdigest(),
+        "n": n,
+        "seed": seed,
+        "generation": generation,
+    }
+    return cache_key(parts)
 
 
 def load_or_compute(path: Path, compute: Callable[[], dict[str, Tensor]]) -> tuple[dict[str, Tensor], bool]:
@@ -101,8 +144,8 @@ def load_or_compute(path: Path, compute: Callable[[], dict[str, Tensor]]) -> tup
 def sample_rewards(
     generate: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]],
     score: Callable[[Tensor, Tensor], Tensor],
-    encode_prompts: Callable[[Sequence[str]], tuple[Tensor, Tensor]],
-    prompts: Sequence[str],
+    pad: Callable[[Sequence[Sequence[int]]], tuple[Tensor, Tensor]],
+    prompts: Sequence[Sequence[int]],
     n: int,
     batch_prompts: int = 64,
 ) -> Tensor:
@@ -111,14 +154,14 @@ def sample_rewards(
     Args:
         generate: (ids, mask) → (sequences, response_mask, has_eos), sampling from the reference policy.
         score: (sequences, mask) → (N, K) raw rewards.
-        encode_prompts: texts → left-padded (ids, mask).
-        prompts: P prompt texts.
+        pad: token-id lists → left-padded (ids, mask) on the models' device.
+        prompts: P prompts as token ids (already truncated, as the rollouts use them).
         n: samples per prompt.
         batch_prompts: prompts per generation batch.
     """
     out = []
     for i in range(0, len(prompts), batch_prompts):
-        ids, mask = encode_prompts(prompts[i : i + batch_prompts])
+        ids, mask = pad(prompts[i : i + batch_prompts])
         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
         seq, rmask, _ = generate(ids, mask)
         scores = score(seq, torch.cat([mask, rmask], 1))  # (b·n, K)

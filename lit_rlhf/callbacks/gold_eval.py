@@ -13,22 +13,38 @@ At every evaluation PPO's ``validation_step`` samples responses from the policy 
 
 It also writes the per-prompt results of the last evaluation to ``<log_dir>/gold_eval.jsonl`` (gold of
 policy and SFT per prompt, with the prompt's group) for the underfitting analysis in ``scripts/``.
+
+Under DDP every rank evaluates a share of the prompts: at the end of the evaluation the rows of all ranks
+are gathered (each rank then holds all of them), rows that the distributed sampler repeated to even out
+the ranks are dropped (a row is identified by its prompt id and sample number), and the metrics are
+computed over the rows in (prompt id, sample) order — the same numbers as one process evaluating the
+same prompts. Rank 0 writes every row.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import lightning as L
 import torch
 
+from lit_rlhf.callbacks.distributed import gather_objects
 from lit_rlhf.world import gold_rewards_batch, prompt_groups
 
 
 def win(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """1 where a > b, ½ where equal, 0 where a < b."""
     return (a > b).float() + 0.5 * (a == b).float()
+
+
+def unique_rows(rows: list[dict]) -> list[dict]:
+    """Rows in (prompt id, sample) order, the first of any repeated (prompt id, sample) kept."""
+    seen: dict[tuple[int, int], dict] = {}
+    for r in rows:
+        seen.setdefault((r["prompt_id"], r["sample"]), r)
+    return [seen[k] for k in sorted(seen)]
 
 
 class GoldEvalCallback(L.Callback):
@@ -43,9 +59,10 @@ class GoldEvalCallback(L.Callback):
     def __init__(self, table_rows: int = 6, write_jsonl: bool = True, enabled: bool = True) -> None:
         self.table_rows, self.write_jsonl, self.enabled = table_rows, write_jsonl, enabled
         self.rows: list[dict] = []
+        self._samples: Counter[int] = Counter()
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self.rows = []
+        self.rows, self._samples = [], Counter()
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
@@ -55,8 +72,10 @@ class GoldEvalCallback(L.Callback):
         gold_p = gold_rewards_batch(outputs["prompts"], outputs["policy_responses"])
         gold_s = gold_rewards_batch(outputs["prompts"], outputs["sft_responses"])
         for i, prompt in enumerate(outputs["prompts"]):
+            pid = int(outputs["prompt_ids"][i])
             row = {
-                "prompt_id": int(outputs["prompt_ids"][i]),
+                "prompt_id": pid,
+                "sample": self._samples[pid],  # k-th response to this prompt on this rank
                 "prompt": prompt,
                 "policy": outputs["policy_responses"][i],
                 "sft": outputs["sft_responses"][i],
@@ -76,6 +95,7 @@ class GoldEvalCallback(L.Callback):
             if "policy_transformed" in outputs:
                 for k, n in enumerate(pl_module.reward_names):
                     row[f"transformed_{n}"] = float(outputs["policy_transformed"][i, k])
+            self._samples[pid] += 1
             self.rows.append(row)
 
     def metrics(self, reward_names: list[str]) -> dict[str, float]:
@@ -102,15 +122,22 @@ class GoldEvalCallback(L.Callback):
         return out
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if not self.rows or trainer.sanity_checking:
+        if not self.enabled or trainer.sanity_checking:
+            return
+        self.rows = unique_rows(gather_objects(self.rows))  # a collective: every rank takes part
+        if not self.rows:
             return
         metrics = self.metrics(pl_module.reward_names)
-        pl_module.log_dict({k: torch.tensor(v) for k, v in metrics.items()}, sync_dist=True)
+        # every rank computed the same values from all ranks' rows: "max" returns them exactly where a
+        # mean over ranks could round
+        pl_module.log_dict({k: torch.tensor(v) for k, v in metrics.items()}, sync_dist=True, reduce_fx="max")
+        if not trainer.is_global_zero:
+            return
         exp = getattr(pl_module.logger, "experiment", None)
         if exp is not None and hasattr(exp, "add_text"):
             exp.add_text("samples", self.table(pl_module.reward_names), trainer.global_step)
         log_dir = getattr(pl_module.logger, "log_dir", None)
-        if self.write_jsonl and log_dir and trainer.is_global_zero:
+        if self.write_jsonl and log_dir:
             path = Path(log_dir) / "gold_eval.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")

@@ -4,13 +4,22 @@ The PPO module only computes raw scores ``(B, K)``, one column per reward model.
 callback computes (or loads from cache) the reference rewards r_ref(x) and installs itself as the module's
 ``reward_fn``; at every training step it then
 
-1. looks up r_ref for the batch's prompts,
-2. applies the transform per reward model (e.g. ``u = log σ(r − r_ref)``, the paper's),
-3. combines the K transformed rewards with the aggregator (e.g. a sum = log P(good on all)),
+1. gathers the batch's raw scores and prompt ids from every process (under DDP), so that running
+   statistics (whitening) and telemetry are those of the global batch, the same on every rank;
+2. looks up r_ref for the batch's prompts,
+3. applies the transform per reward model (e.g. ``u = log σ(r − r_ref)``, the paper's),
+4. combines the K transformed rewards with the aggregator (e.g. a sum = log P(good on all)),
 
-and logs per reward model the raw and transformed means, the margin ``r − r_ref`` (mean, share above
-r_ref, histogram) and the mean gradient weight ``du/dr`` — the numbers that say whether the transform is
-active on your data. With no transform the raw reward passes through (summed over reward models).
+and returns this process's rows. It logs, per reward model and over the global batch, the raw and
+transformed means (``reward/<name>_raw``, ``reward/<name>_transformed``), the margin ``r − r_ref``
+(``reward/<name>_margin``, share above r_ref ``reward/<name>_above_ref``) and the mean gradient weight
+``du/dr`` (``reward/<name>_weight``) — the numbers that say whether the transform is active on your data —
+and every ``histogram_every`` steps the histograms ``reward_hist/<name>_{raw,transformed,margin}`` (a tag
+is either a scalar or a histogram: TensorBoard shows a tag logged as both in neither plugin). With no
+transform the raw reward passes through (summed over reward models).
+
+r_ref is computed from the exact prompt token ids the rollouts use (the datamodule's encoded items), so a
+change of truncation, tokenizer or chat template cannot reuse r_ref of other prompts.
 """
 
 from __future__ import annotations
@@ -26,18 +35,36 @@ import torch
 from torch import Tensor
 
 from lit_rlhf.aggregators import Sum
+from lit_rlhf.callbacks.distributed import gather_rows
+from lit_rlhf.data.tokenize import PromptItem, pad_batch
 from lit_rlhf.reference import (
     ReferenceSpec,
     ReferenceTable,
-    cache_key,
+    generation_settings,
     load_or_compute,
     module_fingerprint,
     reduce_samples,
     sample_rewards,
+    sampling_key,
 )
 from lit_rlhf.transforms import Identity
 
 log = logging.getLogger(__name__)
+
+
+def histogram_due(call: int, every: int) -> bool:
+    """Whether the ``call``-th step (1-based) logs histograms: steps 1, 1 + every, 1 + 2·every, …;
+    never when ``every`` is 0."""
+    return every > 0 and (call - 1) % every == 0
+
+
+def prompt_items(dm: L.LightningDataModule) -> list[PromptItem]:
+    """Every prompt of a set-up ``PromptDataModule`` as the rollouts see it (training then validation):
+    ``id``, ``prompt`` and the truncated ``input_ids``."""
+    items = getattr(dm, "all_items", None)
+    if items is None:  # datamodules without the ``all_items`` property
+        items = [*dm._train, *dm._val]
+    return list(items)
 
 
 class RewardTransformCallback(L.Callback):
@@ -72,6 +99,10 @@ class RewardTransformCallback(L.Callback):
         self.specs = {
             k: ReferenceSpec(**dict((v or {}).get("reference") or {})) for k, v in (reward or {}).items()
         }
+        if histogram_every < 0:
+            raise ValueError(
+                f"callbacks.reward_transform.histogram_every must be >= 0 (0 = never), got {histogram_every}"
+            )
         self.n_samples, self.cache_dir, self.seed = n_samples, Path(cache_dir), seed
         self.histogram_every = histogram_every
         self.transforms: dict[str, Any] = {}
@@ -93,34 +124,42 @@ class RewardTransformCallback(L.Callback):
             self.table = self.compute_reference(trainer, pl_module)
 
     def compute_reference(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ReferenceTable:
-        """Sample n responses per prompt from π_ref, score them, reduce per reward model (cached)."""
-        from lit_rlhf.data.tokenize import encode_prompts, pad_batch  # noqa: PLC0415
-
+        """r_ref of every prompt of the trainer's datamodule (see :meth:`reference_table`)."""
         dm = trainer.datamodule
         dm.setup("fit")
-        records = list(dm.all_records)
-        prompts = [r.prompt for r in records]
-        tok, gen = pl_module.tokenizer, pl_module.generation_config
-        names = pl_module.reward_names
+        return self.reference_table(pl_module, prompt_items(dm), trainer)
+
+    def reference_table(
+        self, pl_module: L.LightningModule, items: Sequence[PromptItem], trainer: L.Trainer | None = None
+    ) -> ReferenceTable:
+        """Sample n responses per prompt from π_ref, score them, reduce per reward model (cached).
+
+        Args:
+            pl_module: the PPO module (its reference policy, reward models, tokenizer, generation config).
+            items: the prompts exactly as the rollouts use them (``id`` and truncated ``input_ids``).
+            trainer: under DDP, rank 0 samples and writes the cache while the others wait, then read it.
+        """
+        tok, names = pl_module.tokenizer, pl_module.reward_names
         missing = [n for n in names if n not in self.specs]
         if missing and self.specs:
             raise KeyError(f"reward models {missing} have no entry in the `reward` config")
         specs = {n: self.specs.get(n, ReferenceSpec()) for n in names}
-        max_prompt = getattr(dm, "max_prompt_tokens", 32)
+        ids = [int(it["id"]) for it in items]
+        prompts = [list(it["input_ids"]) for it in items]
 
-        def encode(texts: Sequence[str]) -> tuple[Tensor, Tensor]:
-            ids, mask = pad_batch(encode_prompts(tok, texts, max_prompt), tok.pad_token_id, left=True)
-            return ids.to(pl_module.device), mask.to(pl_module.device)
+        def pad(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+            x, mask = pad_batch(seqs, tok.pad_token_id, left=True)  # (b, T) each
+            return x.to(pl_module.device), mask.to(pl_module.device)
 
-        parts = {
-            "ref": module_fingerprint(pl_module.reference_state_dict()),
-            "reward_models": {n: module_fingerprint(pl_module.reward_models[n]) for n in names},
-            "prompts": cache_key({"p": prompts, "ids": [r.id for r in records]}),
-            "n": self.n_samples,
-            "seed": self.seed,
-            "generation": {k: getattr(gen, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p")},
-        }
-        path = self.cache_dir / f"samples-{cache_key(parts)}.pt"
+        key = sampling_key(
+            reference=module_fingerprint(pl_module.reference_state_dict()),
+            reward_models={n: module_fingerprint(pl_module.reward_models[n]) for n in names},
+            prompts=list(zip(ids, prompts)),
+            n=self.n_samples,
+            seed=self.seed,
+            generation=generation_settings(pl_module.generation_config),
+        )
+        path = self.cache_dir / f"samples-{key}.pt"
 
         def compute() -> dict[str, Tensor]:
             log.info(
@@ -133,49 +172,54 @@ class RewardTransformCallback(L.Callback):
             torch.manual_seed(self.seed)
             try:
                 samples = sample_rewards(
-                    pl_module.generate_reference,
-                    pl_module.score,
-                    encode,
-                    prompts,
-                    self.n_samples,
-                )
+                    pl_module.generate_reference, pl_module.score, pad, prompts, self.n_samples
+                )  # (P, n, K)
             finally:
                 torch.random.set_rng_state(state)
             return {n: samples[..., k] for k, n in enumerate(names)}
 
-        if trainer.world_size > 1:  # rank 0 samples and writes; the others read the cache
+        if trainer is not None and trainer.world_size > 1:  # rank 0 samples and writes; the others read
             if trainer.is_global_zero:
                 load_or_compute(path, compute)
             trainer.strategy.barrier("r_ref")
         samples, self.loaded_from_cache = load_or_compute(path, compute)
 
         values = {}
-        for n in names:
+        for k, n in enumerate(names):
             spec = specs[n]
             if spec.statistic == "response":
-                ids, mask = encode(prompts)
-                resp = tok(spec.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-                resp_t = torch.tensor(resp, device=ids.device).expand(len(prompts), -1)
-                seq = torch.cat([ids, resp_t], 1)
-                full = torch.cat([mask, torch.ones_like(resp_t)], 1)
-                k = names.index(n)
-                values[n] = pl_module.score(seq, full)[:, k].cpu()
+                values[n] = self._fixed_response_rewards(pl_module, pad, prompts, spec.response)[:, k]
             else:
                 values[n] = reduce_samples(samples[n], spec)
-        for n in names:
             log.info(
                 "r_ref[%s] (%s): mean %.3f, std %.3f over %d prompts",
                 n,
-                specs[n].statistic,
+                spec.statistic,
                 values[n].mean(),
                 values[n].std(),
                 len(prompts),
             )
-        return ReferenceTable([r.id for r in records], values)
+        return ReferenceTable(ids, values)
+
+    @staticmethod
+    def _fixed_response_rewards(
+        pl_module: L.LightningModule, pad, prompts: Sequence[Sequence[int]], response: str, chunk: int = 64
+    ) -> Tensor:
+        """(P, K) raw scores of one fixed response (e.g. a refusal) after every prompt."""
+        tok = pl_module.tokenizer
+        resp = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        out = []
+        for i in range(0, len(prompts), chunk):
+            ids, mask = pad(prompts[i : i + chunk])  # (b, T)
+            resp_t = torch.tensor(resp, device=ids.device).expand(len(ids), -1)  # (b, R)
+            seq = torch.cat([ids, resp_t], 1)  # (b, T + R)
+            out.append(pl_module.score(seq, torch.cat([mask, torch.ones_like(resp_t)], 1)).cpu())
+        return torch.cat(out)
 
     # ------------------------------------------------------------- the reward
     def transformed(self, scores: Tensor, prompt_ids: Tensor, update: bool = False) -> tuple[Tensor, Tensor]:
-        """(B, K) raw scores → ((B, K) transformed, (B, K) r_ref)."""
+        """(B, K) raw scores → ((B, K) transformed, (B, K) r_ref); ``update`` folds ``scores`` into the
+        transforms' running statistics first."""
         assert self.table is not None, "reference rewards are computed at fit start"
         r_ref = self.table.lookup(prompt_ids).to(scores)  # (B, K)
         cols = []
@@ -187,16 +231,19 @@ class RewardTransformCallback(L.Callback):
         return torch.stack(cols, -1), r_ref
 
     def __call__(self, scores: Tensor, prompt_ids: Tensor, pl_module: L.LightningModule) -> Tensor:
-        """The scalar reward of each rollout, (B,). Called by ``PPOModule.training_step``."""
+        """The scalar reward of each of this process's rollouts, (B,). Called by
+        ``PPOModule.training_step`` (on every rank at once under DDP: it gathers the global batch)."""
         self.calls += 1
-        u, r_ref = self.transformed(scores, prompt_ids, update=True)
-        total = self.aggregator(u, self.table.names)  # (B,)
-        self._log(pl_module, scores, u, r_ref, total)
-        return total
+        all_scores, mine = gather_rows(scores)  # (N, K), N = B summed over ranks
+        all_ids, _ = gather_rows(prompt_ids)  # (N,)
+        u, r_ref = self.transformed(all_scores, all_ids, update=True)  # (N, K) each
+        total = self.aggregator(u, self.table.names)  # (N,)
+        self._log(pl_module, all_scores, u, r_ref, total)
+        return total[mine]  # (B,)
 
     def _log(self, pl_module: L.LightningModule, r: Tensor, u: Tensor, r_ref: Tensor, total: Tensor) -> None:
-        B = len(total)
-        margin = r - r_ref  # (B, K)
+        """Telemetry of the global batch (the same value on every rank, so no further reduction)."""
+        margin = r - r_ref  # (N, K)
         metrics = {"reward/total": total.mean()}
         for k, name in enumerate(self.table.names):
             weight = self.transforms[name].weight(r[:, k], r_ref[:, k])
@@ -207,16 +254,18 @@ class RewardTransformCallback(L.Callback):
                 f"reward/{name}_above_ref": (margin[:, k] > 0).float().mean(),
                 f"reward/{name}_weight": weight.float().mean(),
             }
-        pl_module.log_dict(metrics, batch_size=B)
-        logger = pl_module.logger
-        step = pl_module.trainer.global_step if pl_module._trainer else 0
-        if self.histogram_every and self.calls % self.histogram_every == 1 and hasattr(logger, "experiment"):
-            exp = logger.experiment
-            if hasattr(exp, "add_histogram"):
-                for k, name in enumerate(self.table.names):
-                    exp.add_histogram(f"reward/{name}_margin", margin[:, k].detach().cpu(), step)
-                    exp.add_histogram(f"reward/{name}_raw", r[:, k].detach().cpu(), step)
-                    exp.add_histogram(f"reward/{name}_transformed", u[:, k].detach().cpu(), step)
+        pl_module.log_dict(metrics, batch_size=len(total))
+        trainer = pl_module._trainer
+        if not histogram_due(self.calls, self.histogram_every) or (trainer and not trainer.is_global_zero):
+            return
+        exp = getattr(pl_module.logger, "experiment", None)
+        if exp is None or not hasattr(exp, "add_histogram"):
+            return
+        # the step Lightning logs scalars at: once per batch (global_step counts every optimizer's steps)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped if trainer else 0
+        for k, name in enumerate(self.table.names):
+            for what, x in (("raw", r[:, k]), ("transformed", u[:, k]), ("margin", margin[:, k])):
+                exp.add_histogram(f"reward_hist/{name}_{what}", x.detach().float().cpu(), step)
 
     # ------------------------------------------------------------- evaluation outputs
     def on_validation_batch_end(
