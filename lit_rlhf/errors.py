@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, InstantiationException
 from hydra.types import RunMode
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import (
     InterpolationResolutionError,
     MissingMandatoryValue,
@@ -42,7 +43,8 @@ def user_message(exc: BaseException) -> str | None:
 
     User errors: ``ValueError`` (incl. ``DataFormatError``: ``file:line: field 'x': …``), ``OSError``
     (a missing file or folder), ``KeyError`` raised with a sentence (not a bare key), ``FloatingPointError``
-    (the NaN policy's stop), ``ImportError`` that says what to ``pip install``, omegaconf's missing values
+    (the NaN policy's stop), Lightning's ``MisconfigurationException`` (e.g. ``trainer.accelerator=gpu``
+    without a GPU), ``ImportError`` that says what to ``pip install``, omegaconf's missing values
     and failed interpolations (named by their config key), and Hydra's errors — an
     ``InstantiationException`` is unwrapped to its cause, with the config key it was instantiating.
 
@@ -65,7 +67,7 @@ def user_message(exc: BaseException) -> str | None:
         return text if " " in text else None
     if isinstance(exc, ImportError):
         return str(exc) if "pip install" in str(exc) else None
-    if isinstance(exc, (ValueError, OSError, FloatingPointError)):
+    if isinstance(exc, (ValueError, OSError, FloatingPointError, MisconfigurationException)):
         return str(exc) or type(exc).__name__
     return None
 

@@ -94,6 +94,12 @@ def test_instantiation_error_is_unwrapped_to_its_cause_and_key() -> None:
     no_target = {"node": {"_target_": "lit_rlhf.transforms.Nope"}}
     msg = user_message(raised(lambda: instantiate(no_target)))
     assert msg.startswith("Error locating target 'lit_rlhf.transforms.Nope'") and "full_key: node" in msg
+    no_gpu = {"trainer": {"_target_": "lightning.pytorch.Trainer", "accelerator": "gpu", "logger": False}}
+    if not torch.cuda.is_available():  # Lightning's MisconfigurationException: the user's trainer.* choice
+        assert (
+            user_message(raised(lambda: instantiate(no_gpu)))
+            == "No supported gpu backend found! (in config trainer)"
+        )
     bug = {"node": {"_target_": "fractions.Fraction", "numerator": 1, "denominator": 0}}
     assert user_message(raised(lambda: instantiate(bug))) is None  # ZeroDivisionError: a bug's traceback
 
