@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.errors import InstantiationException
+from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, read_write
 from omegaconf.errors import ConfigKeyError
@@ -53,6 +53,7 @@ def raised(fn) -> BaseException:
             "reward models ['x'] have no entry in the `reward` config",
         ),  # without str(KeyError)'s quotes
         (ImportError("needs PEFT: pip install peft"), "needs PEFT: pip install peft"),
+        (ConfigCompositionException("Could not override 'x'."), "Could not override 'x'."),  # pipeline.*
         (KeyError("helpful"), None),  # a bare key: a lookup bug
         (ImportError("cannot import name 'x' from 'y'"), None),
         (RuntimeError("shape mismatch"), None),
