@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,19 @@ def win_rate_se(p: float, n: int) -> float:
     if n < 1 or not 0.0 <= p <= 1.0:
         raise ValueError(f"a win rate needs 0 <= p <= 1 and n >= 1, got p={p}, n={n}")
     return math.sqrt(p * (1.0 - p) / n)
+
+
+def mean_se(values: Sequence[float]) -> float:
+    """Standard error of the mean of per-item values (e.g. per-prompt ``w_helpful·w_harmless``): s/√n.
+
+    ``s`` is the sample standard deviation (n − 1 in the denominator); for a win rate whose items are
+    not only 0/1 (ties as ½, products of wins) this is the s.e. to use rather than :func:`win_rate_se`.
+    """
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"a standard error needs at least 2 values, got {n}")
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def proportion_errors(metrics: Mapping[str, float], n: int, match: tuple[str, ...] = PROPORTIONS) -> dict:

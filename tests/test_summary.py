@@ -28,6 +28,14 @@ def test_win_rate_se_is_at_most_the_coin_flip_bound(p: float, n: int) -> None:
     assert 0.0 <= S.win_rate_se(p, n) <= 0.5 / math.sqrt(n) + 1e-12
 
 
+def test_mean_se_by_hand() -> None:
+    # [1, 0, 1, 1]: mean 0.75, sample variance (3·0.25² + 0.75²)/3 = 0.25, s.e. = 0.5/√4 = 0.25
+    assert S.mean_se([1.0, 0.0, 1.0, 1.0]) == pytest.approx(0.25)
+    assert S.mean_se([0.5, 0.5, 0.5]) == 0.0  # all ties
+    with pytest.raises(ValueError, match="at least 2"):
+        S.mean_se([1.0])
+
+
 def test_proportion_errors_only_for_fractions() -> None:
     metrics = {"gold/win_rate_both": 0.6, "val/rm_acc": 0.75, "ppo/kl": 3.2, "gold/win_rate_x": float("nan")}
     errors = S.proportion_errors(metrics, n=100)
