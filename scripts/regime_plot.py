@@ -77,7 +77,7 @@ def variant_of(job: Path) -> str:
 
 def first_margin_std(job: Path, reward: str = "helpful") -> float:
     """Std of r − r_ref in the job's first ``reward/<reward>_margin`` histogram (NaN if none)."""
-    tag = f"reward/{reward}_margin"
+    tag = f"reward_hist/{reward}_margin"
     first = None
     for folder in sorted({p.parent for p in job.rglob("events.out.tfevents.*")}):
         acc = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.HISTOGRAMS: 0})

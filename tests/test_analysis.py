@@ -183,8 +183,8 @@ def write_regime_job(job: Path, variant: str, transform: str, beta: float, seed:
         overrides.insert(0, f"+experiment/rm_variant={variant}")
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     with SummaryWriter(str(job / "tensorboard")) as w:
-        w.add_histogram("reward/helpful_margin", torch.tensor(margins), 1)
-        w.add_histogram("reward/helpful_margin", torch.tensor([-9.0, 9.0]), 11)  # later: must be ignored
+        w.add_histogram("reward_hist/helpful_margin", torch.tensor(margins), 1)
+        w.add_histogram("reward_hist/helpful_margin", torch.tensor([-9.0, 9.0]), 11)  # later: must be ignored
         for step, (kl, win) in zip((10, 20), finals[(transform, beta)][seed]):
             w.add_scalar("gold/kl_to_sft", kl, step)
             w.add_scalar("gold/win_rate_helpful", win, step)
