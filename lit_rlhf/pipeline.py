@@ -37,7 +37,8 @@ log = logging.getLogger("lit_rlhf")
 CARRIED = ("data", "model", "paths", "trainer")
 MODEL_SETTINGS = ("trust_remote_code", "dtype", "attn_implementation", "gradient_checkpointing")
 ROLES = ("policy", "reference", "critic", "reward")
-TASKS = ("sft", "reward_model", "ppo")
+POLICY_TASKS = ("ppo", "grpo", "rloo", "reinforce_pp")  # policy optimisation: conf/task/<name>.yaml
+TASKS = ("sft", "reward_model", *POLICY_TASKS)
 DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -228,8 +229,9 @@ def build_critic(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, Path], 
 
 
 def ppo_models(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, Path]) -> dict[str, Any]:
-    """Every network PPO holds, each from its role's spec: ``actor``, ``ref`` (``None`` under LoRA: the
-    actor with its adapters off), ``critic``, ``reward_models`` (name → model), and the ``tokenizer``."""
+    """Every network a policy task holds, each from its role's spec: ``actor``, ``ref`` (``None`` under LoRA:
+    the actor with its adapters off), ``critic`` (only for tasks with a ``critic_init``: PPO),
+    ``reward_models`` (name → model), and the ``tokenizer``."""
     policy = role_spec(cfg, "policy", policy_path)
     tok = policy.load_tokenizer()
     reward_models = {}
@@ -242,11 +244,14 @@ def ppo_models(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, Path]) ->
     ref = None
     if not lora.is_lora(actor):
         ref = role_spec(cfg, "reference", policy_path).build("causal_lm", tok, trainable=False)
-    critic = build_critic(cfg, policy_path, rm_paths, tok)
-    return {"actor": actor, "ref": ref, "critic": critic, "reward_models": reward_models, "tokenizer": tok}
+    models = {"actor": actor, "ref": ref, "reward_models": reward_models, "tokenizer": tok}
+    if cfg.task.get("critic_init") is not None:  # critic-free algorithms hold no critic in memory
+        models["critic"] = build_critic(cfg, policy_path, rm_paths, tok)
+    return models
 
 
-def run_ppo(cfg: DictConfig) -> float | None:
+def run_policy(cfg: DictConfig) -> float | None:
+    """PPO, GRPO, RLOO or REINFORCE++ (``task=…``): the stages it lacks are built first."""
     prepare_data(cfg)
     policy_path = cfg.task.policy_path or ensure_stage(cfg, "sft")
     rm_paths = {
@@ -264,7 +269,7 @@ def run_ppo(cfg: DictConfig) -> float | None:
     state = full_state_dict(trainer, "actor")
     if trainer.is_global_zero:
         out = save_model(module.actor, tok, Path(cfg.paths.output_dir) / "model", state)
-        log.info("ppo: policy saved to %s", out)
+        log.info("%s: policy saved to %s", cfg.task.name, out)
         stages = {"policy": str(policy_path), "reward_models": {k: str(v) for k, v in rm_paths.items()}}
         (Path(cfg.paths.output_dir) / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
     return metric(trainer, cfg.get("optimized_metric"))
@@ -290,7 +295,8 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.task.name not in TASKS:
         raise ValueError(f"task.name must be one of {TASKS}, got {cfg.task.name!r}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return {"sft": run_sft, "reward_model": run_reward_model, "ppo": run_ppo}[cfg.task.name](cfg)
+    runner = {"sft": run_sft, "reward_model": run_reward_model}.get(cfg.task.name, run_policy)
+    return runner(cfg)
 
 
 # ------------------------------------------------------------------ cached stages

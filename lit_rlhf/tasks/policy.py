@@ -344,9 +344,10 @@ class PolicyModule(L.LightningModule):
         )
         if self._bad_streak >= self.max_bad_batches:
             raise FloatingPointError(
-                f"{self._bad_streak} consecutive {self.algorithm.upper()} batches had non-finite values ({what}); "
-                "stopping instead of training on them. Check the reward models (reward.<name>.path) and the "
-                "learning rate (task.module.lr); raise task.module.max_bad_batches to tolerate more."
+                f"{self._bad_streak} consecutive {self.algorithm.upper()} batches had non-finite values "
+                f"({what}); stopping instead of training on them. Check the reward models "
+                "(reward.<name>.path) and the learning rate (task.module.lr); raise "
+                "task.module.max_bad_batches to tolerate more."
             )
         self.log(f"{self.algorithm}/skipped_batches", float(self.skipped_batches), batch_size=len(ro.scores))
         return False

@@ -1,0 +1,64 @@
+"""The update shared by the critic-free algorithms (GRPO, RLOO, REINFORCE++): one optimizer, clipped
+surrogate on precomputed advantages, an optional KL-to-reference loss term. No critic in memory."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lit_rlhf.rlhf import LOSS_AGGS, kl_loss, policy_loss
+from lit_rlhf.tasks.policy import PolicyModule
+from lit_rlhf.tasks.rollout import Rollout
+
+
+class CriticFreeModule(PolicyModule):
+    """A :class:`~lit_rlhf.tasks.policy.PolicyModule` whose subclass only says how advantages are made.
+
+    Args:
+        loss_agg: how token losses are averaged (``token_mean`` | ``seq_mean_token_mean`` |
+            ``seq_mean_token_sum_norm``; :func:`lit_rlhf.rlhf.estimators.loss_weights`).
+        kl_in_loss: add ``β · KL(π‖π_ref)`` (k3) to the loss (GRPO) instead of into the reward.
+        **kwargs: :class:`~lit_rlhf.tasks.policy.PolicyModule`'s arguments.
+    """
+
+    def __init__(self, loss_agg: str = "token_mean", kl_in_loss: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if loss_agg not in LOSS_AGGS:
+            raise ValueError(f"task.module.loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
+        self.loss_agg, self.kl_in_loss = loss_agg, kl_in_loss
+
+    def advantages(self, ro: Rollout, reward: Tensor, kl: Tensor) -> Tensor:
+        """(B,) or (B, R) advantages of the rollouts."""
+        raise NotImplementedError
+
+    def optimise(self, ro: Rollout, reward: Tensor, kl: Tensor) -> dict[str, Tensor]:
+        mask = ro.response_mask.float()
+        P = ro.input_ids.shape[1] - mask.shape[1]
+        advantages = self.advantages(ro, reward, kl)
+        opt = self.optimizers()
+        beta = self.kl_ctl.value
+        stats: dict[str, list[Tensor]] = {k: [] for k in ("clipfrac", "approx_kl", "pg_loss", "kl_loss")}
+        for idx in self.minibatches(len(ro.prompt_ids), mask.device):
+            ids, am, m = ro.input_ids[idx], ro.attention_mask[idx], mask[idx]
+            logprobs = self._token_logprobs(self.actor, ids, am, P)
+            loss, st = policy_loss(
+                logprobs,
+                ro.logprobs[idx],
+                advantages[idx],
+                m,
+                self.clip_eps,
+                self.loss_agg,
+                self.max_new_tokens,
+            )
+            stats["pg_loss"].append(loss.detach())
+            if self.kl_in_loss:
+                kl_term = kl_loss(logprobs, ro.ref_logprobs[idx], m, "k3", self.loss_agg, self.max_new_tokens)
+                loss = loss + beta * kl_term
+                stats["kl_loss"].append(kl_term.detach())
+            if self.ratio_ok(loss, st):
+                self._update((opt, loss, True))
+            for k in ("clipfrac", "approx_kl"):
+                stats[k].append(st[k].detach().float())
+        out = {k: sum(v) / len(v) for k, v in stats.items() if v}
+        out["train/loss"] = out["pg_loss"] + beta * out.get("kl_loss", 0.0)
+        out["advantage_abs"] = advantages.abs().mean()
+        return out

@@ -1,0 +1,30 @@
+"""REINFORCE++ (``task=reinforce_pp``; Hu, 2025): per-token KL penalty in the reward, discounted return-to-go,
+advantages whitened over the whole batch, clipped surrogate. No critic, no groups needed."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lit_rlhf.rlhf import per_token_rewards, reinforce_pp_advantages
+from lit_rlhf.tasks.critic_free import CriticFreeModule
+from lit_rlhf.tasks.rollout import Rollout
+
+
+class ReinforcePPModule(CriticFreeModule):
+    """REINFORCE++.
+
+    Args:
+        gamma: discount of the return-to-go.
+        **kwargs: :class:`~lit_rlhf.tasks.critic_free.CriticFreeModule`'s arguments.
+    """
+
+    algorithm = "reinforce_pp"
+
+    def __init__(self, gamma: float = 1.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.gamma = gamma
+
+    def advantages(self, ro: Rollout, reward: Tensor, kl: Tensor) -> Tensor:
+        mask = ro.response_mask.float()
+        token_rewards = per_token_rewards(reward, kl, self.kl_ctl.value, mask)  # (B, R)
+        return reinforce_pp_advantages(token_rewards, mask, self.gamma)  # (B, R)

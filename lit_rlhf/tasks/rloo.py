@@ -1,0 +1,33 @@
+"""RLOO (``task=rloo``; Ahmadian et al., 2024): k samples per prompt, each baselined by the mean of the
+other k − 1; the sequence KL penalty is in the reward (r − β·KL_seq), as TRL's RLOOTrainer does."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lit_rlhf.rlhf import rloo_advantages
+from lit_rlhf.tasks.critic_free import CriticFreeModule
+from lit_rlhf.tasks.rollout import Rollout
+
+
+class RLOOModule(CriticFreeModule):
+    """REINFORCE leave-one-out.
+
+    Args:
+        **kwargs: :class:`~lit_rlhf.tasks.critic_free.CriticFreeModule`'s arguments; ``samples_per_prompt``
+            is k (≥ 2).
+    """
+
+    algorithm = "rloo"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if self.samples_per_prompt < 2:
+            raise ValueError(
+                f"task=rloo needs a leave-one-out baseline: task.module.samples_per_prompt must be >= 2, "
+                f"got {self.samples_per_prompt}"
+            )
+
+    def advantages(self, ro: Rollout, reward: Tensor, kl: Tensor) -> Tensor:
+        penalised = reward - self.kl_ctl.value * kl.sum(-1)  # (B,): r − β·KL_seq
+        return rloo_advantages(penalised, self.samples_per_prompt)  # (B,)
