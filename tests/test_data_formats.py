@@ -98,8 +98,10 @@ def test_sft_and_prompt_only_files(tmp_path: Path) -> None:
     ("keys", "kind"),
     [
         ({"prompt", "chosen", "rejected", "id"}, "explicit"),
-        ({"chosen", "rejected"}, "hh"),
+        ({"chosen", "rejected"}, "implicit"),
         ({"prompt", "response", "risky"}, "sft"),
+        ({"prompt", "completion"}, "completion"),
+        ({"messages", "id"}, "messages"),
         ({"prompt"}, "prompt"),
         ({"prompt", "chosen"}, "explicit"),  # incomplete, but clearly a preference record
         ({"text"}, None),
@@ -195,7 +197,7 @@ def _assert_names_place(err: DataFormatError, path: Path, line: int | None, fiel
     assert (err.path, err.line, err.field) == (path, line, field)
     if line is not None:
         assert f"{path.name}:{line}:" in msg
-        assert "data.on_error=skip" in msg
+        assert "task.datamodule.on_error=skip" in msg
     if field is not None:
         assert f"field '{field}'" in msg
 
@@ -313,5 +315,5 @@ def test_skip_mode_with_only_bad_lines_raises(tmp_path: Path) -> None:
 
 
 def test_invalid_on_error_value() -> None:
-    with pytest.raises(ValueError, match="data.on_error"):
+    with pytest.raises(ValueError, match="task.datamodule.on_error"):
         load_sft(BAD_DIR / "sft_empty_response.jsonl", on_error="ignore")  # type: ignore[arg-type]

@@ -246,19 +246,21 @@ def test_prompt_datamodule_val_file_ids_do_not_clash(tok, tmp_path: Path) -> Non
     assert [r.id for r in dm.all_records] == [0, 1, 2, 3, 4, 5]
 
     clash = write_jsonl(tmp_path / "clash.jsonl", [{"prompt": "x", "id": 2}])
-    with pytest.raises(ValueError, match=r"prompt ids \[2\] appear in both data.train_path"):
+    with pytest.raises(ValueError, match=r"prompt ids \[2\] appear in both task.datamodule.train_path"):
         PromptDataModule(tok, train, val_path=clash, batch_size=2).setup("fit")
-    with pytest.raises(ValueError, match=r"data.batch_size \(8\) exceeds the 4 training prompts"):
+    with pytest.raises(ValueError, match=r"task.datamodule.batch_size \(8\) exceeds the 4 training prompts"):
         PromptDataModule(tok, train, val_path=val, batch_size=8).setup("fit")
 
 
 def test_datamodules_validate_arguments(tok, pref_file: str) -> None:
     no_pad = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<eos>")
-    with pytest.raises(ValueError, match="model.tokenizer has no pad_token"):
+    no_pad_msg = r"tokenizer \(built in memory\) has no pad_token.*model\.tokenizer_path"
+    with pytest.raises(ValueError, match=no_pad_msg):
         PreferenceDataModule(no_pad, pref_file)
-    with pytest.raises(ValueError, match=r"data.max_length \(8\) must exceed data.max_prompt_tokens \(8\)"):
+    too_short = r"task\.datamodule\.max_length \(8\) must exceed task\.datamodule\.max_prompt_tokens \(8\)"
+    with pytest.raises(ValueError, match=too_short):
         SFTDataModule(tok, pref_file, max_prompt_tokens=8, max_length=8)
-    with pytest.raises(ValueError, match="data.val_fraction"):
+    with pytest.raises(ValueError, match="task.datamodule.val_fraction"):
         PromptDataModule(tok, pref_file, val_fraction=1.0)
-    with pytest.raises(ValueError, match="data.on_error"):
+    with pytest.raises(ValueError, match="task.datamodule.on_error"):
         PreferenceDataModule(tok, pref_file, on_error="ignore")  # type: ignore[arg-type]
