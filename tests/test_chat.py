@@ -168,7 +168,7 @@ def test_conversation_without_a_template_names_the_tokenizer_folder(toks) -> Non
         ValueError, match=r"conversations .* tokenizer '.*toks0/gpt2' has no chat template"
     ) as e:
         encode_prompts(tok, [user(EGG)], 10)
-    assert "data.chat_template=false" in str(e.value) and "model.tokenizer_path" in str(e.value)
+    assert "data.chat_template=auto" in str(e.value) and "model.tokenizer_path" in str(e.value)
     with pytest.raises(ValueError, match=r"data\.chat_template=true but the tokenizer '.*gpt2'"):
         encode_prompts(tok, [EGG], 10, chat_template=True)
     assert encode_prompts(tok, [EGG], 100) == [plain(tok, EGG)]  # auto without a template: plain
@@ -331,6 +331,18 @@ def test_all_items_are_what_the_loaders_yield(toks, tmp_path: Path) -> None:
     for batch in [*dm.train_dataloader(), *dm.val_dataloader()]:
         for row, mask, pid in zip(batch["input_ids"], batch["attention_mask"], batch["prompt_ids"].tolist()):
             assert row[mask.bool()].tolist() == by_id[pid]
+
+
+def test_a_template_that_refuses_a_conversation_names_it(toks) -> None:
+    tok = make_tokenizer("qwen2")
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system turns') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    assert encode_prompts(tok, ["fine"], 10) == [plain(tok, "fine")]
+    bad = [{"role": "system", "content": "s"}, {"role": "user", "content": "the bad one"}]
+    with pytest.raises(ValueError, match=r"refuses the prompt 'the bad one' \(roles \['system', 'user'\]\)"):
+        encode_prompts(tok, [user("ok"), bad], 10)
 
 
 def test_conversational_data_with_a_plain_tokenizer_fails_at_setup(toks, tmp_path: Path) -> None:

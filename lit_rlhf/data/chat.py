@@ -80,8 +80,8 @@ def uses_chat_template(tok: PreTrainedTokenizerBase, prompt: Prompt, chat_templa
         if not has:
             raise ValueError(
                 f"the prompts are conversations (lists of messages) but the {_tokenizer_name(tok)} has no "
-                "chat template: use a tokenizer folder that has one (model.tokenizer_path), or give the "
-                "prompts as plain strings (data.chat_template=false)"
+                "chat template to render them: use a tokenizer folder that has one (model.tokenizer_path), "
+                "or write the prompts as plain strings (tokenised as they are under data.chat_template=auto)"
             )
         return True
     if chat_template is True and not has:
@@ -122,6 +122,23 @@ def truncate_left(ids: Sequence[int], max_tokens: int, n_keep: int = 0) -> list[
     return head + (ids[len(ids) - tail :] if tail > 0 else [])
 
 
+def _apply_template(tok: PreTrainedTokenizerBase, conversations: list[Messages]) -> list[str]:
+    """``apply_chat_template`` with the generation prompt, in one batch; a template that refuses a
+    conversation (e.g. roles that must alternate) is reported with that conversation's prompt."""
+    try:
+        return list(tok.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False))
+    except Exception:  # noqa: BLE001 - find the conversation the template refuses, then say which
+        for conv in conversations:
+            try:
+                tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(
+                    f"the chat template of the {_tokenizer_name(tok)} refuses the prompt "
+                    f"{prompt_text(conv)!r} (roles {[m['role'] for m in conv]}): {e}"
+                ) from e
+        raise
+
+
 def render_prompts(
     tok: PreTrainedTokenizerBase, prompts: Sequence[Prompt], chat_template: ChatTemplate = "auto"
 ) -> list[tuple[list[int], int]]:
@@ -141,9 +158,7 @@ def render_prompts(
     chat_idx = [i for i, t in enumerate(templated) if t]
     plain_idx = [i for i, t in enumerate(templated) if not t]
     if chat_idx:
-        texts = tok.apply_chat_template(
-            [as_messages(prompts[i]) for i in chat_idx], add_generation_prompt=True, tokenize=False
-        )
+        texts = _apply_template(tok, [as_messages(prompts[i]) for i in chat_idx])
         bos = tok.bos_token_id
         for i, ids in zip(chat_idx, tok(list(texts), add_special_tokens=False)["input_ids"]):
             out[i] = (list(ids), int(bos is not None and len(ids) > 0 and ids[0] == bos))
