@@ -350,3 +350,17 @@ def test_conversational_data_with_a_plain_tokenizer_fails_at_setup(toks, tmp_pat
     dm = PromptDataModule(toks["gpt2"], path, val_fraction=0.0, batch_size=1)
     with pytest.raises(ValueError, match="has no chat template"):
         dm.setup("fit")
+
+
+def test_datamodules_warn_when_the_template_outgrows_max_prompt_tokens(toks, tmp_path: Path, caplog) -> None:
+    path = _write(tmp_path / "p.jsonl", [{"prompt": EGG}, {"prompt": "hi"}])
+    full = [len(ids) for ids, _ in render_prompts(toks["llama"], [EGG, "hi"])]
+    with caplog.at_level("WARNING", logger="lit_rlhf.data.datamodules"):
+        PromptDataModule(toks["llama"], path, val_fraction=0.0, batch_size=1, max_prompt_tokens=16).setup()
+        PromptDataModule(
+            toks["llama"], path, val_fraction=0.0, batch_size=1, max_prompt_tokens=max(full)
+        ).setup()
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(
+        f"2 of 2 prompts are longer than task.datamodule.max_prompt_tokens=16 tokens (longest {max(full)})"
+    )

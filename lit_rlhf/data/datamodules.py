@@ -8,6 +8,7 @@ a PPO rollout of the same prompt is prompted with.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lit_rlhf.data.chat import ChatTemplate, check_chat_template, prompt_text, render_prompts
+from lit_rlhf.data.chat import (
+    ChatTemplate,
+    Prompt,
+    check_chat_template,
+    prompt_text,
+    render_prompts,
+    truncate_left,
+)
 from lit_rlhf.data.jsonl import (
     OnError,
     PreferencePair,
@@ -34,12 +42,11 @@ from lit_rlhf.data.tokenize import (
     SFTCollator,
     SFTItem,
     batch_ids,
-    encode_examples,
-    encode_prompts,
     eos_id,
     join_ids,
 )
 
+log = logging.getLogger(__name__)
 DM = "task.datamodule"  # where every argument below is set
 __all__ = ["CycledBatchSampler", "PreferenceDataModule", "PromptDataModule", "SFTDataModule", "split_indices"]
 
@@ -76,6 +83,27 @@ def _check_common(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"{DM}.on_error must be 'raise' or 'skip', got {on_error!r}")
     return check_chat_template(chat_template)
+
+
+def _render(
+    tok: PreTrainedTokenizerBase, prompts: list[Prompt], chat_template: ChatTemplate, max_prompt_tokens: int
+) -> list[tuple[list[int], int]]:
+    """:func:`~lit_rlhf.data.chat.render_prompts`, warning once when prompts are longer than the budget
+    (a chat template's system turn alone can fill a budget sized for short plain prompts)."""
+    rendered = render_prompts(tok, prompts, chat_template)
+    lengths = [len(ids) for ids, _ in rendered]
+    n_cut = sum(n > max_prompt_tokens for n in lengths)
+    if n_cut:
+        log.warning(
+            "%d of %d prompts are longer than %s.max_prompt_tokens=%d tokens (longest %d) and lose their "
+            "start when truncated; raise it if their text is cut",
+            n_cut,
+            len(lengths),
+            DM,
+            max_prompt_tokens,
+            max(lengths),
+        )
+    return rendered
 
 
 def _check_max_length(max_prompt_tokens: int, max_length: int) -> None:
@@ -177,15 +205,14 @@ class SFTDataModule(L.LightningDataModule):
         self.train_examples, self.val_examples = train, val
 
     def _encode(self, examples: list[SFTExample]) -> list[SFTItem]:
-        enc = encode_examples(
-            self.tokenizer,
-            [e.prompt for e in examples],
-            [e.response for e in examples],
-            self.max_prompt_tokens,
-            self.max_length,
-            chat_template=self.chat_template,
-        )
-        return [SFTItem(input_ids=ids, n_prompt=n) for ids, n in enc]
+        tok, eos = self.tokenizer, eos_id(self.tokenizer)
+        prompts = _render(tok, [e.prompt for e in examples], self.chat_template, self.max_prompt_tokens)
+        responses = batch_ids(tok, [e.response for e in examples])
+        items = []
+        for (prompt, n_keep), response in zip(prompts, responses):
+            ids, n = join_ids(prompt, response, eos, self.max_prompt_tokens, self.max_length, n_keep=n_keep)
+            items.append(SFTItem(input_ids=ids, n_prompt=n))
+        return items
 
     def train_dataloader(self) -> DataLoader:
         return _loader(self._train, self.batch_size, self.collate, self.num_workers, shuffle_seed=self.seed)
@@ -261,7 +288,7 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _encode(self, pairs: list[PreferencePair]) -> list[PreferenceItem]:
         tok, eos = self.tokenizer, eos_id(self.tokenizer)
-        prompts = render_prompts(tok, [p.prompt for p in pairs], self.chat_template)
+        prompts = _render(tok, [p.prompt for p in pairs], self.chat_template, self.max_prompt_tokens)
         chosen = batch_ids(tok, [p.chosen for p in pairs])
         rejected = batch_ids(tok, [p.rejected for p in pairs])
 
@@ -388,10 +415,15 @@ class PromptDataModule(L.LightningDataModule):
         self.train_records, self.val_records = train, val
 
     def _encode(self, records: list[PromptRecord]) -> list[PromptItem]:
-        ids = encode_prompts(
-            self.tokenizer, [r.prompt for r in records], self.max_prompt_tokens, self.chat_template
+        rendered = _render(
+            self.tokenizer, [r.prompt for r in records], self.chat_template, self.max_prompt_tokens
         )
-        return [PromptItem(id=r.id, prompt=prompt_text(r.prompt), input_ids=x) for r, x in zip(records, ids)]
+        return [
+            PromptItem(
+                id=r.id, prompt=prompt_text(r.prompt), input_ids=truncate_left(ids, self.max_prompt_tokens, n)
+            )
+            for r, (ids, n) in zip(records, rendered)
+        ]
 
     def _world(self) -> tuple[int, int]:
         """(rank, world size) of this process: (0, 1) outside a Trainer."""
