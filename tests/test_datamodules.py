@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -246,19 +247,78 @@ def test_prompt_datamodule_val_file_ids_do_not_clash(tok, tmp_path: Path) -> Non
     assert [r.id for r in dm.all_records] == [0, 1, 2, 3, 4, 5]
 
     clash = write_jsonl(tmp_path / "clash.jsonl", [{"prompt": "x", "id": 2}])
-    with pytest.raises(ValueError, match=r"prompt ids \[2\] appear in both data.train_path"):
+    with pytest.raises(ValueError, match=r"prompt ids \[2\] appear in both task.datamodule.train_path"):
         PromptDataModule(tok, train, val_path=clash, batch_size=2).setup("fit")
-    with pytest.raises(ValueError, match=r"data.batch_size \(8\) exceeds the 4 training prompts"):
+    with pytest.raises(ValueError, match=r"task.datamodule.batch_size \(8\) exceeds the 4 training prompts"):
         PromptDataModule(tok, train, val_path=val, batch_size=8).setup("fit")
 
 
 def test_datamodules_validate_arguments(tok, pref_file: str) -> None:
     no_pad = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<eos>")
-    with pytest.raises(ValueError, match="model.tokenizer has no pad_token"):
+    no_pad_msg = r"tokenizer \(built in memory\) has no pad_token.*model\.tokenizer_path"
+    with pytest.raises(ValueError, match=no_pad_msg):
         PreferenceDataModule(no_pad, pref_file)
-    with pytest.raises(ValueError, match=r"data.max_length \(8\) must exceed data.max_prompt_tokens \(8\)"):
+    too_short = r"task\.datamodule\.max_length \(8\) must exceed task\.datamodule\.max_prompt_tokens \(8\)"
+    with pytest.raises(ValueError, match=too_short):
         SFTDataModule(tok, pref_file, max_prompt_tokens=8, max_length=8)
-    with pytest.raises(ValueError, match="data.val_fraction"):
+    with pytest.raises(ValueError, match="task.datamodule.val_fraction"):
         PromptDataModule(tok, pref_file, val_fraction=1.0)
-    with pytest.raises(ValueError, match="data.on_error"):
+    with pytest.raises(ValueError, match="task.datamodule.on_error"):
         PreferenceDataModule(tok, pref_file, on_error="ignore")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------- errors name keys that exist in the config
+
+# (task, override that is wrong, key the error must name)
+BAD_OVERRIDES = [
+    ("sft", "task.datamodule.batch_size=0", "task.datamodule.batch_size"),
+    ("sft", "task.datamodule.val_fraction=1.0", "task.datamodule.val_fraction"),
+    ("sft", "task.datamodule.max_length=16", "task.datamodule.max_length"),
+    ("sft", "data.chat_template=sometimes", "data.chat_template"),
+    ("reward_model", "task.datamodule.max_prompt_tokens=0", "task.datamodule.max_prompt_tokens"),
+    ("reward_model", "task.datamodule.num_workers=-1", "task.datamodule.num_workers"),
+    ("reward_model", "task.datamodule.on_error=ignore", "task.datamodule.on_error"),
+    ("ppo", "task.datamodule.val_batch_size=0", "task.datamodule.val_batch_size"),
+    ("ppo", "task.iterations=0", "task.iterations"),
+    ("ppo", "task.datamodule.on_error=warn", "task.datamodule.on_error"),
+]
+
+
+@pytest.mark.parametrize(("task", "override", "key"), BAD_OVERRIDES, ids=[o for _, o, _ in BAD_OVERRIDES])
+def test_datamodule_errors_name_keys_that_exist(
+    tok, tmp_path: Path, task: str, override: str, key: str
+) -> None:
+    from hydra.errors import InstantiationException  # noqa: PLC0415
+    from hydra.utils import instantiate  # noqa: PLC0415
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from conftest import hydra_cfg  # noqa: PLC0415
+
+    extra = ["task.datamodule.path=pairs.jsonl"] if task == "reward_model" else []
+    with hydra_cfg(tmp_path, [f"task={task}", override, *extra]) as cfg:
+        name, value = override.split("=")
+        assert str(OmegaConf.select(cfg, name)) == value  # the override reaches the key
+        with pytest.raises(InstantiationException) as info:
+            instantiate(cfg.task.datamodule, tokenizer=tok)
+        error = info.value.__cause__  # what the datamodule raised
+        assert isinstance(error, ValueError)
+        named = set(re.findall(r"\b(?:task|data|model)\.[a-z_]+(?:\.[a-z_]+)*", str(error)))
+        assert key in named
+        missing = object()
+        assert all(OmegaConf.select(cfg, k, default=missing) is not missing for k in named), named
+
+
+def test_datamodule_config_passes_chat_template_through(tok, tmp_path: Path) -> None:
+    from hydra.utils import instantiate  # noqa: PLC0415
+
+    from conftest import hydra_cfg  # noqa: PLC0415
+
+    for task, setting, want in [
+        ("sft", "false", False),
+        ("reward_model", "true", True),
+        ("ppo", "auto", "auto"),
+    ]:
+        extra = ["task.datamodule.path=pairs.jsonl"] if task == "reward_model" else []
+        with hydra_cfg(tmp_path / task, [f"task={task}", f"data.chat_template={setting}", *extra]) as cfg:
+            got = instantiate(cfg.task.datamodule, tokenizer=tok).chat_template
+            assert got == want and type(got) is type(want)

@@ -1,6 +1,9 @@
-"""Data layer: ``jsonl`` (reading and validating user files), ``tokenize`` (truncation and collators),
-``datamodules`` (the SFT, preference and prompt LightningDataModules that ``conf/task/*`` target)."""
+"""Data layer: ``formats`` (TRL's standard and conversational record formats, validated), ``jsonl``
+(reading user files), ``chat`` (rendering prompts to ids: chat template, BOS, truncation), ``tokenize``
+(sequences and collators), ``datamodules`` (the SFT, preference and prompt LightningDataModules that
+``conf/task/*`` target)."""
 
+from lit_rlhf.data.chat import ChatTemplate, encode_prompt_ids, prompt_text, render_prompts
 from lit_rlhf.data.datamodules import PreferenceDataModule, PromptDataModule, SFTDataModule
 from lit_rlhf.data.jsonl import (
     DataFormatError,
@@ -13,6 +16,7 @@ from lit_rlhf.data.jsonl import (
 )
 
 __all__ = [
+    "ChatTemplate",
     "DataFormatError",
     "PreferenceDataModule",
     "PreferencePair",
@@ -20,7 +24,10 @@ __all__ = [
     "PromptRecord",
     "SFTDataModule",
     "SFTExample",
+    "encode_prompt_ids",
     "load_preferences",
     "load_prompts",
     "load_sft",
+    "prompt_text",
+    "render_prompts",
 ]

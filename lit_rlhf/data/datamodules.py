@@ -1,20 +1,29 @@
 """LightningDataModules for the three stages: SFT, reward modelling (preferences) and PPO (prompts).
 
-Every constructor argument is a ``data.*`` YAML key. Files are read, split and tokenised once in
-``setup()``; a second call is a no-op.
+Every constructor argument is a ``task.datamodule.*`` YAML key. Files are read, split and tokenised
+once in ``setup()``; a second call is a no-op. All three render prompts with :mod:`lit_rlhf.data.chat`
+under the same ``chat_template`` setting, so an SFT or reward-model sequence starts with exactly the ids
+a PPO rollout of the same prompt is prompted with.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
+from lit_rlhf.data.chat import (
+    ChatTemplate,
+    Prompt,
+    check_chat_template,
+    prompt_text,
+    render_prompts,
+    truncate_left,
+)
 from lit_rlhf.data.jsonl import (
     OnError,
     PreferencePair,
@@ -24,6 +33,7 @@ from lit_rlhf.data.jsonl import (
     load_prompts,
     load_sft,
 )
+from lit_rlhf.data.sampling import CycledBatchSampler, split_indices
 from lit_rlhf.data.tokenize import (
     PreferenceCollator,
     PreferenceItem,
@@ -32,33 +42,16 @@ from lit_rlhf.data.tokenize import (
     SFTCollator,
     SFTItem,
     batch_ids,
-    encode_examples,
-    encode_prompts,
     eos_id,
     join_ids,
 )
 
+log = logging.getLogger(__name__)
+DM = "task.datamodule"  # where every argument below is set
+__all__ = ["CycledBatchSampler", "PreferenceDataModule", "PromptDataModule", "SFTDataModule", "split_indices"]
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic train/val split of ``range(n)`` by a seeded permutation.
-
-    Args:
-        n: Number of records.
-        val_fraction: Share held out; 0 gives an empty validation set, otherwise at least one record.
-        seed: Seed of the permutation (``random.Random(seed)``).
-
-    Returns:
-        ``(train_indices, val_indices)``, disjoint, each sorted (file order is kept within a split).
-    """
-    perm = list(range(n))
-    random.Random(seed).shuffle(perm)
-    n_val = 0 if val_fraction == 0 else min(n - 1, max(1, round(n * val_fraction)))
-    if val_fraction > 0 and n_val < 1:
-        raise ValueError(f"cannot hold out data.val_fraction={val_fraction} of only {n} record(s)")
-    return sorted(perm[n_val:]), sorted(perm[:n_val])
 
 
 def _check_common(
@@ -68,30 +61,55 @@ def _check_common(
     max_prompt_tokens: int,
     num_workers: int,
     on_error: str,
-) -> None:
-    """Validate the arguments every datamodule shares; errors name the config key."""
+    chat_template: Any = "auto",
+) -> ChatTemplate:
+    """Validate the arguments every datamodule shares; errors name the config key. Returns the
+    validated ``chat_template``."""
     if tokenizer.pad_token_id is None:
+        name = getattr(tokenizer, "name_or_path", "") or "(built in memory)"
         raise ValueError(
-            "model.tokenizer has no pad_token: set one (e.g. pad_token: <pad>, or the eos token) "
-            "so batches can be padded."
+            f"the tokenizer {name} has no pad_token: set one in its tokenizer_config.json (e.g. the eos "
+            "token), or pick another tokenizer with model.tokenizer_path, so batches can be padded."
         )
     eos_id(tokenizer)
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        raise ValueError(f"{DM}.val_fraction must be in [0, 1), got {val_fraction}")
     if batch_size < 1:
-        raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        raise ValueError(f"{DM}.batch_size must be >= 1, got {batch_size}")
     if max_prompt_tokens < 1:
-        raise ValueError(f"data.max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+        raise ValueError(f"{DM}.max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
     if num_workers < 0:
-        raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        raise ValueError(f"{DM}.num_workers must be >= 0, got {num_workers}")
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise ValueError(f"{DM}.on_error must be 'raise' or 'skip', got {on_error!r}")
+    return check_chat_template(chat_template)
+
+
+def _render(
+    tok: PreTrainedTokenizerBase, prompts: list[Prompt], chat_template: ChatTemplate, max_prompt_tokens: int
+) -> list[tuple[list[int], int]]:
+    """:func:`~lit_rlhf.data.chat.render_prompts`, warning once when prompts are longer than the budget
+    (a chat template's system turn alone can fill a budget sized for short plain prompts)."""
+    rendered = render_prompts(tok, prompts, chat_template)
+    lengths = [len(ids) for ids, _ in rendered]
+    n_cut = sum(n > max_prompt_tokens for n in lengths)
+    if n_cut:
+        log.warning(
+            "%d of %d prompts are longer than %s.max_prompt_tokens=%d tokens (longest %d) and lose their "
+            "start when truncated; raise it if their text is cut",
+            n_cut,
+            len(lengths),
+            DM,
+            max_prompt_tokens,
+            max(lengths),
+        )
+    return rendered
 
 
 def _check_max_length(max_prompt_tokens: int, max_length: int) -> None:
     if max_length <= max_prompt_tokens:
         raise ValueError(
-            f"data.max_length ({max_length}) must exceed data.max_prompt_tokens ({max_prompt_tokens}) "
+            f"{DM}.max_length ({max_length}) must exceed {DM}.max_prompt_tokens ({max_prompt_tokens}) "
             "to leave room for a response"
         )
 
@@ -117,78 +135,25 @@ def _loader(
     )
 
 
-class CycledBatchSampler(Sampler[list[int]]):
-    """Exactly ``num_batches`` full batches, from successive seeded permutations of ``range(n)``.
-
-    Each permutation is cut into ``n // (batch_size · world_size)`` full global batches (the remainder is
-    dropped, so no batch repeats a record); permutations follow one another until ``num_batches`` have
-    been yielded. Under data parallelism rank r takes the r-th slice of ``batch_size`` records of each
-    global batch: ranks see disjoint prompts, and W processes × ``batch_size`` see the same prompts per
-    step as one process × ``W·batch_size``. Batch k depends only on (seed, k), so a resumed run continues
-    exactly where it stopped: set ``start`` to the number of batches already consumed.
-
-    Args:
-        n: number of records.
-        batch_size: records per batch of THIS process.
-        num_batches: batches to yield (one per PPO iteration).
-        seed: seed of the permutations.
-        start: batches already consumed (resume).
-        rank: this process's global rank.
-        world_size: number of processes.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        num_batches: int,
-        seed: int,
-        start: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        if n < batch_size * world_size:
-            raise ValueError(
-                f"data.batch_size ({batch_size}) × {world_size} process(es) exceeds the {n} training records"
-            )
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside a world of {world_size} process(es)")
-        self.n, self.batch_size, self.num_batches, self.seed = n, batch_size, num_batches, seed
-        self.start, self.rank, self.world_size = start, rank, world_size
-
-    def __len__(self) -> int:
-        return self.num_batches  # Lightning counts a resumed epoch's batches from where it stopped
-
-    def __iter__(self) -> Iterator[list[int]]:
-        global_batch = self.batch_size * self.world_size
-        per_perm = self.n // global_batch
-        perm_index, perm = -1, []
-        for k in range(self.start, self.num_batches):
-            if k // per_perm != perm_index:
-                perm_index = k // per_perm
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + perm_index)
-                perm = torch.randperm(self.n, generator=gen).tolist()
-            first = (k % per_perm) * global_batch + self.rank * self.batch_size
-            yield perm[first : first + self.batch_size]
-
-
 class SFTDataModule(L.LightningDataModule):
-    """Demonstrations ``{prompt, response}`` for supervised fine-tuning.
+    """Demonstrations (``{prompt, completion}``, ``{prompt, response}`` or ``{messages}``) for SFT.
 
     Batches come from :class:`~lit_rlhf.data.tokenize.SFTCollator`: ``input_ids``, ``attention_mask``,
     ``labels`` (-100 on prompt and padding).
 
     Args:
         tokenizer: The policy's tokenizer (pad and eos tokens must be set).
-        train_path: JSONL file of ``{prompt, response}`` records.
+        train_path: JSONL file of demonstrations (strings or conversations).
         val_path: Optional separate validation file; if None, ``val_fraction`` of train is held out.
         val_fraction: Share of ``train_path`` held out when ``val_path`` is None (0: no validation).
         seed: Seed of the split and of the training shuffle.
         batch_size: Examples per batch.
-        max_prompt_tokens: Prompt tokens kept (from the end).
+        max_prompt_tokens: Prompt tokens kept (from the end, and a leading BOS).
         max_length: Total tokens kept (response tail cut, eos dropped).
         num_workers: DataLoader workers.
         on_error: "raise" on a bad line, or "skip" bad lines with one warning.
+        chat_template: ``"auto"``, ``True`` or ``False``: whether plain-string prompts go through the
+            tokenizer's chat template (conversations always do); see :mod:`lit_rlhf.data.chat`.
     """
 
     def __init__(
@@ -203,9 +168,12 @@ class SFTDataModule(L.LightningDataModule):
         max_length: int = 64,
         num_workers: int = 0,
         on_error: OnError = "raise",
+        chat_template: ChatTemplate = "auto",
     ) -> None:
         super().__init__()
-        _check_common(tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error)
+        self.chat_template = _check_common(
+            tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error, chat_template
+        )
         _check_max_length(max_prompt_tokens, max_length)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
@@ -237,14 +205,14 @@ class SFTDataModule(L.LightningDataModule):
         self.train_examples, self.val_examples = train, val
 
     def _encode(self, examples: list[SFTExample]) -> list[SFTItem]:
-        enc = encode_examples(
-            self.tokenizer,
-            [e.prompt for e in examples],
-            [e.response for e in examples],
-            self.max_prompt_tokens,
-            self.max_length,
-        )
-        return [SFTItem(input_ids=ids, n_prompt=n) for ids, n in enc]
+        tok, eos = self.tokenizer, eos_id(self.tokenizer)
+        prompts = _render(tok, [e.prompt for e in examples], self.chat_template, self.max_prompt_tokens)
+        responses = batch_ids(tok, [e.response for e in examples])
+        items = []
+        for (prompt, n_keep), response in zip(prompts, responses):
+            ids, n = join_ids(prompt, response, eos, self.max_prompt_tokens, self.max_length, n_keep=n_keep)
+            items.append(SFTItem(input_ids=ids, n_prompt=n))
+        return items
 
     def train_dataloader(self) -> DataLoader:
         return _loader(self._train, self.batch_size, self.collate, self.num_workers, shuffle_seed=self.seed)
@@ -254,7 +222,8 @@ class SFTDataModule(L.LightningDataModule):
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """Preference pairs (explicit ``{prompt, chosen, rejected}`` or Anthropic-HH) for a reward model.
+    """Preference pairs (explicit ``{prompt, chosen, rejected}`` or implicit ``{chosen, rejected}``,
+    strings or conversations) for a reward model.
 
     Batches come from :class:`~lit_rlhf.data.tokenize.PreferenceCollator`: ``input_ids`` and
     ``attention_mask`` of shape (2B, T), chosen rows first, then the rejected rows in the same order.
@@ -266,10 +235,12 @@ class PreferenceDataModule(L.LightningDataModule):
         val_fraction: Share of ``path`` held out when ``val_path`` is None (0: no validation).
         seed: Seed of the split and of the training shuffle.
         batch_size: Pairs per batch (the model sees 2 x batch_size sequences).
-        max_prompt_tokens: Prompt tokens kept (from the end).
+        max_prompt_tokens: Prompt tokens kept (from the end, and a leading BOS).
         max_length: Total tokens kept (response tail cut, eos dropped).
         num_workers: DataLoader workers.
         on_error: "raise" on a bad line, or "skip" bad lines with one warning.
+        chat_template: ``"auto"``, ``True`` or ``False``: whether plain-string prompts go through the
+            tokenizer's chat template (conversations always do); see :mod:`lit_rlhf.data.chat`.
     """
 
     def __init__(
@@ -284,9 +255,12 @@ class PreferenceDataModule(L.LightningDataModule):
         max_length: int = 64,
         num_workers: int = 0,
         on_error: OnError = "raise",
+        chat_template: ChatTemplate = "auto",
     ) -> None:
         super().__init__()
-        _check_common(tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error)
+        self.chat_template = _check_common(
+            tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error, chat_template
+        )
         _check_max_length(max_prompt_tokens, max_length)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
@@ -314,10 +288,14 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _encode(self, pairs: list[PreferencePair]) -> list[PreferenceItem]:
         tok, eos = self.tokenizer, eos_id(self.tokenizer)
-        prompts = batch_ids(tok, [p.prompt for p in pairs])
+        prompts = _render(tok, [p.prompt for p in pairs], self.chat_template, self.max_prompt_tokens)
         chosen = batch_ids(tok, [p.chosen for p in pairs])
         rejected = batch_ids(tok, [p.rejected for p in pairs])
-        join = lambda p, r: join_ids(p, r, eos, self.max_prompt_tokens, self.max_length)[0]
+
+        def join(prompt: tuple[list[int], int], response: list[int]) -> list[int]:
+            ids, n_keep = prompt
+            return join_ids(ids, response, eos, self.max_prompt_tokens, self.max_length, n_keep=n_keep)[0]
+
         return [
             PreferenceItem(chosen_ids=join(p, c), rejected_ids=join(p, r))
             for p, c, r in zip(prompts, chosen, rejected)
@@ -331,10 +309,11 @@ class PreferenceDataModule(L.LightningDataModule):
 
 
 class PromptDataModule(L.LightningDataModule):
-    """Prompts for PPO rollouts: any prompt-only, SFT, explicit-preference or HH file.
+    """Prompts for PPO rollouts: any prompt-only, SFT or preference file (strings or conversations).
 
     Batches come from :class:`~lit_rlhf.data.tokenize.PromptCollator`: left-padded ``input_ids`` and
-    ``attention_mask`` (B, T), ``prompt_ids`` (B,) and ``prompts`` (list[str]).
+    ``attention_mask`` (B, T), ``prompt_ids`` (B,) and ``prompts`` (list[str], for display: a
+    conversation's last user message). :attr:`all_items` holds the exact ids of every prompt.
 
     Args:
         tokenizer: The policy's tokenizer (pad and eos tokens must be set).
@@ -347,11 +326,13 @@ class PromptDataModule(L.LightningDataModule):
             the global batch is ``batch_size × world size``; this module shards it over the ranks
             itself (run the Trainer with ``use_distributed_sampler=False``), training and validation.
         val_batch_size: Prompts per evaluation batch (per process).
-        max_prompt_tokens: Prompt tokens kept (from the end).
+        max_prompt_tokens: Prompt tokens kept (from the end, and a leading BOS).
         num_batches: If set, the train loader yields exactly this many batches (one per PPO iteration),
             cycling through freshly shuffled passes over the prompts; None = one shuffled pass.
         num_workers: DataLoader workers.
         on_error: "raise" on a bad line, or "skip" bad lines with one warning.
+        chat_template: ``"auto"``, ``True`` or ``False``: whether plain-string prompts go through the
+            tokenizer's chat template (conversations always do); see :mod:`lit_rlhf.data.chat`.
     """
 
     def __init__(
@@ -367,13 +348,16 @@ class PromptDataModule(L.LightningDataModule):
         num_batches: int | None = None,
         num_workers: int = 0,
         on_error: OnError = "raise",
+        chat_template: ChatTemplate = "auto",
     ) -> None:
         super().__init__()
-        _check_common(tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error)
+        self.chat_template = _check_common(
+            tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error, chat_template
+        )
         if val_batch_size < 1:
-            raise ValueError(f"data.val_batch_size must be >= 1, got {val_batch_size}")
+            raise ValueError(f"{DM}.val_batch_size must be >= 1, got {val_batch_size}")
         if num_batches is not None and num_batches < 1:
-            raise ValueError(f"data.num_batches must be >= 1 or null, got {num_batches}")
+            raise ValueError(f"{DM}.num_batches (task.iterations) must be >= 1 or null, got {num_batches}")
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
         self.train_path, self.val_path, self.val_fraction, self.seed = (
@@ -397,6 +381,14 @@ class PromptDataModule(L.LightningDataModule):
             raise RuntimeError("PromptDataModule.setup() has not been called yet")
         return [*self.train_records, *self.val_records]
 
+    @property
+    def all_items(self) -> list[PromptItem]:
+        """Training then validation items, in :attr:`all_records` order: the exact prompt ids rollouts use
+        (r_ref must be sampled from these, so that it scores what the policy is prompted with)."""
+        if self.train_records is None:
+            raise RuntimeError("PromptDataModule.setup() has not been called yet")
+        return [*self._train, *self._val]
+
     def setup(self, stage: str | None = None) -> None:
         """Load, split and tokenise (once)."""
         if self.train_records is not None:
@@ -408,23 +400,30 @@ class PromptDataModule(L.LightningDataModule):
             clash = sorted({r.id for r in train} & {r.id for r in val})
             if clash:
                 raise ValueError(
-                    f"prompt ids {clash[:5]} appear in both data.train_path ({self.train_path}) and "
-                    f"data.val_path ({self.val_path}); ids must be unique across the two files"
+                    f"prompt ids {clash[:5]} appear in both {DM}.train_path ({self.train_path}) and "
+                    f"{DM}.val_path ({self.val_path}); ids must be unique across the two files"
                 )
         else:
             tr, va = split_indices(len(records), self.val_fraction, self.seed)
             train, val = [records[i] for i in tr], [records[i] for i in va]
         if len(train) < self.batch_size:
             raise ValueError(
-                f"data.batch_size ({self.batch_size}) exceeds the {len(train)} training prompts in "
+                f"{DM}.batch_size ({self.batch_size}) exceeds the {len(train)} training prompts in "
                 f"{Path(self.train_path).name}; with drop_last there would be no batch"
             )
         self._train, self._val = self._encode(train), self._encode(val)
         self.train_records, self.val_records = train, val
 
     def _encode(self, records: list[PromptRecord]) -> list[PromptItem]:
-        ids = encode_prompts(self.tokenizer, [r.prompt for r in records], self.max_prompt_tokens)
-        return [PromptItem(id=r.id, prompt=r.prompt, input_ids=x) for r, x in zip(records, ids)]
+        rendered = _render(
+            self.tokenizer, [r.prompt for r in records], self.chat_template, self.max_prompt_tokens
+        )
+        return [
+            PromptItem(
+                id=r.id, prompt=prompt_text(r.prompt), input_ids=truncate_left(ids, self.max_prompt_tokens, n)
+            )
+            for r, (ids, n) in zip(records, rendered)
+        ]
 
     def _world(self) -> tuple[int, int]:
         """(rank, world size) of this process: (0, 1) outside a Trainer."""

@@ -1,12 +1,8 @@
-"""Reading user JSONL files: format detection, validation and errors that say what to fix.
+"""Reading user JSONL files: bounded line reading, format detection per file, and loading.
 
-Four record kinds are recognised per file, from the keys of its first valid record:
-
-* ``"explicit"`` — ``{"prompt", "chosen", "rejected"}`` (TRL's explicit-prompt preference format);
-* ``"hh"`` — ``{"chosen", "rejected"}`` full Anthropic-HH dialogues (``"\\n\\nHuman: … \\n\\nAssistant: …"``);
-  the prompt is everything up to and including the last ``"\\n\\nAssistant:"``, the response what follows;
-* ``"sft"`` — ``{"prompt", "response"}``;
-* ``"prompt"`` — ``{"prompt"}`` only (prompts for PPO).
+The record formats — TRL's standard (strings) and conversational (``{"role", "content"}`` messages)
+preference, prompt-completion, messages and prompt-only records, and Anthropic-HH dialogues — and their
+validation live in :mod:`lit_rlhf.data.formats`; a file's kind is that of its first valid record.
 
 Extra keys are allowed and kept in each record's ``meta``. Every problem with a file raises a
 :class:`DataFormatError` naming the file, the line and the field; with ``on_error="skip"`` bad lines are
@@ -22,50 +18,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-log = logging.getLogger(__name__)
+from lit_rlhf.data.chat import Prompt, prompt_key
+from lit_rlhf.data.formats import (
+    FIELDS,
+    FORMATS,
+    HH_ASSISTANT,
+    DataFormatError,
+    RecordKind,
+    guess_kind,
+    parse_record,
+    split_hh,
+)
+from lit_rlhf.data.formats import json_type as _json_type
 
-RecordKind = Literal["explicit", "hh", "sft", "prompt"]
+__all__ = [
+    "HH_ASSISTANT",
+    "DataFormatError",
+    "PreferencePair",
+    "PromptRecord",
+    "RecordKind",
+    "SFTExample",
+    "guess_kind",
+    "iter_jsonl",
+    "load_preferences",
+    "load_prompts",
+    "load_sft",
+    "parse_record",
+    "split_hh",
+]
+
 OnError = Literal["raise", "skip"]
-
-HH_ASSISTANT = "\n\nAssistant:"
 MAX_LINE_BYTES = 1_000_000
-_LINE_HINT = "Fix or remove this line (or set data.on_error=skip to skip bad lines)."
-_FIELDS: dict[str, tuple[str, ...]] = {
-    "explicit": ("prompt", "chosen", "rejected"),
-    "hh": ("chosen", "rejected"),
-    "sft": ("prompt", "response"),
-    "prompt": ("prompt",),
-}
+PREFERENCE_KINDS: tuple[RecordKind, ...] = ("explicit", "implicit")
+SFT_KINDS: tuple[RecordKind, ...] = ("completion", "sft", "messages")
+PROMPT_KINDS: tuple[RecordKind, ...] = ("prompt", *SFT_KINDS, *PREFERENCE_KINDS)
 
-
-class DataFormatError(ValueError):
-    """A user data file that cannot be read, with the place and the fix in its message.
-
-    Attributes:
-        path: The file.
-        line: 1-based line number, or None for problems with the whole file.
-        field: The offending JSON field, or None.
-        problem: What is wrong, without the location (e.g. "expected a non-empty string, got int").
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        problem: str,
-        *,
-        line: int | None = None,
-        field: str | None = None,
-        hint: str | None = None,
-    ) -> None:
-        self.path = Path(path)
-        self.line = line
-        self.field = field
-        self.problem = problem
-        where = f"{path}:{line}" if line is not None else f"{path}"
-        what = f"field '{field}': {problem}" if field is not None else problem
-        if hint is None:
-            hint = _LINE_HINT if line is not None else "Check data.path (or data.train_path/data.val_path)."
-        super().__init__(f"{where}: {what}. {hint}".rstrip())
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,13 +61,14 @@ class PreferencePair:
     """One preference comparison: ``chosen`` was preferred to ``rejected`` as a reply to ``prompt``.
 
     Attributes:
-        prompt: The prompt text (for HH files, the dialogue up to and including the last Assistant tag).
-        chosen: The preferred response.
+        prompt: The prompt: a string (for HH files, the dialogue up to and including the last Assistant
+            tag) or the conversation's messages before the reply.
+        chosen: The preferred response (the assistant's content).
         rejected: The dispreferred response.
         meta: The record's other keys (e.g. "id", "difficulty", "risky"), unchanged.
     """
 
-    prompt: str
+    prompt: Prompt
     chosen: str
     rejected: str
     meta: dict[str, Any] = field(default_factory=dict)
@@ -90,12 +79,12 @@ class SFTExample:
     """One demonstration: a prompt and the response to imitate.
 
     Attributes:
-        prompt: The prompt text.
-        response: The demonstrated response.
+        prompt: The prompt: a string or the conversation's messages before the reply.
+        response: The demonstrated response (the assistant's content).
         meta: The record's other keys, unchanged.
     """
 
-    prompt: str
+    prompt: Prompt
     response: str
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -107,12 +96,12 @@ class PromptRecord:
     Attributes:
         id: The record's integer "id" if it has one, else its 0-based record index in the file
             (plus the loader's ``id_offset``). Unique within a file; r_ref is stored per id.
-        prompt: The prompt text.
+        prompt: The prompt: a string or messages (render it with :mod:`lit_rlhf.data.chat`).
         meta: The record's other keys (excluding "id"), unchanged.
     """
 
     id: int
-    prompt: str
+    prompt: Prompt
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -209,101 +198,6 @@ def iter_jsonl(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterat
         yield line_no, rec
 
 
-# ------------------------------------------------------------------------------------------- detection
-
-
-def _json_type(value: Any) -> str:
-    names = {type(None): "null", bool: "bool", int: "int", float: "float", list: "list", dict: "object"}
-    return names.get(type(value), type(value).__name__)
-
-
-def guess_kind(record: dict) -> RecordKind | None:
-    """The record kind its keys suggest (extra keys ignored), or None.
-
-    Any of "chosen"/"rejected" makes a preference record (explicit if "prompt" is there, else HH);
-    otherwise "response" makes an SFT record and a lone "prompt" a prompt-only record.
-    """
-    if "chosen" in record or "rejected" in record:
-        return "explicit" if "prompt" in record else "hh"
-    if "response" in record:
-        return "sft"
-    if "prompt" in record:
-        return "prompt"
-    return None
-
-
-def split_hh(dialogue: str) -> tuple[str, str] | None:
-    """Split an HH dialogue at its last ``"\\n\\nAssistant:"`` into (prompt incl. the tag, response)."""
-    i = dialogue.rfind(HH_ASSISTANT)
-    if i < 0:
-        return None
-    cut = i + len(HH_ASSISTANT)
-    return dialogue[:cut], dialogue[cut:]
-
-
-def _check_str(path: Path, line: int, record: dict, key: str) -> str:
-    if key not in record:
-        raise DataFormatError(path, "missing", line=line, field=key)
-    value = record[key]
-    if not isinstance(value, str):
-        raise DataFormatError(
-            path, f"expected a non-empty string, got {_json_type(value)}", line=line, field=key
-        )
-    if not value.strip():
-        raise DataFormatError(path, "expected a non-empty string, got an empty string", line=line, field=key)
-    return value
-
-
-def parse_record(path: str | Path, line: int, record: dict, kind: RecordKind) -> dict[str, Any]:
-    """Validate one record as ``kind`` and return its normalised fields plus ``meta``.
-
-    Returns:
-        A dict with "prompt" and, per kind, "chosen"/"rejected" or "response", and "meta" (other keys).
-
-    Raises:
-        DataFormatError: Missing field, wrong type, empty string, chosen == rejected, an HH dialogue
-            without an Assistant turn, or HH chosen/rejected whose dialogues before it differ.
-    """
-    path = Path(path)
-    values = {k: _check_str(path, line, record, k) for k in _FIELDS[kind]}
-    meta = {k: v for k, v in record.items() if k not in _FIELDS[kind]}
-    if kind in ("explicit", "hh") and values["chosen"] == values["rejected"]:
-        raise DataFormatError(
-            path, "identical to 'chosen' (no preference to learn)", line=line, field="rejected"
-        )
-    if kind == "hh":
-        parts = {}
-        for k in ("chosen", "rejected"):
-            split = split_hh(values[k])
-            if split is None:
-                raise DataFormatError(
-                    path,
-                    "HH dialogue has no '\\n\\nAssistant:' turn to split the response at",
-                    line=line,
-                    field=k,
-                )
-            if not split[1].strip():
-                raise DataFormatError(
-                    path, "HH dialogue has an empty last Assistant turn", line=line, field=k
-                )
-            parts[k] = split
-        if parts["chosen"][0] != parts["rejected"][0]:
-            raise DataFormatError(
-                path,
-                "the dialogue before the last Assistant turn differs from the one in 'chosen' "
-                "(both must share the same prompt)",
-                line=line,
-                field="rejected",
-            )
-        values = {
-            "prompt": parts["chosen"][0],
-            "chosen": parts["chosen"][1],
-            "rejected": parts["rejected"][1],
-        }
-    values["meta"] = meta
-    return values
-
-
 # --------------------------------------------------------------------------------------------- loading
 
 
@@ -320,8 +214,7 @@ def _first_problem(path: str | Path, line_no: int, rec: dict | DataFormatError) 
     if guess is None:
         return DataFormatError(
             path,
-            f"cannot tell the format from keys {sorted(rec)}: expected {{prompt, chosen, rejected}}, "
-            "{chosen, rejected} (Anthropic-HH), {prompt, response} or {prompt}",
+            f"cannot tell the format from keys {sorted(rec)}: expected {FORMATS}",
             line=line_no,
         )
     try:
@@ -336,7 +229,7 @@ def _load(
 ) -> tuple[RecordKind, list[tuple[int, dict[str, Any]]]]:
     """Read, detect and validate a file; returns its kind and the ``(line_no, parsed)`` of good lines."""
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise ValueError(f"task.datamodule.on_error must be 'raise' or 'skip', got {on_error!r}")
     records = list(_read_records(path, max_line_bytes))
 
     # 1. Detect the kind from the first record that is valid for the kind its keys suggest.
@@ -362,7 +255,7 @@ def _load(
         raise DataFormatError(
             path,
             f"{what} need a {' or '.join(repr(k) for k in accept)} file, but this one is {kind!r} "
-            f"(keys {sorted(_FIELDS[kind])})",
+            f"(keys {sorted(FIELDS[kind])})",
             hint="Point this data key at a file of the right kind.",
         )
 
@@ -388,7 +281,10 @@ def _load(
 def load_preferences(
     path: str | Path, on_error: OnError = "raise", max_line_bytes: int = MAX_LINE_BYTES
 ) -> list[PreferencePair]:
-    """Load preference pairs from an explicit ``{prompt, chosen, rejected}`` or an Anthropic-HH file.
+    """Load preference pairs: explicit ``{prompt, chosen, rejected}`` or implicit ``{chosen, rejected}``.
+
+    Standard (strings; implicit ones are Anthropic-HH dialogues) and conversational (messages) records
+    are both read; see :mod:`lit_rlhf.data.formats`.
 
     Args:
         path: The JSONL file.
@@ -401,14 +297,17 @@ def load_preferences(
     Raises:
         DataFormatError: For any bad line (with "raise"), or when no valid pair is left.
     """
-    _, good = _load(path, ("explicit", "hh"), on_error, max_line_bytes, "preference pairs")
+    _, good = _load(path, PREFERENCE_KINDS, on_error, max_line_bytes, "preference pairs")
     return [PreferencePair(r["prompt"], r["chosen"], r["rejected"], r["meta"]) for _, r in good]
 
 
 def load_sft(
     path: str | Path, on_error: OnError = "raise", max_line_bytes: int = MAX_LINE_BYTES
 ) -> list[SFTExample]:
-    """Load demonstrations from a ``{prompt, response}`` file.
+    """Load demonstrations: ``{prompt, completion}``, ``{prompt, response}`` or ``{messages}`` records.
+
+    Prompts and replies are strings or messages (see :mod:`lit_rlhf.data.formats`); a ``messages``
+    conversation's prompt is all but its last message, which must be the assistant's.
 
     Args:
         path: The JSONL file.
@@ -421,16 +320,17 @@ def load_sft(
     Raises:
         DataFormatError: For any bad line (with "raise"), or when no valid example is left.
     """
-    _, good = _load(path, ("sft",), on_error, max_line_bytes, "SFT examples")
+    _, good = _load(path, SFT_KINDS, on_error, max_line_bytes, "SFT examples")
     return [SFTExample(r["prompt"], r["response"], r["meta"]) for _, r in good]
 
 
 def load_prompts(
     path: str | Path, on_error: OnError = "raise", max_line_bytes: int = MAX_LINE_BYTES, id_offset: int = 0
 ) -> list[PromptRecord]:
-    """Load the distinct prompts of a prompt-only, SFT, explicit-preference or HH file.
+    """Load the distinct prompts of a prompt-only, SFT or preference file (any format it can have).
 
-    Prompts are deduplicated by text, keeping the first occurrence (its id and meta) and file order.
+    Prompts are deduplicated by their canonical JSON (a string, or the messages), keeping the first
+    occurrence (its id and meta) and file order.
 
     Args:
         path: The JSONL file.
@@ -446,7 +346,7 @@ def load_prompts(
         DataFormatError: For any bad line (with "raise"), a non-integer or clashing "id", or when no
             valid prompt is left.
     """
-    _, good = _load(path, ("prompt", "sft", "explicit", "hh"), on_error, max_line_bytes, "prompts")
+    _, good = _load(path, PROMPT_KINDS, on_error, max_line_bytes, "prompts")
     out: list[PromptRecord] = []
     seen_prompts: set[str] = set()
     id_lines: dict[int, int] = {}
@@ -459,7 +359,8 @@ def load_prompts(
             raise DataFormatError(
                 path, f"expected an integer, got {_json_type(rid)}", line=line_no, field="id"
             )
-        if r["prompt"] in seen_prompts:
+        key = prompt_key(r["prompt"])
+        if key in seen_prompts:
             continue
         if rid in id_lines:
             raise DataFormatError(
@@ -468,7 +369,7 @@ def load_prompts(
                 line=line_no,
                 field="id",
             )
-        seen_prompts.add(r["prompt"])
+        seen_prompts.add(key)
         id_lines[rid] = line_no
         out.append(PromptRecord(rid, r["prompt"], meta))
     return out

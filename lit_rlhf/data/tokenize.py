@@ -1,9 +1,11 @@
 """Tokenisation with truncation, and the collators that pad batches.
 
-A sequence is ``prompt_ids + response_ids + [eos]``, prompt and response tokenised separately without
+A sequence is ``prompt_ids + response_ids + [eos]``: the prompt rendered by :mod:`lit_rlhf.data.chat`
+(through the chat template, or plain with the tokenizer's start tokens), the response tokenised without
 special tokens. Truncation keeps what matters for RLHF:
 
-* the prompt keeps its END (``max_prompt_tokens``, dropped from the left: the latest turn survives);
+* the prompt keeps its END (``max_prompt_tokens``, dropped from the left: the latest turn survives) and
+  its leading BOS;
 * the whole sequence keeps the START of the response (``max_length``; the response tail is cut and the
   eos dropped, so a truncated sequence is recognisable by its missing eos).
 """
@@ -14,6 +16,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypedDict
 
 import torch
+
+from lit_rlhf.data.chat import ChatTemplate, Prompt, encode_prompt_ids, render_prompts, truncate_left
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -36,7 +40,8 @@ class PreferenceItem(TypedDict):
 
 
 class PromptItem(TypedDict):
-    """One pre-tokenised prompt with its record id and text."""
+    """One pre-tokenised prompt: its record id, its text for display (:func:`~lit_rlhf.data.chat.prompt_text`)
+    and the exact ids rollouts (and r_ref) prompt with."""
 
     id: int
     prompt: str
@@ -46,7 +51,11 @@ class PromptItem(TypedDict):
 def eos_id(tok: PreTrainedTokenizerBase) -> int:
     """The tokenizer's eos id, or a clear error naming the config key."""
     if tok.eos_token_id is None:
-        raise ValueError("model.tokenizer has no eos_token; set one (sequences end with eos).")
+        name = getattr(tok, "name_or_path", "") or "(built in memory)"
+        raise ValueError(
+            f"the tokenizer {name} has no eos_token: set one in its tokenizer_config.json, or pick another "
+            "tokenizer with model.tokenizer_path (sequences end with eos)"
+        )
     return int(tok.eos_token_id)
 
 
@@ -63,22 +72,24 @@ def join_ids(
     eos_token_id: int,
     max_prompt_tokens: int,
     max_length: int,
+    n_keep: int = 0,
 ) -> tuple[list[int], int]:
     """Truncate and concatenate already-tokenised prompt and response.
 
     Args:
-        prompt_ids: Prompt tokens (the last ``max_prompt_tokens`` are kept).
+        prompt_ids: Prompt tokens (the last ``max_prompt_tokens`` are kept, after the first ``n_keep``).
         response_ids: Response tokens (the first ones that fit in ``max_length`` are kept).
         eos_token_id: Appended after the response when it fits.
         max_prompt_tokens: Longest prompt kept.
         max_length: Longest whole sequence; must exceed ``max_prompt_tokens``.
+        n_keep: Leading prompt tokens (a BOS) that survive truncation.
 
     Returns:
         ``(ids, n_prompt)``: the sequence and the number of prompt tokens at its start.
     """
     if max_length <= max_prompt_tokens:
         raise ValueError(f"max_length ({max_length}) must exceed max_prompt_tokens ({max_prompt_tokens})")
-    prompt = list(prompt_ids[-max_prompt_tokens:]) if max_prompt_tokens > 0 else []
+    prompt = truncate_left(prompt_ids, max_prompt_tokens, n_keep)
     budget = max_length - len(prompt)
     response = [*response_ids, eos_token_id]
     if len(response) > budget:
@@ -86,45 +97,54 @@ def join_ids(
     return prompt + response, len(prompt)
 
 
-def encode_prompt(tok: PreTrainedTokenizerBase, prompt: str, max_prompt_tokens: int) -> list[int]:
-    """Tokenise a prompt (no special tokens) and keep its last ``max_prompt_tokens`` tokens."""
-    return encode_prompts(tok, [prompt], max_prompt_tokens)[0]
+def encode_prompt(
+    tok: PreTrainedTokenizerBase, prompt: Prompt, max_prompt_tokens: int, chat_template: ChatTemplate = "auto"
+) -> list[int]:
+    """Render a prompt (:mod:`lit_rlhf.data.chat`) and keep its last ``max_prompt_tokens`` tokens."""
+    return encode_prompts(tok, [prompt], max_prompt_tokens, chat_template)[0]
 
 
 def encode_prompts(
-    tok: PreTrainedTokenizerBase, prompts: Sequence[str], max_prompt_tokens: int
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    max_prompt_tokens: int,
+    chat_template: ChatTemplate = "auto",
 ) -> list[list[int]]:
-    """Batch version of :func:`encode_prompt` (one tokenizer call)."""
-    if max_prompt_tokens < 1:
-        raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
-    return [ids[-max_prompt_tokens:] for ids in batch_ids(tok, prompts)]
+    """Batch version of :func:`encode_prompt`; see :func:`lit_rlhf.data.chat.encode_prompt_ids`."""
+    return encode_prompt_ids(tok, prompts, max_prompt_tokens, chat_template)
 
 
 def encode_example(
-    tok: PreTrainedTokenizerBase, prompt: str, response: str, max_prompt_tokens: int, max_length: int
+    tok: PreTrainedTokenizerBase,
+    prompt: Prompt,
+    response: str,
+    max_prompt_tokens: int,
+    max_length: int,
+    chat_template: ChatTemplate = "auto",
 ) -> tuple[list[int], int]:
     """Tokenise ``prompt + response + eos`` with truncation; see :func:`join_ids`.
 
     Returns:
         ``(ids, n_prompt)``.
     """
-    return encode_examples(tok, [prompt], [response], max_prompt_tokens, max_length)[0]
+    return encode_examples(tok, [prompt], [response], max_prompt_tokens, max_length, chat_template)[0]
 
 
 def encode_examples(
     tok: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     responses: Sequence[str],
     max_prompt_tokens: int,
     max_length: int,
+    chat_template: ChatTemplate = "auto",
 ) -> list[tuple[list[int], int]]:
-    """Batch version of :func:`encode_example` (two tokenizer calls in all)."""
+    """Batch version of :func:`encode_example`: prompts rendered once, responses in one tokenizer call."""
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
     eos = eos_id(tok)
     return [
-        join_ids(p, r, eos, max_prompt_tokens, max_length)
-        for p, r in zip(batch_ids(tok, prompts), batch_ids(tok, responses))
+        join_ids(p, r, eos, max_prompt_tokens, max_length, n_keep=n)
+        for (p, n), r in zip(render_prompts(tok, prompts, chat_template), batch_ids(tok, responses))
     ]
 
 
