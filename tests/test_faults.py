@@ -68,6 +68,40 @@ def test_ratio_explosion_skips_the_update(tmp_path, stage_cache, monkeypatch):
         assert torch.equal(module.actor.state_dict()[k], v)
 
 
+def test_periodic_checkpoints_survive_skipped_updates(tmp_path, stage_cache, monkeypatch):
+    """One ratio explosion in iteration 1 skips one update, so global_step (8 optimizer steps an iteration)
+    falls off the multiples of N for good; the cadence counts iterations, so every periodic checkpoint is
+    still written."""
+
+    class ExplodeOnce(L.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            real, calls = pl_module.ratio_ok, []
+
+            def ratio_ok(loss, stats):  # the first policy update of iteration 1 "explodes"
+                if pl_module.iteration == 1 and not calls:
+                    calls.append(1)
+                    pl_module.skipped_updates += 1
+                    return False
+                return real(loss, stats)
+
+            pl_module.ratio_ok = ratio_ok
+
+    saved = []
+
+    class Saved(L.Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+            saved.append(pl_module.iteration)
+
+    monkeypatch.setattr(
+        test_resume,
+        "RESUMABLE",
+        [*RESUMABLE, "task.iterations=4", "task.val_check_interval=4", "task.checkpoint_every_n_steps=2"],
+    )
+    module = run_ppo(tmp_path, stage_cache, [ExplodeOnce(), Saved()]).lightning_module
+    assert module.skipped_updates == 1
+    assert {2, 4} <= set(saved)
+
+
 def test_checkpoint_of_another_task_is_refused(tmp_path, stage_cache, monkeypatch):
     with pytest.raises(SystemError):
         run_ppo(tmp_path / "a", stage_cache, [Crash(at=3)])

@@ -22,7 +22,7 @@ LORA_PPO = [
     "task.module.lr=1e-3",  # adapters start at B = 0: a larger step so 2 iterations move the policy visibly
     "task.iterations=2",
     "task.val_check_interval=2",
-    "task.checkpoint_every_n_steps=8",  # 8 optimizer steps per iteration: one checkpoint per iteration
+    "task.checkpoint_every_n_steps=1",  # in iterations: one checkpoint per iteration
     "logger=none",
 ]
 
