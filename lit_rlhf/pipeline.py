@@ -31,6 +31,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lit_rlhf.models import Pretrained, ValueModel, lora, quiet_transformers
+from lit_rlhf.reporting import finish
+from lit_rlhf.summary import timed
 
 log = logging.getLogger("lit_rlhf")
 # override groups a PPO run passes on to the stages it builds (the trainer on one device: see ensure_stage)
@@ -141,15 +143,21 @@ def run_sft(cfg: DictConfig) -> float | None:
     dm = instantiate(cfg.task.datamodule, tokenizer=tok)
     module = instantiate(cfg.task.module, model=model, optimizer=instantiate(cfg.optimizer))
     trainer = make_trainer(cfg)
-    ckpt = resume_path(cfg)
-    if ckpt is None:  # held-out loss before training, for comparison
-        trainer.validate(module, datamodule=dm, verbose=False)
-        log.info("sft: initial val/loss %.3f", metric(trainer, "val/loss") or float("nan"))
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+    ckpt, times, extra = resume_path(cfg), {}, {}
+    with timed(times, "sft"):
+        if ckpt is None:  # held-out loss before training, for comparison
+            trainer.validate(module, datamodule=dm, verbose=False)
+            initial = metric(trainer, "val/loss")
+            if initial is not None:
+                extra["val/loss_initial"] = initial
+            log.info("sft: initial val/loss %.3f", initial or float("nan"))
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     state = full_state_dict(trainer, "model")
     if trainer.is_global_zero:
         out = save_model(module.model, tok, Path(cfg.paths.output_dir) / "model", state)
         log.info("sft: val/loss %.3f; policy saved to %s", metric(trainer, "val/loss") or float("nan"), out)
+        base = cfg.model.get("name_or_path") or "lit_rlhf tiny GPT-2 (random init)"
+        finish(cfg, trainer, "sft", out, str(base), [str(cfg.task.datamodule.train_path)], None, times, extra)
     return metric(trainer, cfg.get("optimized_metric"))
 
 
@@ -174,8 +182,9 @@ def run_reward_model(cfg: DictConfig) -> float | None:
     dm_cfg["path"] = rspec.data
     dm = instantiate(dm_cfg, tokenizer=tok)
     module = instantiate(cfg.task.module, model=model, optimizer=instantiate(cfg.optimizer))
-    trainer = make_trainer(cfg)
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg), weights_only=True)
+    trainer, times = make_trainer(cfg), {}
+    with timed(times, f"reward_model[{name}]"):
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg), weights_only=True)
     state = full_state_dict(trainer, "model")
     if trainer.is_global_zero:
         out = save_model(module.model, tok, Path(cfg.paths.output_dir) / "model", state)
@@ -185,6 +194,10 @@ def run_reward_model(cfg: DictConfig) -> float | None:
             metric(trainer, "val/rm_acc") or float("nan"),
             out,
         )
+        base = cfg.model.get("name_or_path") if init == "model" else init
+        base = base or "lit_rlhf tiny GPT-2 (random init)"
+        n_val = len(dm.val_pairs) if dm.train_pairs is not None else None
+        finish(cfg, trainer, "reward_model", out, str(base), [str(rspec.data)], n_val, times)
     return metric(trainer, cfg.get("optimized_metric"))
 
 
@@ -253,25 +266,31 @@ def ppo_models(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, Path]) ->
 def run_policy(cfg: DictConfig) -> float | None:
     """PPO, GRPO, RLOO or REINFORCE++ (``task=…``): the stages it lacks are built first."""
     prepare_data(cfg)
-    policy_path = cfg.task.policy_path or ensure_stage(cfg, "sft")
-    rm_paths = {
-        name: spec.path or ensure_stage(cfg, "reward_model", [f"reward={name}"])
-        for name, spec in cfg.reward.items()
-    }
+    times: dict[str, float] = {}
+    with timed(times, "sft (stage)"):
+        policy_path = cfg.task.policy_path or ensure_stage(cfg, "sft")
+    rm_paths = {}
+    for name, spec in cfg.reward.items():
+        with timed(times, f"reward_model[{name}] (stage)"):
+            rm_paths[name] = spec.path or ensure_stage(cfg, "reward_model", [f"reward={name}"])
     models = ppo_models(cfg, Path(policy_path), rm_paths)
     tok = models.pop("tokenizer")
     dm = instantiate(cfg.task.datamodule, tokenizer=tok)
     module = instantiate(cfg.task.module, **models, tokenizer=tok, optimizer=instantiate(cfg.optimizer))
     trainer = make_trainer(cfg, cfg.task.get("callbacks"))
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg), weights_only=True)
-    if cfg.task.iterations % cfg.task.val_check_interval:  # the last evaluation was not at the end
-        trainer.validate(module, datamodule=dm, verbose=False)
+    with timed(times, cfg.task.name):
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg), weights_only=True)
+        if cfg.task.iterations % cfg.task.val_check_interval:  # the last evaluation was not at the end
+            trainer.validate(module, datamodule=dm, verbose=False)
     state = full_state_dict(trainer, "actor")
     if trainer.is_global_zero:
         out = save_model(module.actor, tok, Path(cfg.paths.output_dir) / "model", state)
         log.info("%s: policy saved to %s", cfg.task.name, out)
         stages = {"policy": str(policy_path), "reward_models": {k: str(v) for k, v in rm_paths.items()}}
         (Path(cfg.paths.output_dir) / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
+        n_eval = len(dm.val_records) * module.eval_samples_per_prompt  # comparisons per gold win rate
+        data = [str(cfg.task.datamodule.train_path)]
+        finish(cfg, trainer, "policy", out, str(policy_path), data, n_eval, times, module.start_metrics)
     return metric(trainer, cfg.get("optimized_metric"))
 
 
@@ -316,6 +335,7 @@ def stage_config(cfg: DictConfig, task: str, extra: Sequence[str] = ()) -> DictC
     overrides = [*carried_overrides(), f"task={task}", *extra, *cfg.pipeline.get(task, [])]
     sub = compose(config_name="train", overrides=list(overrides))
     with open_dict(sub):
+        sub.stage_overrides = list(overrides)  # what its model card records
         sub.paths.cache_dir = cfg.paths.cache_dir
         sub.paths.root_dir = cfg.paths.root_dir
     return sub

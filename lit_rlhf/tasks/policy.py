@@ -149,6 +149,7 @@ class PolicyModule(L.LightningModule):
         self.iteration = 0
         self.max_bad_batches, self.max_ratio = max_bad_batches, max_ratio
         self.skipped_batches = self.skipped_updates = self._bad_streak = 0
+        self.start_metrics: dict[str, float] = {}  # the first iteration's transform telemetry (summary)
 
     # ---------------------------------------------------------------- the reference policy
     def frozen_models(self) -> list[nn.Module]:
@@ -367,6 +368,14 @@ class PolicyModule(L.LightningModule):
         opt = self.optimizer_fn(self.trainable(self.actor), lr=self.lr)
         return [opt], [warmup_schedule(opt, self.warmup_steps)]
 
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if self.iteration == 1 and not self.start_metrics:  # what iteration 0 logged: the start of training
+            self.start_metrics = {
+                f"{k}_start": float(v)
+                for k, v in self.trainer.callback_metrics.items()
+                if k.endswith(("_above_ref", "_weight", "_margin"))
+            }
+
     def on_train_epoch_start(self) -> None:
         for frozen in self.frozen_models():
             frozen.eval()
@@ -382,6 +391,7 @@ class PolicyModule(L.LightningModule):
         checkpoint["kl_controller"] = self.kl_ctl.state_dict()
         checkpoint["ppo_iteration"] = self.iteration
         checkpoint["algorithm"] = self.algorithm
+        checkpoint["start_metrics"] = self.start_metrics
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = [k for k in ("kl_controller", "ppo_iteration") if k not in checkpoint]
@@ -397,3 +407,4 @@ class PolicyModule(L.LightningModule):
             )
         self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
         self.iteration = checkpoint["ppo_iteration"]
+        self.start_metrics = dict(checkpoint.get("start_metrics") or {})
