@@ -420,3 +420,25 @@ def test_submitit_slurm_launcher_follows_the_trainer(tmp_path: Path) -> None:
         assert launcher._target_.endswith("hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
         # one SLURM task per GPU: Lightning's SLURM environment then spawns nothing itself
         assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (8, 8, 2)
+
+
+@pytest.mark.slow  # ~40 s
+@pytest.mark.parametrize("task", ["grpo", "rloo"])
+def test_critic_free_tasks_run_under_ddp_on_cpu(tmp_path: Path, world: Path, task: str) -> None:
+    """GRPO / RLOO, 2 processes × 4 prompts × 2 samples: groups stay whole on their rank (the prompt is
+    repeated after sharding), the run learns and rank 0 saves the policy once."""
+    cache = tmp_path / "cache"
+    shutil.copytree(world, cache)
+    csv_logger = [
+        "+logger.csv._target_=lightning.pytorch.loggers.CSVLogger",
+        f"+logger.csv.save_dir={tmp_path}/run",
+    ]
+    overrides = [*PPO_RUN, *DDP_CPU, *csv_logger, f"task={task}", "task.datamodule.batch_size=4"]
+    proc = train_py(
+        tmp_path, cache, *overrides, "task.module.samples_per_prompt=2", f"hydra.run.dir={tmp_path}/run"
+    )
+    wait(proc, tmp_path)
+    metrics = csv_metrics(tmp_path / "run")
+    assert metrics["val/kl"] > 0.005  # the policy moved (measured: grpo 0.024 after 8 iterations)
+    assert (tmp_path / "run" / "train_ddp_process_1.log").is_file()
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
