@@ -30,6 +30,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from lit_rlhf import run_record
 from lit_rlhf.models import Pretrained, ValueModel, lora, quiet_transformers
 
 log = logging.getLogger("lit_rlhf")
@@ -289,8 +290,13 @@ def run(cfg: DictConfig) -> float | None:
     quiet()
     if cfg.task.name not in TASKS:
         raise ValueError(f"task.name must be one of {TASKS}, got {cfg.task.name!r}")
+    done = run_record.begin_run(cfg)  # checks the run folder against its run.json; records a new one
+    if done is not None:  # this run finished before (a re-run sweep skips its finished jobs)
+        return done.value
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return {"sft": run_sft, "reward_model": run_reward_model, "ppo": run_ppo}[cfg.task.name](cfg)
+    value = {"sft": run_sft, "reward_model": run_reward_model, "ppo": run_ppo}[cfg.task.name](cfg)
+    run_record.end_run(cfg, value)
+    return value
 
 
 # ------------------------------------------------------------------ cached stages
