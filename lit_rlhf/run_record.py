@@ -19,7 +19,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -133,8 +133,7 @@ def stage_folders(cfg: DictConfig) -> dict[str, str]:
 
     The names are those :func:`lit_rlhf.pipeline.ensure_stage` builds into (the hash of the stage's config
     and of the embedded world), computed without building anything. Needs Hydra's compose (inside
-    ``train.py`` or ``hydra.initialize``); generates the embedded world first, whose parameters enter the
-    hash.
+    ``train.py`` or ``hydra.initialize``); generates the embedded world first if a stage needs it.
     """
     from lit_rlhf import pipeline
 
@@ -142,6 +141,7 @@ def stage_folders(cfg: DictConfig) -> dict[str, str]:
 
     @functools.cache
     def folder(task: str, extra: tuple[str, ...] = ()) -> Path:
+        pipeline.prepare_data(cfg)  # the embedded world's parameters enter the hash (idempotent)
         sub = pipeline.stage_config(cfg, task, extra)
         if task == "reward_model":  # as ensure_stage: an SFT start is this config's SFT stage
             with open_dict(sub):
@@ -151,19 +151,14 @@ def stage_folders(cfg: DictConfig) -> dict[str, str]:
         found[tag] = path.name
         return path
 
-    needed: list[Callable[[], Any]] = []
     if cfg.task.name == "ppo":
         if not cfg.task.get("policy_path"):
-            needed.append(lambda: folder("sft"))
+            folder("sft")
         for name, spec in cfg.reward.items():
             if not spec.get("path"):
-                needed.append(functools.partial(folder, "reward_model", (f"reward={name}",)))
+                folder("reward_model", (f"reward={name}",))
     elif cfg.task.name == "reward_model":
-        needed.append(lambda: pipeline.reward_model_init(cfg, sft=lambda: folder("sft") / "model"))
-    if needed:
-        pipeline.prepare_data(cfg)
-        for step in needed:
-            step()
+        pipeline.reward_model_init(cfg, sft=lambda: folder("sft") / "model")
     return dict(sorted(found.items()))
 
 
@@ -337,6 +332,7 @@ def check(
 
 # ------------------------------------------------------------------ the run's two calls
 def resume_mode(cfg: DictConfig) -> str:
+    """The ``resume`` key: ``auto`` (the default) or ``force``."""
     mode = str(cfg.get("resume") or "auto")
     if mode not in RESUME_MODES:
         raise ValueError(f"resume must be one of {RESUME_MODES}, got {mode!r}")
@@ -365,7 +361,7 @@ def begin_run(cfg: DictConfig) -> Finished | None:
             done.metric,
             done.value,
         )
-    elif has_work(run_dir):
+    elif has_work(run_dir) and not forced:
         log.info("%s: same config, stages and code as its run.json; continuing it", run_dir)
     return done
 

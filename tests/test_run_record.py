@@ -181,6 +181,14 @@ def test_begin_records_then_skips_a_finished_run(tmp_path):
             rr.begin_run(cfg)
 
 
+def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path):
+    with hydra_cfg(tmp_path, SFT) as cfg:
+        rr.record(tmp_path / "run", cfg, {**CODE, "source": "old"}, stages={"sft": "sft-111"})
+        assert rr.begin_run(cfg) is None
+    now = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert now["code"] == rr.code_version() and now["stages"] == {}  # recorded again, as this run
+
+
 def test_run_returns_a_finished_result_without_training(tmp_path, monkeypatch):
     import lit_rlhf.pipeline as pipeline
 
