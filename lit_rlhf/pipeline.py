@@ -30,6 +30,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from lit_rlhf import run_record
 from lit_rlhf.models import Pretrained, ValueModel, lora, quiet_transformers
 from lit_rlhf.reporting import finish
 from lit_rlhf.summary import timed
@@ -313,9 +314,14 @@ def run(cfg: DictConfig) -> float | None:
     quiet()
     if cfg.task.name not in TASKS:
         raise ValueError(f"task.name must be one of {TASKS}, got {cfg.task.name!r}")
+    done = run_record.begin_run(cfg)  # checks the run folder against its run.json; records a new one
+    if done is not None:  # this run finished before (a re-run sweep skips its finished jobs)
+        return done.value
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     runner = {"sft": run_sft, "reward_model": run_reward_model}.get(cfg.task.name, run_policy)
-    return runner(cfg)
+    value = runner(cfg)
+    run_record.end_run(cfg, value)
+    return value
 
 
 # ------------------------------------------------------------------ cached stages
