@@ -211,6 +211,7 @@ def tensorboard(logdir: Path, timeout: float = 60.0) -> Iterator[Callable[[str],
 def readme_tags() -> list[str]:
     """The tags README.md's "What TensorBoard shows" lists, ``<name>`` / ``<prop>`` / ``{a,b}`` expanded."""
     text = (ROOT / "README.md").read_text()
+    assert "### What TensorBoard shows" in text, "README.md lost its '### What TensorBoard shows' section"
     section = text.split("### What TensorBoard shows", 1)[1].split("\n#", 1)[0]
     tags = [t for t in re.findall(r"`([^`\s]+)`", section) if re.fullmatch(r"[a-z_]+/[\w<>{},]+", t)]
     out = []
@@ -226,6 +227,7 @@ def readme_tags() -> list[str]:
                 todo += [t.replace("<prop>", p) for p in PROPERTIES]
             else:
                 out.append(t)
+    assert len(out) >= 20, f"README.md's tag list was not parsed (found {out})"
     return out
 
 
