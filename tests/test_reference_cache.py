@@ -11,14 +11,15 @@ import pytest
 import torch
 from tiny_hf import make_config, make_tokenizer
 from transformers import (
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
 )
 
 from lit_rlhf.callbacks import RewardTransformCallback
 from lit_rlhf.callbacks.reward_transform import prompt_items
 from lit_rlhf.data.datamodules import PromptDataModule
+from lit_rlhf.models import ValueModel
 from lit_rlhf.reference import generation_settings
 from lit_rlhf.tasks.ppo import PPOModule
 
@@ -42,7 +43,7 @@ def models():
     cfg = make_config("llama", make_tokenizer("llama"), hidden=32, layers=1)
     actor = AutoModelForCausalLM.from_config(cfg)
     cfg.num_labels = 1
-    critic = AutoModelForTokenClassification.from_config(cfg)
+    critic = ValueModel(AutoModel.from_config(cfg))
     rm = AutoModelForSequenceClassification.from_config(cfg)
     return actor, critic, rm
 
@@ -57,13 +58,26 @@ def data_file(tmp_path_factory):
 def module(models, tok, **kw) -> PPOModule:
     actor, critic, rm = models
     return PPOModule(
-        actor, critic, copy.deepcopy(actor), {"helpful": rm}, tok, partial(torch.optim.AdamW), **kw
+        actor=actor,
+        critic=critic,
+        ref=copy.deepcopy(actor),
+        reward_models={"helpful": rm},
+        tokenizer=tok,
+        optimizer=partial(torch.optim.AdamW),
+        **kw,
     )
 
 
-def datamodule(tok, path, max_prompt_tokens: int) -> PromptDataModule:
+def datamodule(tok, path, max_prompt_tokens: int, chat_template: bool | str = False) -> PromptDataModule:
+    """Plain prompts by default: truncated to a few tokens, a templated prompt would keep only the
+    template's tail (the same ids for every tokenizer of the family)."""
     dm = PromptDataModule(
-        tok, str(path), val_fraction=0.25, batch_size=2, max_prompt_tokens=max_prompt_tokens
+        tok,
+        str(path),
+        val_fraction=0.25,
+        batch_size=2,
+        max_prompt_tokens=max_prompt_tokens,
+        chat_template=chat_template,
     )
     dm.setup("fit")
     return dm
@@ -115,16 +129,26 @@ def test_cache_key_follows_prompt_ids_tokenizer_and_generation(tmp_path, models,
 
     # the sampling settings come from the module's generation config
     assert r_ref(tmp_path, module(models, tok, max_new_tokens=4), dm8).loaded_from_cache is False
-    assert r_ref(tmp_path, module(models, tok, max_new_tokens=3, top_k=5), dm8).loaded_from_cache is False
+    assert (
+        r_ref(tmp_path, module(models, tok, max_new_tokens=3, temperature=0.7), dm8).loaded_from_cache
+        is False
+    )
+    # the chat-template setting changes the prompt ids, hence the key
+    templated = datamodule(tok, data_file, 8, chat_template=True)
+    assert r_ref(tmp_path, ppo, templated).loaded_from_cache is False
     other_eos = module(models, tok, max_new_tokens=3)
     other_eos.generation_config.eos_token_id = [tok.eos_token_id, tok.pad_token_id + 1]
     assert r_ref(tmp_path, other_eos, dm8).loaded_from_cache is False
-    assert len(list(tmp_path.glob("samples-*.pt"))) == 6
+    assert len(list(tmp_path.glob("samples-*.pt"))) == 7
 
 
 def test_prompt_items_prefers_the_datamodules_all_items(data_file):
+    from types import SimpleNamespace
+
     tok = make_tokenizer("llama")
     dm = datamodule(tok, data_file, max_prompt_tokens=8)
-    assert prompt_items(dm) == [*dm._train, *dm._val]  # a datamodule without ``all_items``
-    dm.all_items = list(reversed(prompt_items(dm)))
-    assert prompt_items(dm) == dm.all_items
+    assert prompt_items(dm) == dm.all_items == [*dm._train, *dm._val]
+    old = SimpleNamespace(_train=dm._train[:1], _val=dm._val)  # a datamodule without ``all_items``
+    assert prompt_items(old) == [*dm._train[:1], *dm._val]
+    new = SimpleNamespace(_train=[], _val=[], all_items=list(reversed(dm.all_items)))
+    assert prompt_items(new) == new.all_items
