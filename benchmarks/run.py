@@ -288,8 +288,8 @@ def main() -> None:
                 )
         expected = expected_work(task, s)
         try:
-            check_versions(lit[0]["versions"], peer[0]["versions"])
             for l_run, p_run in zip(lit, peer):
+                check_versions(l_run["versions"], p_run["versions"])
                 verify_work(task, l_run["work"], p_run["work"], expected)
         except UnequalWork as e:
             raise SystemExit(str(e)) from None
