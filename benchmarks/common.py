@@ -15,24 +15,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RUNS = HERE / "runs"
+
+
+def runs_dir(size: str) -> Path:
+    """Where ``prepare.py`` writes a size's settings, models and data: ``benchmarks/runs/<size>``."""
+    return HERE / "runs" / size
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The one set of settings both sides run with (written to ``runs/settings.json`` by ``prepare.py``)."""
+    """The one set of settings both sides run with (``prepare.py`` writes ``runs/<size>/settings.json``).
 
+    The model's shapes are in :data:`MODELS` under the same ``size``.
+    """
+
+    size: str = "toy"
+    # "world": the embedded world's tokenizer, prompts and preference pairs; "synthetic": a word-level
+    # tokenizer of the model's vocabulary size and random-word prompts/responses of fixed token lengths
+    data: str = "world"
     seed: int = 0
     threads: int = 2
-    # model: GPT-2 built from one config
-    n_layer: int = 4
-    n_embd: int = 256
-    n_head: int = 4
-    n_positions: int = 128
+    prompt_tokens: int | None = None  # every prompt's length; None = the world's most common one
     # reward model
     rm_batch_pairs: int = 32
     rm_max_prompt_tokens: int = 32
-    rm_max_length: int = 64
+    rm_max_length: int = 64  # synthetic responses fill up to this (prompt + response + eos)
     rm_warmup_steps: int = 3
     rm_steps: int = 30  # timed steps (after the warm-up)
     lr: float = 1e-4
@@ -47,11 +54,64 @@ class Settings:
     kl_coef: float = 0.05
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> Settings:
-        return cls(**json.loads(Path(path or RUNS / "settings.json").read_text()))
+    def load(cls, size: str) -> Settings:
+        return cls(**json.loads((runs_dir(size) / "settings.json").read_text()))
 
-    def dump(self, path: str | Path | None = None) -> None:
-        Path(path or RUNS / "settings.json").write_text(json.dumps(asdict(self), indent=1))
+    def dump(self) -> None:
+        runs_dir(self.size).mkdir(parents=True, exist_ok=True)
+        (runs_dir(self.size) / "settings.json").write_text(json.dumps(asdict(self), indent=1))
+
+
+# Each size: the model (``AutoConfig.for_model`` keywords; vocab_size absent = the tokenizer's) and settings.
+MODELS: dict[str, dict] = {
+    # GPT-2 from one config on the embedded world's word-level tokenizer: seconds per run
+    "toy": {
+        "model_type": "gpt2",
+        "n_layer": 4,
+        "n_embd": 256,
+        "n_head": 4,
+        "n_positions": 128,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+    },
+    # SmolLM2-135M's shapes (its GGUF's LlamaConfig; tests/test_benchmarks.py compares), random weights
+    "smollm2": {
+        "model_type": "llama",
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "hidden_act": "silu",
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+        "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "attention_bias": False,
+        "mlp_bias": False,
+    },
+}
+SIZES: dict[str, Settings] = {
+    "toy": Settings(),
+    # a chat model's lengths (128-token prompts, 64-token responses), batches small enough for 2 cores
+    "smollm2": Settings(
+        size="smollm2",
+        data="synthetic",
+        prompt_tokens=128,
+        rm_batch_pairs=4,
+        rm_max_prompt_tokens=128,
+        rm_max_length=192,
+        rm_warmup_steps=1,
+        rm_steps=4,
+        ppo_batch_prompts=4,
+        ppo_max_new_tokens=64,
+        ppo_warmup_steps=1,
+        ppo_steps=2,
+    ),
+}
 
 
 @dataclass
@@ -87,14 +147,18 @@ def peak_rss_mb() -> float:
 
 
 def matmul_params(model) -> int:
-    """Parameters that take part in a matmul per token: the blocks' weights plus the output head.
+    """Parameters that take part in a matmul per token: everything but the embedding tables, plus the head.
 
-    Embedding lookups cost no FLOPs; GPT-2's tied ``wte`` counts once when it is the LM head.
+    Embedding lookups cost no FLOPs; a head tied to the input embedding (GPT-2, SmolLM2) still does its
+    matmul, so it counts once. Works for any architecture (GPT-2's ``Conv1D`` blocks, Llama's ``Linear``).
     """
-    n = sum(p.numel() for name, p in model.named_parameters() if ".h." in f".{name}" or name.startswith("h."))
+    import torch  # noqa: PLC0415
+
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    n = sum(p.numel() for p in model.parameters() if id(p) not in tables)  # parameters() dedups tied ones
     for head in ("lm_head", "score", "classifier"):
         mod = getattr(model, head, None)
-        if mod is not None:
+        if mod is not None and id(mod.weight) in tables:
             n += mod.weight.numel()
     return n
 
@@ -167,6 +231,88 @@ def check_equal(lit: dict, peer: dict, exact: tuple[str, ...], approx: dict[str,
         if a is None or b is None or abs(a - b) > tol * max(abs(a), abs(b), 1):
             bad.append(f"{k}: lit={a} peer={b} (tolerance {tol:.0%})")
     return bad
+
+
+# what must match: reward model batches are identical (same pairs, same order); PPO responses are sampled,
+# so tokens up to EOS may differ slightly between the two samplers
+EXACT = {
+    "rm": ("optimizer_steps", "pairs", "sequences", "tokens", "padded_positions"),
+    "ppo": ("ppo_iterations", "minibatch_updates", "rollouts", "prompt_tokens", "generated_positions"),
+}
+APPROX = {"rm": {}, "ppo": {"response_tokens": 0.15, "tokens": 0.15}}
+
+
+class UnequalWork(RuntimeError):
+    """The two sides did not do the work the settings ask for, or not the same work."""
+
+
+def rm_expected_work(s: Settings, pairs: list[dict]) -> dict:
+    """The reward-model work the settings ask for, counted from the tokenised pairs in loader order.
+
+    Each batch of ``rm_batch_pairs`` pairs is one (2B, T) tensor: chosen rows then rejected rows, padded to
+    the longest of them.
+
+    Args:
+        s: the settings.
+        pairs: ``{"chosen_ids", "rejected_ids"}`` rows in the order the loader yields them.
+    """
+    steps, B = s.rm_warmup_steps + s.rm_steps, s.rm_batch_pairs
+    if len(pairs) < steps * B:
+        raise UnequalWork(f"{len(pairs)} pairs cannot fill {steps} batches of {B}")
+    tokens = positions = 0
+    for i in range(steps):
+        rows = [r[k] for r in pairs[i * B : (i + 1) * B] for k in ("chosen_ids", "rejected_ids")]
+        tokens += sum(map(len, rows))
+        positions += len(rows) * max(map(len, rows))
+    return {
+        "optimizer_steps": steps,
+        "pairs": steps * B,
+        "sequences": 2 * steps * B,
+        "tokens": tokens,
+        "padded_positions": positions,
+    }
+
+
+def ppo_expected_work(s: Settings, prompt_tokens: int) -> dict:
+    """The PPO work the settings ask for: iterations × (epochs × minibatches) updates, B rollouts each.
+
+    Every prompt has ``prompt_tokens`` tokens (no padding) and every rollout ``ppo_max_new_tokens``
+    generated positions (responses that stop early are padded to that length).
+    """
+    iters, B = s.ppo_warmup_steps + s.ppo_steps, s.ppo_batch_prompts
+    return {
+        "ppo_iterations": iters,
+        "minibatch_updates": iters * s.ppo_epochs * s.ppo_minibatches,
+        "rollouts": iters * B,
+        "prompt_tokens": iters * B * prompt_tokens,
+        "generated_positions": iters * B * s.ppo_max_new_tokens,
+    }
+
+
+def verify_work(task: str, lit: dict, peer: dict, expected: dict) -> None:
+    """Raise :class:`UnequalWork` unless both sides did exactly the expected work (sampled counts: nearly).
+
+    Args:
+        task: ``"rm"`` or ``"ppo"``.
+        lit, peer: the ``work`` dicts both sides report.
+        expected: :func:`rm_expected_work` or :func:`ppo_expected_work` of the run's settings.
+    """
+    bad = check_equal(lit, peer, EXACT[task], APPROX[task])
+    for side, work in (("lit", lit), ("peer", peer)):
+        bad += [f"{side} {k}: {work.get(k)} != expected {v}" for k, v in expected.items() if work.get(k) != v]
+    if bad:
+        raise UnequalWork(f"{task}: the two sides did not do the same work: " + "; ".join(bad))
+
+
+def check_versions(lit: dict, peer: dict, keys: tuple[str, ...] = ("torch", "transformers")) -> None:
+    """Raise unless both sides ran the same torch and transformers (else they ran different model code)."""
+    bad = [f"{k}: lit {lit.get(k)} peer {peer.get(k)}" for k in keys if lit.get(k) != peer.get(k)]
+    if bad:
+        raise UnequalWork(
+            "the sides ran different library versions ("
+            + ", ".join(bad)
+            + "); rebuild the peers with `bash benchmarks/setup_peers.sh <lit_rlhf's python>`"
+        )
 
 
 def setup_threads(n: int) -> None:

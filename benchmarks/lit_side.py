@@ -1,9 +1,9 @@
 """lit_rlhf side: RewardModelModule / PPOModule driven by a Lightning Trainer, the way users run them.
 
-``python benchmarks/lit_side.py {rm,ppo}`` (lit_rlhf's venv) prints one ``RESULT {json}`` line: throughput
-after the warm-up steps, the work done (optimizer steps, sequences, tokens) and, for PPO, a breakdown of
-the step (each timed phase is wrapped with ``perf_counter``; CPU ops are synchronous, so the wrappers
-measure the phase itself).
+``python benchmarks/lit_side.py {rm,ppo} SIZE`` (lit_rlhf's venv; ``run.py`` calls it) prints one
+``RESULT {json}`` line: throughput after the warm-up steps, the work done (optimizer steps, sequences,
+tokens) and, for PPO, a breakdown of the step (each timed phase is wrapped with ``perf_counter``; CPU ops
+are synchronous, so the wrappers measure the phase itself).
 """
 
 from __future__ import annotations
@@ -15,17 +15,18 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # benchmarks/ and the checkout's lit_rlhf
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from common import (  # noqa: E402
-    RUNS,
     Settings,
     StepClock,
     emit,
     matmul_params,
     ppo_result,
     ppo_step_flops,
+    runs_dir,
     setup_threads,
     step_seconds,
     train_flops,
@@ -86,11 +87,12 @@ def optimizer():
 
 
 def run_rm(s: Settings) -> dict:
-    tok = load_tokenizer(RUNS / "models" / "tokenizer")
-    model = AutoModelForSequenceClassification.from_pretrained(RUNS / "models" / "reward", num_labels=1)
+    runs = runs_dir(s.size)
+    tok = load_tokenizer(runs / "models" / "tokenizer")
+    model = AutoModelForSequenceClassification.from_pretrained(runs / "models" / "reward", num_labels=1)
     dm = PreferenceDataModule(
         tok,
-        path=str(RUNS / "data" / "pairs.jsonl"),
+        path=str(runs / "data" / "pairs.jsonl"),
         val_fraction=0.0,
         seed=s.seed,
         batch_size=s.rm_batch_pairs,
@@ -144,7 +146,8 @@ class Phases:
 
 
 def run_ppo(s: Settings) -> dict:
-    models = RUNS / "models"
+    models = runs_dir(s.size) / "models"
+    P = prompt_tokens(s)
     tok = load_tokenizer(models / "tokenizer")
     actor = AutoModelForCausalLM.from_pretrained(models / "policy")
     ref = AutoModelForCausalLM.from_pretrained(models / "policy")
@@ -153,10 +156,11 @@ def run_ppo(s: Settings) -> dict:
     steps = s.ppo_warmup_steps + s.ppo_steps
     dm = PromptDataModule(
         tok,
-        train_path=str(RUNS / "data" / "prompts.jsonl"),
+        train_path=str(runs_dir(s.size) / "data" / "prompts.jsonl"),
         val_fraction=0.0,
         seed=s.seed,
         batch_size=s.ppo_batch_prompts,
+        max_prompt_tokens=P,
         num_batches=steps,
     )
     module = PPOModule(
@@ -230,7 +234,6 @@ def run_ppo(s: Settings) -> dict:
     breakdown["Lightning loop + data (outside training_step)"] = step_total - mean["training_step"]
     breakdown["step total"] = step_total
 
-    P = s_prompt_tokens()
     n_lm, n_cls = matmul_params(actor), matmul_params(rm)
     fl = ppo_step_flops(n_lm, n_cls, s.ppo_batch_prompts, P, s.ppo_max_new_tokens, s.ppo_epochs)
     update_s = breakdown["update: backward + optimizer + loss maths"] + upd_fwd
@@ -238,14 +241,14 @@ def run_ppo(s: Settings) -> dict:
     return ppo_result("lit_rlhf", s, meter, seconds, fl, step_total, update_s, breakdown, work, steps)
 
 
-def s_prompt_tokens() -> int:
-    return json.loads((RUNS / "data" / "prompts_meta.json").read_text())["prompt_tokens"]
+def prompt_tokens(s: Settings) -> int:
+    return json.loads((runs_dir(s.size) / "data" / "prompts_meta.json").read_text())["prompt_tokens"]
 
 
 def main() -> None:
-    task = sys.argv[1]
+    task, size = sys.argv[1:3]
     quiet_transformers()
-    s = Settings.load()
+    s = Settings.load(size)
     setup_threads(s.threads)
     import warnings  # noqa: PLC0415
 

@@ -1,20 +1,23 @@
-"""Write what both sides share into ``benchmarks/runs/``: settings, world, models, data in a fixed order.
+"""Write what both sides share into ``benchmarks/runs/<size>/``: settings, tokenizer, models, data.
 
-Run with lit_rlhf's venv (``/work/venv/bin/python benchmarks/prepare.py``); ``run.py`` calls it.
+Run with lit_rlhf's interpreter (``.venv/bin/python benchmarks/prepare.py --size toy``); ``run.py`` calls it.
 
-* ``world-v<WORLD_VERSION>/``: the embedded world (``build_world(seed)``), whose tokenizer both sides load;
-* ``models/policy`` (GPT-2 LM) and ``models/reward`` (GPT-2 + scalar head), one GPT2Config, saved with
-  ``save_pretrained``: both sides load the same weights (policy = actor and reference; reward folder =
-  reward model and the critic's initial backbone);
-* ``data/prompts.jsonl``: the training prompts of the modal token length, so no batch needs padding and
-  both sides process the same number of prompt tokens whatever their shuffling;
+* ``models/policy`` (LM) and ``models/reward`` (scalar head), one config (:func:`sizes.model_config`), random
+  weights, saved with ``save_pretrained``: both sides load the same weights (policy = actor and reference;
+  reward folder = reward model and the critic's initial backbone); ``models/tokenizer`` is the tokenizer;
+* ``data/prompts.jsonl``: prompts that all have the same token length (``prompts_meta.json``), so no batch
+  needs padding and both sides process the same number of prompt tokens whatever their shuffling;
 * ``data/pairs.jsonl``: the preference pairs lit_rlhf's ``PreferenceDataModule`` reads, and
   ``data/pairs_ids.jsonl``: the same pairs tokenised by lit_rlhf and listed in the exact order lit_rlhf's
   shuffled loader yields them, which the TRL side reads sequentially: identical batches on both sides.
+
+``toy`` takes tokenizer, prompts (those of the modal length) and pairs from the embedded world; ``smollm2``
+makes them (:mod:`sizes`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections import Counter
@@ -22,45 +25,67 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RUNS, Settings, log  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # benchmarks/ and the checkout's lit_rlhf
+from common import MODELS, SIZES, Settings, log, runs_dir  # noqa: E402
+from sizes import model_config, synthetic_pairs, synthetic_prompts, word_tokenizer  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
 
 from lit_rlhf.data.datamodules import PreferenceDataModule  # noqa: E402
-from lit_rlhf.models.factory import TinyGPT2, load_tokenizer, quiet_transformers  # noqa: E402
+from lit_rlhf.models.factory import load_tokenizer, quiet_transformers  # noqa: E402
 from lit_rlhf.world import build_world  # noqa: E402
 from lit_rlhf.world.generate import WORLD_VERSION  # noqa: E402
 
 
-def main() -> None:
-    quiet_transformers()
-    s = Settings()
-    RUNS.mkdir(exist_ok=True)
-    s.dump()
-    world = build_world(RUNS / f"world-v{WORLD_VERSION}", seed=s.seed)
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def world_data(s: Settings, runs: Path) -> tuple[Path, list[dict], list[dict]]:
+    """The world's tokenizer folder, its training prompts of the modal length and its helpful pairs."""
+    world = build_world(runs / f"world-v{WORLD_VERSION}", seed=s.seed)
     tok = load_tokenizer(world.tokenizer)
-
-    # models: one config, saved once
-    spec = TinyGPT2(n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head, n_positions=s.n_positions)
-    models = RUNS / "models"
-    for head, name in (("causal_lm", "policy"), ("reward", "reward")):  # rebuilt every time: seconds
-        torch.manual_seed(s.seed)
-        spec.build(head, tok).save_pretrained(models / name)
-    tok.save_pretrained(models / "tokenizer")
-
-    data = RUNS / "data"
-    data.mkdir(exist_ok=True)
-    # prompts of the modal length
     records = [json.loads(line) for line in world.prompts_train.read_text().splitlines()]
     lengths = [len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in records]
-    modal = Counter(lengths).most_common(1)[0][0]
-    kept = [r for r, n in zip(records, lengths) if n == modal]
-    (data / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-    (data / "prompts_meta.json").write_text(json.dumps({"prompt_tokens": modal, "n_prompts": len(kept)}))
+    modal = s.prompt_tokens or Counter(lengths).most_common(1)[0][0]
+    prompts = [r for r, n in zip(records, lengths) if n == modal]
+    n_pairs = s.rm_batch_pairs * (s.rm_warmup_steps + s.rm_steps)
+    pairs = [json.loads(line) for line in world.preference["helpful"].read_text().splitlines()[:n_pairs]]
+    return world.tokenizer, prompts, pairs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="toy")
+    s = SIZES[ap.parse_args().size]
+    quiet_transformers()
+    runs = runs_dir(s.size)
+    s.dump()
+    models, data = runs / "models", runs / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    if s.data == "world":
+        tok_dir, prompts, pairs = world_data(s, runs)
+        tok = load_tokenizer(tok_dir)
+    else:
+        tok = word_tokenizer(MODELS[s.size]["vocab_size"])
+        prompts, pairs = synthetic_prompts(s, len(tok)), synthetic_pairs(s, len(tok))
+    tok.save_pretrained(models / "tokenizer")
+
+    # models: one config, random weights, saved once (rebuilt every time: seconds for toy, ~1 min smollm2)
+    config = model_config(s.size, tok)
+    for auto, name in ((AutoModelForCausalLM, "policy"), (AutoModelForSequenceClassification, "reward")):
+        torch.manual_seed(s.seed)
+        auto.from_config(config).save_pretrained(models / name)
+
+    lengths = {len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in prompts}
+    if len(lengths) != 1:
+        raise RuntimeError(f"prompts of several token lengths {sorted(lengths)}: batches would need padding")
+    write_jsonl(data / "prompts.jsonl", prompts)
+    meta = {"prompt_tokens": lengths.pop(), "n_prompts": len(prompts)}
+    (data / "prompts_meta.json").write_text(json.dumps(meta))
 
     # preference pairs: exactly the pairs the timed run needs, in lit_rlhf's loader order
-    n_pairs = s.rm_batch_pairs * (s.rm_warmup_steps + s.rm_steps)
-    pairs = world.preference["helpful"].read_text().splitlines()[:n_pairs]
-    (data / "pairs.jsonl").write_text("".join(line + "\n" for line in pairs))
+    write_jsonl(data / "pairs.jsonl", pairs)
     dm = PreferenceDataModule(
         tok,
         path=str(data / "pairs.jsonl"),
@@ -77,8 +102,10 @@ def main() -> None:
         B = len(ids) // 2
         unpad = [ids[i][mask[i].bool()].tolist() for i in range(len(ids))]
         rows += [{"chosen_ids": unpad[i], "rejected_ids": unpad[B + i]} for i in range(B)]
-    (data / "pairs_ids.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    log(f"[prepare] {len(kept)} prompts of {modal} tokens, {len(rows)} pairs, models in {models}")
+    write_jsonl(data / "pairs_ids.jsonl", rows)
+    log(
+        f"[prepare] {s.size} {meta['n_prompts']} prompts of {meta['prompt_tokens']} tokens; {len(rows)} pairs"
+    )
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 """Benchmark driver: lit_rlhf vs TRL on the same model, tokenizer, data and settings, on CPU.
 
-    bash benchmarks/setup_peers.sh && /work/venv/bin/python benchmarks/run.py [--repeats 3] [--tasks rm,ppo]
+    bash benchmarks/setup_peers.sh && .venv/bin/python benchmarks/run.py [--size toy|smollm2] [--repeats 3]
 
-1. ``prepare.py`` writes settings, world, model files and data (``benchmarks/runs/``);
+The lit_rlhf side runs with the interpreter that runs this script (or ``$LIT_PYTHON``), each peer with
+its venv under ``benchmarks/.venvs/`` (``setup_peers.sh`` gives it this interpreter's torch and transformers).
+
+1. ``prepare.py`` writes settings, tokenizer, model files and data (``benchmarks/runs/<size>/``);
 2. the machine's fp32 matmul peak is measured (``torch.mm`` 4096², all ``threads`` cores);
 3. for each task, lit_rlhf and the peer alternate ``--repeats`` times, each run in its own subprocess (peak
    RSS = that process's ``ru_maxrss``);
-4. the work both report (optimizer steps, sequences, tokens) is checked equal before any ratio is printed;
-5. medians go to a markdown table, printed and written to ``benchmarks/results.md``.
+4. the work both report (optimizer steps, sequences, tokens) is checked equal to what the settings ask
+   for, and the versions of torch and transformers equal, before any ratio is printed;
+5. medians go to a markdown table, printed and written to ``benchmarks/results.md`` (toy) or
+   ``benchmarks/results-<size>.md``.
 """
 
 from __future__ import annotations
@@ -21,22 +26,51 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HERE, RUNS, Settings, check_equal, log, median, parse_result  # noqa: E402
+from common import (  # noqa: E402
+    HERE,
+    MODELS,
+    SIZES,
+    Settings,
+    UnequalWork,
+    check_versions,
+    log,
+    median,
+    parse_result,
+    ppo_expected_work,
+    rm_expected_work,
+    runs_dir,
+    verify_work,
+)
 
-LIT_PY = os.environ.get("LIT_PYTHON", "/work/venv/bin/python")
-PEERS = {
-    "rm": HERE / ".venvs" / "trl116" / "bin" / "python",
-    "ppo": HERE / ".venvs" / "trl112" / "bin" / "python",
+PEER_VENV = {"rm": "trl116", "ppo": "trl112"}
+DESCRIPTION = {
+    "toy": "GPT-2, 4 layers x 256 dims, the embedded world's word-level tokenizer and data",
+    "smollm2": "Llama with SmolLM2-135M's shapes (30 layers x 576, 9 heads / 3 KV heads, tied 49,152-token "
+    "vocabulary), a word-level tokenizer of that size, random-word prompts and responses",
 }
 PEER_NAME = {"rm": "TRL 1.16.0 RewardTrainer", "ppo": "TRL 1.12.0 experimental PPOTrainer"}
-# what must match: reward model batches are identical (same pairs, same order); PPO responses are sampled,
-# so tokens up to EOS may differ slightly between the two samplers
-EXACT = {
-    "rm": ("optimizer_steps", "pairs", "sequences", "tokens", "padded_positions"),
-    "ppo": ("ppo_iterations", "minibatch_updates", "rollouts", "prompt_tokens", "generated_positions"),
-}
-APPROX = {"rm": {}, "ppo": {"response_tokens": 0.15, "tokens": 0.15}}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+
+
+def lit_python(environ: dict[str, str] | None = None, executable: str | None = None) -> str:
+    """The interpreter of the lit_rlhf side: ``$LIT_PYTHON`` if set, else the one running this script."""
+    environ = os.environ if environ is None else environ
+    return environ.get("LIT_PYTHON") or executable or sys.executable
+
+
+def peer_python(task: str, here: Path = HERE) -> Path:
+    """The peer venv's interpreter for ``task`` (made by ``setup_peers.sh``)."""
+    return here / ".venvs" / PEER_VENV[task] / "bin" / "python"
+
+
+def expected_work(task: str, s: Settings) -> dict:
+    """What the settings ask both sides to do, counted from the data ``prepare.py`` wrote."""
+    data = runs_dir(s.size) / "data"
+    if task == "rm":
+        rows = [json.loads(line) for line in (data / "pairs_ids.jsonl").read_text().splitlines()]
+        return rm_expected_work(s, rows)
+    return ppo_expected_work(s, json.loads((data / "prompts_meta.json").read_text())["prompt_tokens"])
+
 
 PEAK_SNIPPET = """
 import time, torch
@@ -82,9 +116,9 @@ def wait_quiet(max_wait: float, threshold: float = 0.3) -> float:
     return busy
 
 
-def run_side(python: str | Path, script: str, task: str, max_wait: float) -> dict:
+def run_side(python: str | Path, script: str, task: str, size: str, max_wait: float) -> dict:
     busy = wait_quiet(max_wait)
-    cmd = [str(python), str(HERE / script), task]
+    cmd = [str(python), str(HERE / script), task, size]
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
     p = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
@@ -98,9 +132,9 @@ def run_side(python: str | Path, script: str, task: str, max_wait: float) -> dic
     return r
 
 
-def matmul_peak(threads: int) -> float:
+def matmul_peak(python: str, threads: int) -> float:
     out = subprocess.run(
-        [LIT_PY, "-c", PEAK_SNIPPET.format(threads=threads)], capture_output=True, text=True, check=True
+        [python, "-c", PEAK_SNIPPET.format(threads=threads)], capture_output=True, text=True, check=True
     )
     return float(out.stdout.strip())
 
@@ -164,11 +198,12 @@ def report(s: Settings, peak: float, rows: list[dict], raw: dict, repeats: int, 
         "",
         f"Regenerate: `{cmd}`",
         "",
-        f"Model: GPT-2 from one config, {s.n_layer} layers x {s.n_embd} dims, {s.n_head} heads, the embedded "
-        f"world's word-level tokenizer; fp32, torch.set_num_threads({s.threads}); medians of {repeats} "
+        f"Model ({s.size}): {DESCRIPTION[s.size]}, random weights from one config "
+        f"(`{json.dumps(MODELS[s.size])}`); fp32, torch.set_num_threads({s.threads}); medians of {repeats} "
         "alternating runs, each side in its own subprocess.",
         f"Machine matmul peak (fp32 torch.mm 4096², {s.threads} threads): **{peak:.1f} GFLOP/s**. "
-        "MFU = model FLOPs (6·N·tokens train, 2·N·tokens forward; N = block + head weights) / time / peak.",
+        "MFU = model FLOPs (6·N·tokens train, 2·N·tokens forward; N = all weights but the embedding "
+        "tables, head included) / time / peak.",
         "",
         "| task | lit_rlhf | TRL | ratio (lit/TRL) | from median step time: lit / TRL (ratio) "
         "| per CPU-second: lit / TRL (ratio) | peak RSS MB lit / TRL "
@@ -208,49 +243,63 @@ def report(s: Settings, peak: float, rows: list[dict], raw: dict, repeats: int, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=sorted(SIZES), default="toy", help="model shapes, lengths and batches")
     ap.add_argument("--repeats", type=int, default=3, help="alternating lit/peer runs per task")
     ap.add_argument("--tasks", default="rm,ppo", help="comma-separated: rm, ppo")
-    ap.add_argument("--out", default=str(HERE / "results.md"))
+    ap.add_argument("--out", default=None, help="markdown report (default benchmarks/results[-SIZE].md)")
     ap.add_argument("--max-wait", type=float, default=600, help="seconds to wait for a quiet machine per run")
     a = ap.parse_args()
     tasks = a.tasks.split(",")
+    unknown = sorted(set(tasks) - set(PEER_VENV))
+    if unknown:
+        raise SystemExit(f"--tasks: unknown {unknown}; expected a comma-separated subset of rm,ppo")
+    lit_py = lit_python()
     for t in tasks:
-        if not PEERS[t].exists():
-            raise SystemExit(f"{PEERS[t]} missing: run `bash benchmarks/setup_peers.sh` first")
-    subprocess.run([LIT_PY, str(HERE / "prepare.py")], check=True, env=ENV)
-    s = Settings.load()
+        if not peer_python(t).exists():
+            raise SystemExit(f"{peer_python(t)} missing: run `bash benchmarks/setup_peers.sh {lit_py}` first")
+    out = Path(a.out or HERE / ("results.md" if a.size == "toy" else f"results-{a.size}.md"))
+    subprocess.run([lit_py, str(HERE / "prepare.py"), "--size", a.size], check=True, env=ENV)
+    s = Settings.load(a.size)
     wait_quiet(a.max_wait)
-    peak = matmul_peak(s.threads)
-    log(f"[run] matmul peak {peak:.1f} GFLOP/s, load average {os.getloadavg()[0]:.1f}")
+    peak = matmul_peak(lit_py, s.threads)
+    log(f"[run] {lit_py}; matmul peak {peak:.1f} GFLOP/s, load average {os.getloadavg()[0]:.1f}")
+    cmd = "bash benchmarks/setup_peers.sh && .venv/bin/python benchmarks/run.py"
+    for flag, value, default in (
+        ("size", a.size, "toy"),
+        ("repeats", a.repeats, 3),
+        ("tasks", a.tasks, "rm,ppo"),
+    ):
+        if value != default:
+            cmd += f" --{flag} {value}"
     rows, raw = [], {}
     for task in tasks:
         lit, peer = [], []
         for i in range(a.repeats):
-            order = [("lit", LIT_PY, "lit_side.py"), ("peer", PEERS[task], "trl_side.py")]
+            order = [("lit", lit_py, "lit_side.py"), ("peer", peer_python(task), "trl_side.py")]
             if i % 2:
                 order.reverse()  # alternate who goes first
             for who, py, script in order:
-                r = run_side(py, script, task, a.max_wait)
+                r = run_side(py, script, task, a.size, a.max_wait)
                 (lit if who == "lit" else peer).append(r)
                 log(
                     f"[run] {task} #{i} {who}: {r['throughput']:.3f} {r['unit']}, "
                     f"rss {r['peak_rss_mb']:.0f} MB, "
                     f"load {r['loadavg_1min_start']:.1f}"
                 )
-        for l_run, p_run in zip(lit, peer):
-            bad = check_equal(l_run["work"], p_run["work"], EXACT[task], APPROX[task])
-            if bad:
-                raise SystemExit(f"{task}: the two sides did not do the same work: {bad}")
+        expected = expected_work(task, s)
+        try:
+            for l_run, p_run in zip(lit, peer):
+                check_versions(l_run["versions"], p_run["versions"])
+                verify_work(task, l_run["work"], p_run["work"], expected)
+        except UnequalWork as e:
+            raise SystemExit(str(e)) from None
         raw[task] = {"lit": lit, "peer": peer}
         rows.append(summarise(task, lit, peer, peak))
-        cmd = "bash benchmarks/setup_peers.sh && /work/venv/bin/python benchmarks/run.py"
-        if a.repeats != 3 or a.tasks != "rm,ppo":
-            cmd += f" --repeats {a.repeats} --tasks {a.tasks}"
         md = report(
             s, peak, rows, raw, a.repeats, cmd
         )  # written after each task: a partial run still reports
-        (RUNS / "raw.json").write_text(json.dumps({"peak_gflops": peak, **raw}, indent=1))
-        Path(a.out).write_text(md)
+        (runs_dir(a.size) / "raw.json").write_text(json.dumps({"peak_gflops": peak, **raw}, indent=1))
+        out.write_text(md)
     print(md)
 
 

