@@ -1,0 +1,41 @@
+"""scripts/sample.py: answers through the chat template with the rollout's sampling, and clean errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tiny_hf import make_model_folder
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from sample import sample  # noqa: E402
+
+
+def test_sample_renders_the_template_and_counts_tokens(tmp_path: Path) -> None:
+    folder = make_model_folder("llama", tmp_path / "m")
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": f"How do I bake bread {i}?"}]} for i in range(3)]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = sample(str(folder), str(prompts), n=2, max_new_tokens=5)
+    assert [r["prompt"] for r in out["responses"]] == ["How do I bake bread 0?", "How do I bake bread 1?"]
+    assert all(1 <= r["tokens"] <= 5 for r in out["responses"])
+    assert out["mean_tokens"] == sum(r["tokens"] for r in out["responses"]) / 2
+
+
+def test_sample_reports_a_missing_folder_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "sample.py"),
+            str(tmp_path / "nope"),
+            str(tmp_path / "p.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "sample.py: error:" in proc.stderr and "Traceback" not in proc.stderr
