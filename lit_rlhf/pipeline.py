@@ -31,6 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lit_rlhf import run_record
+from lit_rlhf.callbacks.progress import iteration_progress_bar
 from lit_rlhf.models import Pretrained, ValueModel, lora, quiet_transformers
 from lit_rlhf.reporting import finish
 from lit_rlhf.summary import timed
@@ -60,6 +61,8 @@ def make_trainer(cfg: DictConfig, extra_callbacks: dict | None = None) -> L.Trai
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks += [instantiate(c) for c in (extra_callbacks or {}).values() if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    if cfg.task.name in POLICY_TASKS and cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(iteration_progress_bar())  # "ppo iteration 37/120", not "Epoch 0/0"
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 

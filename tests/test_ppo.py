@@ -176,3 +176,16 @@ def test_aggregators_run_in_ppo(tmp_path, stage_cache, aggregator):
     s = spy.scores[0]
     expected = {"sum": s.sum(-1), "min": s.min(-1).values, "weighted_sum": s[:, 0] * 1.0 + s[:, 1] * 0.5}
     torch.testing.assert_close(spy.rewards[0], expected[aggregator])
+
+
+def test_progress_bar_counts_iterations(tmp_path, stage_cache):
+    """The bar reads "ppo iteration i/N" (not Lightning's "Epoch 0/0") and shows KL, reward, above_ref."""
+    from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+
+    trainer, _, _ = ppo(tmp_path, stage_cache, ["trainer.enable_progress_bar=true", "task.iterations=2"])
+    (bar,) = [c for c in trainer.callbacks if isinstance(c, ProgressBar)]
+    assert type(bar).__name__.startswith("Iteration")
+    if hasattr(bar, "_get_train_description"):
+        assert bar._get_train_description(0) == "ppo iteration"
+    shown = bar.get_metrics(trainer, trainer.lightning_module)
+    assert {"kl", "reward", "above_ref"} <= set(shown)

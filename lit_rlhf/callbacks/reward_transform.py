@@ -255,6 +255,8 @@ class RewardTransformCallback(L.Callback):
                 f"reward/{name}_weight": weight.float().mean(),
             }
         pl_module.log_dict(metrics, batch_size=len(total))
+        above = torch.stack([(margin[:, k] > 0).float().mean() for k in range(margin.shape[1])]).mean()
+        pl_module.log("above_ref", above, prog_bar=True, logger=False, batch_size=len(total))  # the bar
         trainer = pl_module._trainer
         if not histogram_due(self.calls, self.histogram_every) or (trainer and not trainer.is_global_zero):
             return
