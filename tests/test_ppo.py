@@ -189,3 +189,22 @@ def test_progress_bar_counts_iterations(tmp_path, stage_cache):
         assert bar._get_train_description(0) == "ppo iteration"
     shown = bar.get_metrics(trainer, trainer.lightning_module)
     assert {"kl", "reward", "above_ref"} <= set(shown)
+
+
+def test_closing_summary_equals_the_logged_scalars(tmp_path, stage_cache):
+    """summary.json of a PPO run (and of the stages it used) holds the values the run logged."""
+    import json
+
+    trainer, _, run_dir = ppo(tmp_path, stage_cache, ["+transform=logsigmoid"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for name in ("gold/win_rate_helpful", "gold/win_rate_both", "gold/kl_to_sft", "reward/helpful_above_ref"):
+        assert summary["metrics"][name] == pytest.approx(logged[name])
+    p, n = summary["metrics"]["gold/win_rate_helpful"], 0
+    n = len(trainer.datamodule.val_records) * trainer.lightning_module.eval_samples_per_prompt
+    assert summary["errors"]["gold/win_rate_helpful"] == pytest.approx((p * (1 - p) / n) ** 0.5)
+    assert "reward/helpful_above_ref_start" in summary["metrics"]  # the transform's activity at the start
+    assert (run_dir / "summary.txt").read_text().strip()
+    stages = json.loads((run_dir / "stages.json").read_text())
+    sft_run = Path(stages["policy"]).parent
+    assert json.loads((sft_run / "summary.json").read_text())["task"] == "sft"
