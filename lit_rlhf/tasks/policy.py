@@ -67,7 +67,8 @@ class PolicyModule(L.LightningModule):
         ppo_epochs: passes over each batch of rollouts.
         num_minibatches: minibatches per pass.
         max_grad_norm: gradient clipping (``None`` = off).
-        missing_eos_penalty: subtracted from the reward of responses cut without EOS (``None`` = off).
+        missing_eos_penalty: subtracted from every reward model's RAW score of a response cut without EOS,
+            before the transform, so it is in reward-model units whatever the transform (``None`` = off).
         samples_per_prompt: responses sampled per prompt in a step (the group size of GRPO / RLOO).
         max_new_tokens: response length cap.
         temperature: sampling temperature (log-probs are taken at the same temperature).
@@ -112,8 +113,13 @@ class PolicyModule(L.LightningModule):
         max_ratio: float = 100.0,
     ) -> None:
         super().__init__()
+        # all but the networks: `Module.load_from_checkpoint(path, actor=…, ref=…, …)` rebuilds the module
+        self.save_hyperparameters(
+            ignore=["actor", "ref", "critic", "reward_models", "tokenizer", "optimizer"]
+        )
         self.automatic_optimization = False
-        self.strict_loading = False  # frozen models are not stored in checkpoints
+        # strict: the frozen models (not stored) are the only keys a checkpoint may lack (on_load_checkpoint)
+        self.strict_loading = True
         if not reward_models:
             raise ValueError(f"task={self.algorithm} needs at least one reward model (the `reward` group)")
         if ref is None and not lora.is_lora(actor):
@@ -243,10 +249,12 @@ class PolicyModule(L.LightningModule):
             self.iteration += 1
             return
 
-        # 1. the reward optimised: transform + aggregation (installed by RewardTransformCallback)
-        reward = self.reward_fn(ro.scores, ro.prompt_ids, self).float()  # (B,)
+        # 1. the reward optimised: transform + aggregation (installed by RewardTransformCallback), of raw
+        # scores that carry the missing-EOS penalty in reward-model units
+        scores = ro.scores
         if self.missing_eos_penalty is not None:
-            reward = reward - self.missing_eos_penalty * (~ro.has_eos).float()
+            scores = scores - self.missing_eos_penalty * (~ro.has_eos).float()[:, None]  # (B, K)
+        reward = self.reward_fn(scores, ro.prompt_ids, self).float()  # (B,)
 
         # 2-3. the algorithm
         beta = self.kl_ctl.value
@@ -368,6 +376,11 @@ class PolicyModule(L.LightningModule):
         opt = self.optimizer_fn(self.trainable(self.actor), lr=self.lr)
         return [opt], [warmup_schedule(opt, self.warmup_steps)]
 
+    def frozen_keys(self) -> set[str]:
+        """State-dict keys that checkpoints leave out: π_ref, the reward models and (LoRA) the frozen base."""
+        frozen = {n for n, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        return {k for k in self.state_dict() if k in frozen or k.startswith(("ref.", "reward_models."))}
+
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if self.iteration == 1 and not self.start_metrics:  # what iteration 0 logged: the start of training
             self.start_metrics = {
@@ -382,12 +395,8 @@ class PolicyModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # only what training changes: frozen models and (under LoRA) the frozen base are rebuilt on load
-        frozen = {n for n, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
-        checkpoint["state_dict"] = {
-            k: v
-            for k, v in checkpoint["state_dict"].items()
-            if k not in frozen and not k.startswith(("ref.", "reward_models."))
-        }
+        frozen = self.frozen_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
         checkpoint["kl_controller"] = self.kl_ctl.state_dict()
         checkpoint["ppo_iteration"] = self.iteration
         checkpoint["algorithm"] = self.algorithm
@@ -407,4 +416,9 @@ class PolicyModule(L.LightningModule):
             )
         self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
         self.iteration = checkpoint["ppo_iteration"]
+        # the frozen models were left out on save: take them from this module, so that strict loading
+        # fails on any OTHER missing or unexpected key (a real mismatch)
+        own = self.state_dict()
+        for key in self.frozen_keys():
+            checkpoint["state_dict"].setdefault(key, own[key])
         self.start_metrics = dict(checkpoint.get("start_metrics") or {})

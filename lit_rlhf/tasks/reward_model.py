@@ -44,6 +44,7 @@ class RewardModelModule(L.LightningModule):
         center_coef: float = 0.0,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer"])  # load_from_checkpoint(path, model=…)
         self.model, self.optimizer_fn = model, optimizer
         self.lr, self.warmup_steps, self.margin, self.center_coef = lr, warmup_steps, margin, center_coef
         self.cosine_decay = cosine_decay

@@ -34,6 +34,7 @@ class SFTModule(L.LightningModule):
         cosine_decay: bool = False,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer"])  # load_from_checkpoint(path, model=…)
         self.model, self.optimizer_fn, self.lr, self.warmup_steps = model, optimizer, lr, warmup_steps
         self.cosine_decay = cosine_decay
 
