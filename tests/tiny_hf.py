@@ -100,19 +100,9 @@ def make_config(family: str, tok: PreTrainedTokenizerFast, hidden: int = 64, lay
         "bos_token_id": tok.bos_token_id,
         "pad_token_id": tok.pad_token_id,
     }
-    if family in ("llama", "llama_bos"):
-        return LlamaConfig(
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
-            **ids,
-        )
-    if family == "qwen2":
-        return Qwen2Config(
+    if family in ("llama", "llama_bos", "qwen2"):  # the same shapes, two architectures
+        cls = Qwen2Config if family == "qwen2" else LlamaConfig
+        return cls(
             hidden_size=hidden,
             intermediate_size=2 * hidden,
             num_hidden_layers=layers,
