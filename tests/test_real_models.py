@@ -254,3 +254,11 @@ def test_per_role_settings_and_critic_from_the_reward_model(tmp_path: Path) -> N
 def test_unknown_role_setting_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"task\.roles\.critic\.lr"):
         _ppo_models(tmp_path, "+task.roles.critic.lr=1")
+
+
+def test_gradient_checkpointing_reaches_the_trained_models_only(tmp_path: Path) -> None:
+    models, _ = _ppo_models(tmp_path, "model.gradient_checkpointing=true")
+    assert models["actor"].is_gradient_checkpointing
+    assert models["critic"].backbone.is_gradient_checkpointing
+    assert not models["ref"].is_gradient_checkpointing  # frozen: nothing to recompute
+    assert not models["reward_models"]["helpful"].is_gradient_checkpointing
