@@ -24,7 +24,7 @@ SWEEP = [
     *TINY_STAGES,
     f"task.iterations={ITERATIONS}",
     "task.val_check_interval=3",  # evaluations at 3 and 6, and at the end (8 is not a multiple)
-    "task.checkpoint_every_n_steps=8",  # every iteration (2 opts × 2 epochs × 2 minibatches)
+    "task.checkpoint_every_n_steps=1",  # every iteration (the cadence counts iterations)
     "task.datamodule.batch_size=8",
     "task.module.eval_samples_per_prompt=1",
     "task.module.kl_target=1.0",  # adaptive β: state that must survive the kill

@@ -255,8 +255,9 @@ class RewardTransformCallback(L.Callback):
                 f"reward/{name}_weight": weight.float().mean(),
             }
         pl_module.log_dict(metrics, batch_size=len(total))
-        above = torch.stack([(margin[:, k] > 0).float().mean() for k in range(margin.shape[1])]).mean()
-        pl_module.log("above_ref", above, prog_bar=True, logger=False, batch_size=len(total))  # the bar
+        if isinstance(pl_module, L.LightningModule):  # the progress bar: share above r_ref, all models
+            above = (margin > 0).float().mean()
+            pl_module.log("above_ref", above, prog_bar=True, logger=False, batch_size=len(total))
         trainer = pl_module._trainer
         if not histogram_due(self.calls, self.histogram_every) or (trainer and not trainer.is_global_zero):
             return
