@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import NamedTuple
 
 import torch
@@ -164,9 +165,14 @@ def generate(
     return torch.cat([input_ids, response], 1), response_mask.long(), has_eos
 
 
+@cache
+def _class_keeps_logits(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
 def _keeps_logits(model: nn.Module) -> bool:
-    forward = getattr(_hf(model), "forward", None)
-    return forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
+    """Whether the model's forward takes ``logits_to_keep`` (read once per class, not every forward)."""
+    return _class_keeps_logits(type(_hf(model)))
 
 
 def token_logprobs(
