@@ -56,7 +56,13 @@ COLUMNS = [
     ("not improved (all)", "not_improved/all"),
     ("not improved (easy)", "not_improved/easy"),
     ("not improved (hard)", "not_improved/hard"),
+    # the transform's activity on the first reward model (training rollouts): first → last logged value
+    ("above r_ref (helpful) first", "first:reward/helpful_above_ref"),
+    ("above r_ref (helpful) last", "reward/helpful_above_ref"),
+    ("du/dr (helpful) first", "first:reward/helpful_weight"),
+    ("du/dr (helpful) last", "reward/helpful_weight"),
 ]
+ALGORITHM_ORDER = ["ppo", "grpo", "rloo", "reinforce_pp"]
 
 
 class SweepWarning(UserWarning):
@@ -69,7 +75,8 @@ class Run:
 
     Attributes:
         path: the job folder (``multirun/ppo/<date>/<num>``).
-        method: transform name, plus ``+aggregator`` with ≥ 2 reward models (``logsigmoid+sum``).
+        method: transform name, plus ``+aggregator`` with ≥ 2 reward models (``logsigmoid+sum``); prefixed
+            with the algorithm (``grpo:logsigmoid``) when the sweep spans several ``task.name``.
         beta: KL coefficient ``task.module.kl_coef``.
         seed: ``seed``.
         scalars: tag → [(step, value)] sorted by step.
@@ -82,11 +89,13 @@ class Run:
     seed: int
     scalars: dict[str, list[tuple[int, float]]]
     prompts: list[dict] = field(default_factory=list)
+    algorithm: str = "ppo"
 
     def final(self, tag: str) -> float:
-        """Last logged value of ``tag`` (NaN when the tag is missing)."""
-        points = self.scalars.get(tag)
-        return points[-1][1] if points else math.nan
+        """Last logged value of ``tag`` (NaN when the tag is missing); ``first:<tag>`` gives the first."""
+        first = tag.startswith("first:")
+        points = self.scalars.get(tag.removeprefix("first:"))
+        return (points[0][1] if first else points[-1][1]) if points else math.nan
 
     def trajectory(self, tag: str) -> list[tuple[float, float]]:
         """(KL to SFT, ``tag``) at each evaluation that logged both, in step order."""
@@ -179,7 +188,8 @@ def load_runs(multirun_dir: str | Path) -> list[Run]:
             warn(f"skipping {job}: no TensorBoard scalars (failed or unfinished job?)")
             continue
         beta = float(cfg.get("task", {}).get("module", {}).get("kl_coef", math.nan))
-        run = Run(job, method_of(cfg), beta, int(cfg.get("seed", 0)), scalars, read_prompts(job))
+        algorithm = str(cfg.get("task", {}).get("name", "ppo"))
+        run = Run(job, method_of(cfg), beta, int(cfg.get("seed", 0)), scalars, read_prompts(job), algorithm)
         for tag in ("gold/kl_to_sft", "gold/win_rate_helpful"):
             if tag not in scalars:
                 warn(f"{job}: no {tag} logged")
@@ -188,6 +198,9 @@ def load_runs(multirun_dir: str | Path) -> list[Run]:
         runs.append(run)
     if not runs:
         warn(f"no job with TensorBoard events under {multirun_dir}")
+    if len({run.algorithm for run in runs}) > 1:  # a multi-algorithm study: a method per algorithm
+        for run in runs:
+            run.method = f"{run.algorithm}:{run.method}"
     return runs
 
 
@@ -223,10 +236,16 @@ def not_improved_shares(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def method_key(method: str) -> tuple[int, int, str]:
-    base, _, agg = method.partition("+")
+def method_key(method: str) -> tuple[int, int, int, str]:
+    algorithm, _, rest = method.rpartition(":")
+    base, _, agg = rest.partition("+")
     rank = lambda xs, x: xs.index(x) if x in xs else len(xs)  # noqa: E731
-    return rank(AGG_ORDER, agg) if agg else -1, rank(METHOD_ORDER, base), method
+    return (
+        rank(ALGORITHM_ORDER, algorithm or "ppo"),
+        rank(AGG_ORDER, agg) if agg else -1,
+        rank(METHOD_ORDER, base),
+        method,
+    )
 
 
 def summarise(runs: list[Run]) -> list[Row]:
@@ -270,9 +289,11 @@ def per_seed_at_kl(
     return {m: {seed: float(np.mean(v)) for seed, v in by_seed.items()} for m, by_seed in vals.items()}
 
 
-def baseline_of(methods: list[str]) -> str | None:
-    """The raw-reward baseline: ``raw``, else ``raw+sum``, if present."""
-    return next((m for m in ("raw", "raw+sum") if m in methods), None)
+def baseline_of(method: str, methods: list[str]) -> str | None:
+    """The raw-reward baseline of ``method``'s algorithm: ``[alg:]raw``, else ``[alg:]raw+sum``."""
+    algorithm, colon, _ = method.rpartition(":")
+    prefix = algorithm + colon
+    return next((prefix + m for m in ("raw", "raw+sum") if prefix + m in methods), None)
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -300,9 +321,33 @@ def _colors(rows: list[Row]) -> dict[str, str]:
     return {m: f"C{i}" for i, m in enumerate(methods)}
 
 
+def algorithms_of(rows: list[Row]) -> list[str]:
+    """A multi-algorithm study's algorithms (``grpo:raw`` → ``grpo``) in study order; [] otherwise."""
+    algs = dict.fromkeys(r.method.rpartition(":")[0] for r in rows)
+    return [] if "" in algs else sorted(algs, key=lambda a: method_key(a + ":")[0])
+
+
 def plot_metric_vs_kl(rows: list[Row], tag: str, path: Path, ylabel: str) -> None:
-    """``tag`` vs final KL to SFT, one point per (method, β) with ± s.e. bars on both axes."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    """``tag`` vs final KL to SFT, one point per (method, β) with ± s.e. bars on both axes; one panel per
+    algorithm in a multi-algorithm study (shared axes)."""
+    algs = algorithms_of(rows) or [None]
+    fig, axes = plt.subplots(
+        1, len(algs), figsize=(6 * len(algs), 4.5), sharex=True, sharey=True, squeeze=False
+    )
+    for ax, alg in zip(axes[0], algs):
+        panel = [r for r in rows if alg is None or r.method.startswith(alg + ":")]
+        _draw_vs_kl(ax, panel, tag, ylabel)
+        if alg is not None:
+            ax.set_title(
+                f"{alg}: mean ± s.e. over seeds (n = {', '.join(map(str, sorted({r.n for r in panel})))})",
+                fontsize=9,
+            )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _draw_vs_kl(ax, rows: list[Row], tag: str, ylabel: str) -> None:
     for method, color in _colors(rows).items():
         pts = sorted((r for r in rows if r.method == method), key=lambda r: r.beta)
         x = [r.stats["gold/kl_to_sft"] for r in pts]
@@ -328,9 +373,6 @@ def plot_metric_vs_kl(rows: list[Row], tag: str, path: Path, ylabel: str) -> Non
     ax.set_title(f"mean ± s.e. over seeds (n = {', '.join(map(str, n))})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _mean_curve(runs: list[Run], tag: str) -> tuple[list[int], list[float]]:
@@ -397,9 +439,9 @@ def plot_underfitting(rows: list[Row], path: Path) -> None:
 def at_kl_report(rows: list[Row], kl: float, tag: str = "gold/win_rate_helpful") -> str:
     """Lines of each method's interpolated ``tag`` at KL = ``kl`` and its gain over the raw reward."""
     wins = interpolate_at_kl(rows, kl, tag)
-    base = baseline_of(list(wins))
     lines = [f"{tag} at matched KL = {kl:g} (linear between consecutive β, means over seeds):"]
     for method, w in wins.items():
+        base = baseline_of(method, list(wins))
         gain = w - wins[base] if base and method != base else math.nan
         gain = "" if math.isnan(gain) else f"  gain over {base}: {gain:+.3f}"
         lines.append(f"- {method}: {'not bracketed by its β sweep' if math.isnan(w) else f'{w:.3f}'}{gain}")
@@ -416,6 +458,7 @@ def at_kl_report(rows: list[Row], kl: float, tag: str = "gold/win_rate_helpful")
             lines.append(f"- {method}: no run passed KL = {kl:g}")
             continue
         text = f"- {method}: {fmt(*mean_se(list(by_seed.values())))} (n = {len(by_seed)})"
+        base = baseline_of(method, list(along))
         if base and method != base and along.get(base):
             seeds = sorted(set(by_seed) & set(along[base]))
             if seeds:

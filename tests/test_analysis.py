@@ -35,14 +35,16 @@ GAINS = {
 # not improved (mean gain ≤ 0): seed 0 → all 2/4, easy 1/2, hard 1/2; seed 1 → all 3/4, easy 1/2, hard 2/2
 
 
-def write_job(job: Path, transform: str, beta: float, seed: int, events: bool = True) -> None:
+def write_job(
+    job: Path, transform: str, beta: float, seed: int, events: bool = True, algorithm: str | None = None
+) -> None:
     (job / ".hydra").mkdir(parents=True)
     cfg = {
         "seed": seed,
         "reward": {"helpful": {"path": None}},
         "aggregator": {"_target_": "lit_rlhf.aggregators.Sum"},
         "transform": {"_target_": f"lit_rlhf.transforms.{TARGETS[transform]}"},
-        "task": {"module": {"kl_coef": beta}},
+        "task": {"module": {"kl_coef": beta}} | ({"name": algorithm} if algorithm else {}),
     }
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     overrides = [f"+transform={transform}", f"task.module.kl_coef={beta}", f"seed={seed}"]
@@ -127,6 +129,44 @@ def test_win_rate_where_training_passed_a_kl(multirun: Path) -> None:
     report = sweep.at_kl_report(sweep.summarise(runs), 1.5)
     assert "- raw: 0.450 (n = 1)" in report
     assert "- logsigmoid: 0.518 ± 0.027 (n = 2)  gain over raw: 0.095 (n = 1)" in report
+
+
+def test_a_multi_algorithm_study_compares_each_transform_with_its_own_algorithms_raw_reward(
+    tmp_path: Path,
+) -> None:
+    """Jobs of two algorithms: methods are prefixed, gains are over the same algorithm's raw reward, and the
+    transform's activity is read first → last."""
+    root = tmp_path / "study"
+    num = 0
+    for algorithm, shift in (("ppo", 0.0), ("grpo", 0.1)):  # grpo's final win rates are ppo's + 0.1 ...
+        for transform, beta in FINAL:
+            for seed in (0, 1):
+                job = root / str(num)
+                write_job(job, transform, beta, seed, algorithm=algorithm)
+                num += 1
+                with SummaryWriter(str(job / "tensorboard")) as w:
+                    for step, above in ((1, 0.1 + seed), (20, 0.5 + seed)):  # share above r_ref: first, last
+                        w.add_scalar("reward/helpful_above_ref", above, step)
+                    if algorithm == "grpo" and transform == "logsigmoid":  # ... and its transform's +0.2 more
+                        w.add_scalar("gold/win_rate_helpful", FINAL[(transform, beta)][seed][1] + 0.3, 30)
+                        w.add_scalar("gold/kl_to_sft", FINAL[(transform, beta)][seed][0], 30)
+                    elif algorithm == "grpo":
+                        w.add_scalar("gold/win_rate_helpful", FINAL[(transform, beta)][seed][1] + shift, 30)
+                        w.add_scalar("gold/kl_to_sft", FINAL[(transform, beta)][seed][0], 30)
+    rows = sweep.summarise(sweep.load_runs(root))
+    got = {(r.method, r.beta): r for r in rows}
+    assert [m for m, _ in got][::2] == ["ppo:raw", "ppo:logsigmoid", "grpo:raw", "grpo:logsigmoid"]
+    assert got[("grpo:raw", 0.1)].stats["gold/win_rate_helpful"] == pytest.approx((0.65, 0.05))
+    above = got[("ppo:raw", 0.1)].stats
+    assert above["first:reward/helpful_above_ref"] == pytest.approx((0.6, 0.5))  # seeds 0.1, 1.1
+    assert above["reward/helpful_above_ref"] == pytest.approx((1.0, 0.5))  # seeds 0.5, 1.5
+    assert sweep.baseline_of("grpo:logsigmoid", list(dict.fromkeys(m for m, _ in got))) == "grpo:raw"
+    # at KL 2 (KLs as in test 1): ppo raw .60, logsigmoid .65 → +0.05; grpo raw .70, logsigmoid .95 → +0.25
+    report = sweep.at_kl_report(rows, 2.0)
+    assert "- ppo:logsigmoid: 0.650  gain over ppo:raw: +0.050" in report
+    assert "- grpo:logsigmoid: 0.950  gain over grpo:raw: +0.250" in report
+    md_rows = sweep.table(rows)
+    assert "above r_ref (helpful) first" in md_rows and "| grpo:raw | 0.05 | 2 |" in md_rows
 
 
 def test_method_names_of_combination_configs() -> None:
