@@ -83,8 +83,9 @@ def test_group_size_one_is_refused_naming_the_key(tmp_path: Path, stage_cache: P
             ppo(tmp_path / task, stage_cache, [f"task={task}", "task.module.samples_per_prompt=1"])
 
 
-def test_grpo_resumes_bit_for_bit(tmp_path: Path, stage_cache: Path) -> None:
-    extra = [*small("grpo"), "task.iterations=4", "task.checkpoint_every_n_steps=2", "logger=none"]
+@pytest.mark.parametrize("task", TASKS)
+def test_critic_free_tasks_resume_bit_for_bit(tmp_path: Path, stage_cache: Path, task: str) -> None:
+    extra = [*small(task), "task.iterations=4", "task.checkpoint_every_n_steps=2", "logger=none"]
     full = ppo(tmp_path / "full", stage_cache, extra)[0].lightning_module
     with pytest.raises(SystemError):
         ppo(tmp_path / "crashed", stage_cache, extra, spy=Crash(at=3))
