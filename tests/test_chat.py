@@ -355,7 +355,7 @@ def test_conversational_data_with_a_plain_tokenizer_fails_at_setup(toks, tmp_pat
 def test_datamodules_warn_when_the_template_outgrows_max_prompt_tokens(toks, tmp_path: Path, caplog) -> None:
     path = _write(tmp_path / "p.jsonl", [{"prompt": EGG}, {"prompt": "hi"}])
     full = [len(ids) for ids, _ in render_prompts(toks["llama"], [EGG, "hi"])]
-    with caplog.at_level("WARNING", logger="lit_rlhf.data.datamodules"):
+    with caplog.at_level("WARNING", logger="lit_rlhf.data.common"):
         PromptDataModule(toks["llama"], path, val_fraction=0.0, batch_size=1, max_prompt_tokens=16).setup()
         PromptDataModule(
             toks["llama"], path, val_fraction=0.0, batch_size=1, max_prompt_tokens=max(full)

@@ -4,7 +4,7 @@
 ``conf/task/*`` target)."""
 
 from lit_rlhf.data.chat import ChatTemplate, encode_prompt_ids, prompt_text, render_prompts
-from lit_rlhf.data.datamodules import PreferenceDataModule, PromptDataModule, SFTDataModule
+from lit_rlhf.data.datamodules import PreferenceDataModule, SFTDataModule
 from lit_rlhf.data.jsonl import (
     DataFormatError,
     PreferencePair,
@@ -14,6 +14,7 @@ from lit_rlhf.data.jsonl import (
     load_prompts,
     load_sft,
 )
+from lit_rlhf.data.prompts import PromptDataModule
 
 __all__ = [
     "ChatTemplate",
