@@ -8,6 +8,11 @@ With log-sigmoid transformed rewards ``u_i = log sigma(r_i - r_ref,i)`` (Wang et
 judged independently. A rollout cannot buy a high score by excelling on one property while failing
 another, because each failing factor drives the product towards 0. On raw rewards the same
 :class:`Sum` is the usual baseline, which lets one property compensate for another.
+
+The conservative aggregates of Coste et al. (2024, "Reward Model Ensembles Help Mitigate
+Overoptimization") — :class:`MeanMinusStd`, :class:`MeanMinusVar` (their UWO) and :class:`Min` (their
+WCO) — have the same interface; :class:`lit_rlhf.ensemble.RewardEnsemble` applies them over the members
+of a reward-model ensemble (``reward.<name>.ensemble``), the columns then being M scores of ONE property.
 """
 
 from __future__ import annotations
@@ -71,7 +76,8 @@ class WeightedSum:
 
 
 class Min:
-    """``R = min_i u_i``: the worst-case property (a hard "AND" that ignores all but one reward)."""
+    """``R = min_i u_i``: the worst-case property (a hard "AND" that ignores all but one reward); over an
+    ensemble's members, Coste et al.'s (2024) worst-case optimisation (WCO)."""
 
     def __call__(self, rewards: Tensor, names: Sequence[str]) -> Tensor:
         _check(rewards, names)
@@ -102,3 +108,59 @@ class SoftMin:
 
     def __repr__(self) -> str:
         return f"SoftMin(temperature={self.temperature})"
+
+
+class Mean:
+    """``R = (1/K) sum_i u_i``: the plain average (an ensemble's mean prediction)."""
+
+    def __call__(self, rewards: Tensor, names: Sequence[str]) -> Tensor:
+        _check(rewards, names)
+        return rewards.mean(dim=1)  # (B,)
+
+    def __repr__(self) -> str:
+        return "Mean()"
+
+
+class MeanMinusStd:
+    """``R = mean_i u_i - k std_i u_i``: a lower confidence bound over ensemble members (Coste et al.,
+    2024; std in the reward's own units, population std over the K columns, 0 for K = 1).
+
+    Where the members disagree — typically off the reward models' data, where over-optimisation
+    happens — the score is pulled down by ``k`` standard deviations.
+
+    Args:
+        k: weight of the standard deviation (>= 0; 0 = :class:`Mean`).
+    """
+
+    def __init__(self, k: float = 1.0) -> None:
+        if not (math.isfinite(k) and k >= 0):
+            raise ValueError(f"aggregator.k must be a finite number >= 0, got {k}")
+        self.k = float(k)
+
+    def __call__(self, rewards: Tensor, names: Sequence[str]) -> Tensor:
+        _check(rewards, names)
+        return rewards.mean(dim=1) - self.k * rewards.std(dim=1, correction=0)  # (B,)
+
+    def __repr__(self) -> str:
+        return f"MeanMinusStd(k={self.k})"
+
+
+class MeanMinusVar:
+    """``R = mean_i u_i - k var_i u_i``: Coste et al.'s (2024) uncertainty-weighted optimisation (UWO),
+    with the population variance over the K columns.
+
+    Args:
+        k: the paper's λ, the weight of the variance (>= 0).
+    """
+
+    def __init__(self, k: float = 1.0) -> None:
+        if not (math.isfinite(k) and k >= 0):
+            raise ValueError(f"aggregator.k must be a finite number >= 0, got {k}")
+        self.k = float(k)
+
+    def __call__(self, rewards: Tensor, names: Sequence[str]) -> Tensor:
+        _check(rewards, names)
+        return rewards.mean(dim=1) - self.k * rewards.var(dim=1, correction=0)  # (B,)
+
+    def __repr__(self) -> str:
+        return f"MeanMinusVar(k={self.k})"

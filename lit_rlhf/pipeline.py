@@ -5,6 +5,8 @@ on the embedded default builds what it is missing — the SFT policy and each re
 the same config with ``task=sft`` / ``task=reward_model reward=<name>`` (plus the run's ``data``, ``model``
 and ``paths`` overrides and ``pipeline.<stage>``), and caches the result under
 ``paths.cache_dir/stages/<task>-<hash of that config>``, so a second run and every multirun job reuse it.
+A reward-model ensemble (``reward.<name>.ensemble``) is one such stage per member seed
+(``reward=<name> seed=<s>``), scored as one reward model (:class:`lit_rlhf.ensemble.RewardEnsemble`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lit_rlhf import run_record
 from lit_rlhf.callbacks.progress import iteration_progress_bar
+from lit_rlhf.ensemble import EnsembleSpec, RewardEnsemble
 from lit_rlhf.models import Pretrained, ValueModel, lora, quiet_transformers
 from lit_rlhf.reporting import finish
 from lit_rlhf.summary import timed
@@ -172,6 +175,11 @@ def run_reward_model(cfg: DictConfig) -> float | None:
             "pick one, e.g. reward=helpful or reward=harmless"
         )
     ((name, rspec),) = cfg.reward.items()
+    if rspec.get("ensemble"):
+        raise ValueError(
+            f"reward.{name}.ensemble is set: task=reward_model trains one reward model. A policy run builds "
+            f"every member; to train one yourself use task=reward_model reward={name} seed=<s>"
+        )
     prepare_data(cfg)
     init = reward_model_init(cfg)
     if init != "model" and not (Path(init) / "config.json").is_file():
@@ -232,31 +240,71 @@ def check_same_tokenizer(tok: Any, other: Any, where: str) -> None:
         )
 
 
-def build_critic(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, Path], tok: Any) -> ValueModel:
+RewardPaths = str | Path | list[Path]  # one reward model's folder, or an ensemble's member folders
+
+
+def reward_model_paths(cfg: DictConfig, name: str) -> RewardPaths:
+    """Where reward model ``name`` is: ``reward.<name>.path``, or its cached stage (built if missing); for an
+    ensemble (``reward.<name>.ensemble``) the members' folders: ``ensemble.paths``, or one stage per seed,
+    ``reward=<name> seed=<s>`` (seed 0 is the property's usual reward-model stage)."""
+    spec = cfg.reward[name]
+    if not spec.get("ensemble"):
+        return spec.path or ensure_stage(cfg, "reward_model", [f"reward={name}"])
+    ens = EnsembleSpec.from_config(name, spec.ensemble)
+    if spec.get("path"):
+        raise ValueError(
+            f"reward.{name}.path and reward.{name}.ensemble are both set; give the members' folders as "
+            f"reward.{name}.ensemble.paths=[…] (or set reward.{name}.ensemble=null)"
+        )
+    if ens.paths is not None:
+        return [Path(p) for p in ens.paths]
+    return [ensure_stage(cfg, "reward_model", [f"reward={name}", f"seed={s}"]) for s in ens.seeds]
+
+
+def build_reward_model(
+    cfg: DictConfig, name: str, path: RewardPaths, tok: Any, key: str | None = None
+) -> Any:
+    """The frozen reward model ``name`` at ``path`` (sharing ``tok``), or the ensemble of the member
+    folders ``path`` with ``reward.<name>.ensemble``'s aggregate. ``key``: the config key errors name."""
+    if isinstance(path, list):
+        ens = EnsembleSpec.from_config(name, cfg.reward[name].ensemble)
+        members = [
+            build_reward_model(cfg, name, p, tok, f"reward.{name}.ensemble.paths[{i}]")
+            for i, p in enumerate(path)
+        ]
+        log.info("reward %s: ensemble of %d (%s, k=%s): %s", name, len(members), ens.aggregate, ens.k, path)
+        return RewardEnsemble(members, ens.aggregate, ens.k)
+    key = key or f"reward.{name}.path"
+    rm = role_spec(cfg, "reward", path)
+    rm.check_reward_model(key)
+    check_same_tokenizer(tok, rm.load_tokenizer(), f"{key}={path}")
+    return rm.build("reward", tok, trainable=False)
+
+
+def build_critic(
+    cfg: DictConfig, policy_path: Path, rm_paths: dict[str, RewardPaths], tok: Any
+) -> ValueModel:
     """The critic (``task.critic_init``): ``policy`` = the SFT policy's backbone and a new value head;
-    ``reward_model`` = the (first) reward model's backbone and score head, as InstructGPT starts it."""
+    ``reward_model`` = the (first) reward model's backbone and score head, as InstructGPT starts it (an
+    ensemble's first member)."""
     init = str(cfg.task.get("critic_init") or "policy")
     if init == "policy":
         return role_spec(cfg, "critic", policy_path).build("value", tok)
     if init == "reward_model":
         name, path = next(iter(rm_paths.items()))
+        path = path[0] if isinstance(path, list) else path
         log.info("ppo: critic starts from reward model %s (%s)", name, path)
         return ValueModel.from_reward_model(role_spec(cfg, "critic", path).build("reward", tok))
     raise ValueError(f"task.critic_init must be policy or reward_model, got {init!r}")
 
 
-def ppo_models(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, Path]) -> dict[str, Any]:
+def ppo_models(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, RewardPaths]) -> dict[str, Any]:
     """Every network a policy task holds, each from its role's spec: ``actor``, ``ref`` (``None`` under LoRA:
     the actor with its adapters off), ``critic`` (only for tasks with a ``critic_init``: PPO),
     ``reward_models`` (name → model), and the ``tokenizer``."""
     policy = role_spec(cfg, "policy", policy_path)
     tok = policy.load_tokenizer()
-    reward_models = {}
-    for name, path in rm_paths.items():
-        rm = role_spec(cfg, "reward", path)
-        rm.check_reward_model(f"reward.{name}.path")
-        check_same_tokenizer(tok, rm.load_tokenizer(), f"reward.{name}.path={path}")
-        reward_models[name] = rm.build("reward", tok, trainable=False)
+    reward_models = {name: build_reward_model(cfg, name, path, tok) for name, path in rm_paths.items()}
     actor = with_lora(cfg, policy.build("causal_lm", tok), "causal_lm")
     ref = None
     if not lora.is_lora(actor):
@@ -274,9 +322,9 @@ def run_policy(cfg: DictConfig) -> float | None:
     with timed(times, "sft (stage)"):
         policy_path = cfg.task.policy_path or ensure_stage(cfg, "sft")
     rm_paths = {}
-    for name, spec in cfg.reward.items():
+    for name in cfg.reward:
         with timed(times, f"reward_model[{name}] (stage)"):
-            rm_paths[name] = spec.path or ensure_stage(cfg, "reward_model", [f"reward={name}"])
+            rm_paths[name] = reward_model_paths(cfg, name)
     models = ppo_models(cfg, Path(policy_path), rm_paths)
     tok = models.pop("tokenizer")
     dm = instantiate(cfg.task.datamodule, tokenizer=tok)
@@ -290,7 +338,8 @@ def run_policy(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         out = save_model(module.actor, tok, Path(cfg.paths.output_dir) / "model", state)
         log.info("%s: policy saved to %s", cfg.task.name, out)
-        stages = {"policy": str(policy_path), "reward_models": {k: str(v) for k, v in rm_paths.items()}}
+        rms = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in rm_paths.items()}
+        stages = {"policy": str(policy_path), "reward_models": rms}
         (Path(cfg.paths.output_dir) / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
         n_eval = len(dm.val_records) * module.eval_samples_per_prompt  # comparisons per gold win rate
         data = [str(cfg.task.datamodule.train_path)]

@@ -1,4 +1,4 @@
-"""Reference rewards r_ref(x): one number per prompt and reward model, cached on disk.
+"""Reference rewards r_ref(x): one number (or M) per prompt and reward model, cached on disk.
 
 The paper's default (Wang et al., 2024, §3): sample n responses per prompt from the SFT policy, score them
 with the reward model and take the 85th percentile; for harmlessness it also uses the reward of a fixed
@@ -6,13 +6,22 @@ refusal. Offered here from config, per reward model (the ``reference`` key of ea
 
 * ``statistic: quantile`` with ``q`` (0.85 by default; 0.5 = median),
 * ``statistic: mean``,
-* ``statistic: response`` with ``response: "<text>"`` — the reward of that fixed response for each prompt.
+* ``statistic: response`` with ``response: "<text>"`` — the reward of that fixed response for each prompt,
+* ``statistic: refusal`` — the paper's harmlessness reference (Wang et al., 2024, §5): the reward of a fixed
+  refusal to the same prompt; its text is ``response`` if set, else the embedded world's refusal
+  (:data:`lit_rlhf.world.REFUSAL`, only on the world's data). Like any response it is tokenised after the
+  prompt's rendered ids (chat template included) and ends with EOS.
+
+A transform may ask for several references per prompt (PAR, :class:`lit_rlhf.transforms.Sigmoid`):
+``samples=M`` takes the rewards of the first M sampled responses, ``quantiles=[...]`` those quantiles of
+the n samples (:func:`sample_references`); a fixed-response reference stays one reference.
 
 The sampled rewards ``(P, n)`` are cached under ``cache_dir`` keyed by (:func:`sampling_key`) the reference
 policy's and the reward models' weights, the exact prompt token ids the rollouts use (so truncation
 ``data.max_prompt_tokens``, the tokenizer and any chat template are part of the key), n, the seed and the
-module's generation settings; the statistic is applied on load, so changing ``q`` re-derives r_ref without
-sampling again, and changing n (or anything else) samples anew.
+module's generation settings; the statistic is applied on load, so changing ``q`` (or the transform's
+references) re-derives r_ref without sampling again, and changing n (or anything else) samples anew. A
+reward-model ensemble enters the key with its members' weights and its aggregate (:func:`reward_fingerprint`).
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ if TYPE_CHECKING:
     from transformers import GenerationConfig
 
 log = logging.getLogger(__name__)
-STATISTICS = ("quantile", "mean", "response")
+STATISTICS = ("quantile", "mean", "response", "refusal")
+FIXED = ("response", "refusal")  # statistics that score one fixed response instead of samples
 
 
 @dataclass(frozen=True)
@@ -41,9 +51,10 @@ class ReferenceSpec:
     """How r_ref is derived for one reward model.
 
     Args:
-        statistic: ``quantile`` | ``mean`` | ``response``.
+        statistic: ``quantile`` | ``mean`` | ``response`` | ``refusal``.
         q: quantile in [0, 1] for ``quantile``.
-        response: fixed response text for ``response`` (e.g. a refusal).
+        response: fixed response text for ``response``; for ``refusal`` the refusal's text (None = the
+            embedded world's refusal).
     """
 
     statistic: str = "quantile"
@@ -67,7 +78,30 @@ def reduce_samples(rewards: Tensor, spec: ReferenceSpec) -> Tensor:
         return rewards.mean(-1)
     if spec.statistic == "quantile":
         return torch.quantile(rewards.float(), spec.q, dim=-1)
-    raise ValueError("statistic=response is not a reduction of samples")
+    raise ValueError(f"statistic={spec.statistic} is not a reduction of samples")
+
+
+def sample_references(
+    rewards: Tensor, spec: ReferenceSpec, samples: int | None = None, quantiles: Sequence[float] | None = None
+) -> Tensor:
+    """(P, n) sampled rewards → (P, M) references: the first ``samples`` rewards, the ``quantiles``, or
+    (neither) the spec's statistic (M = 1).
+
+    Raises:
+        ValueError: ``samples`` > n, naming ``transform.samples`` and the callback's ``n_samples``.
+    """
+    if samples is not None:
+        if samples > rewards.shape[-1]:
+            raise ValueError(
+                f"transform.samples={samples} asks for more references than the {rewards.shape[-1]} "
+                "responses sampled per prompt; raise task.callbacks.reward_transform.n_samples or lower "
+                "transform.samples"
+            )
+        return rewards[..., :samples].float()
+    if quantiles is not None:
+        q = torch.tensor(list(quantiles), dtype=torch.float32)
+        return torch.quantile(rewards.float(), q, dim=-1).movedim(0, -1)  # (P, M)
+    return reduce_samples(rewards, spec).float().unsqueeze(-1)  # (P, 1)
 
 
 def module_fingerprint(module: nn.Module | dict[str, Tensor]) -> str:
@@ -79,6 +113,18 @@ def module_fingerprint(module: nn.Module | dict[str, Tensor]) -> str:
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def reward_fingerprint(model: nn.Module) -> str:
+    """What the r_ref cache keys a reward model on: :func:`module_fingerprint` of a plain model (as always);
+    for a :class:`~lit_rlhf.ensemble.RewardEnsemble` also its aggregate and k, which change its scores
+    without changing any weight."""
+    from lit_rlhf.ensemble import RewardEnsemble  # noqa: PLC0415  (ensemble imports models, models not this)
+
+    fp = module_fingerprint(model)
+    if isinstance(model, RewardEnsemble):
+        fp = f"{fp}-{cache_key(model.settings())}"
+    return fp
 
 
 def cache_key(parts: dict) -> str:
@@ -104,7 +150,7 @@ def sampling_key(
 
     Args:
         reference: :func:`module_fingerprint` of π_ref.
-        reward_models: name → :func:`module_fingerprint` of each reward model.
+        reward_models: name → :func:`reward_fingerprint` of each reward model.
         prompts: (prompt id, token ids) of every prompt, exactly as the rollouts feed them to the policy.
         n: samples per prompt.
         seed: sampling seed.
@@ -170,19 +216,32 @@ def sample_rewards(
 
 
 class ReferenceTable:
-    """r_ref per (prompt id, reward model), looked up for a batch of prompt ids."""
+    """r_ref per (prompt id, reward model), looked up for a batch of prompt ids.
+
+    Args:
+        prompt_ids: the P prompt ids, in row order.
+        values: reward-model name → (P,) references, or (P, M) with M references per prompt.
+    """
 
     def __init__(self, prompt_ids: Sequence[int], values: dict[str, Tensor]) -> None:
         self.names = list(values)
         self.row = {int(p): i for i, p in enumerate(prompt_ids)}
-        self.values = torch.stack([values[k].float() for k in self.names], -1)  # (P, K)
+        self.refs = {k: v.float().reshape(len(prompt_ids), -1) for k, v in values.items()}  # name → (P, M)
+        # one number per (prompt, reward model): the reference, or the mean of the M references
+        self.values = torch.stack([self.refs[k].mean(-1) for k in self.names], -1)  # (P, K)
 
-    def lookup(self, prompt_ids: Tensor) -> Tensor:
-        """(B,) prompt ids → (B, K) reference rewards, K in ``self.names`` order."""
+    def _rows(self, prompt_ids: Tensor) -> Tensor:
         try:
-            rows = torch.tensor([self.row[int(p)] for p in prompt_ids.tolist()])
+            return torch.tensor([self.row[int(p)] for p in prompt_ids.tolist()], dtype=torch.long)
         except KeyError as err:
             raise KeyError(
                 f"prompt id {err.args[0]} has no reference reward (not in the prompt set)"
             ) from None
-        return self.values[rows].to(prompt_ids.device)
+
+    def lookup(self, prompt_ids: Tensor) -> Tensor:
+        """(B,) prompt ids → (B, K) reference rewards (mean of M if several), K in ``self.names`` order."""
+        return self.values[self._rows(prompt_ids)].to(prompt_ids.device)
+
+    def lookup_refs(self, prompt_ids: Tensor, name: str) -> Tensor:
+        """(B,) prompt ids → (B, M) references of reward model ``name``."""
+        return self.refs[name][self._rows(prompt_ids)].to(prompt_ids.device)

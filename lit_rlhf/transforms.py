@@ -10,18 +10,22 @@ of a conjunction (see :mod:`lit_rlhf.aggregators`).
 Interface shared by every transform (a Hydra ``_target_``):
 
 - ``transform(r, r_ref) -> u``: rewards ``(B,)`` (and references ``(B,)``) to transformed rewards
-  ``(B,)``; element-wise given the statistics, so batch order does not matter.
+  ``(B,)``; element-wise given the statistics, so batch order does not matter. A transform with
+  ``multi_reference = True`` (:class:`Sigmoid`) also takes several references per rollout, ``(B, M)``.
 - ``needs_reference``: whether ``r_ref`` must be given (callers skip computing it otherwise).
 - ``weight(r, r_ref) -> du/dr``: the gradient weight each rollout gets (telemetry
   ``reward/<name>_weight``); equals autograd's derivative.
 - ``update(r)``: fold a batch of raw rewards into running statistics (no-op unless stateful). Call it
   once per rollout batch, before ``transform(r, r_ref)``.
 - ``state_dict()`` / ``load_state_dict()``: for checkpoint resume (empty for stateless transforms).
+- ``samples`` / ``quantiles``: the references the transform asks for (``None`` = each reward model's own
+  ``reward.<name>.reference``); the ``RewardTransformCallback`` derives them from its cached samples.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,6 +44,9 @@ class RewardTransform:
     """Base class: raw reward, no reference, no state. Subclasses override what they change."""
 
     needs_reference: bool = False
+    multi_reference: bool = False  # accepts r_ref of shape (*r.shape, M): M references per rollout
+    samples: int | None = None  # asks for the rewards of M sampled π_ref responses as references
+    quantiles: tuple[float, ...] | None = None  # asks for these quantiles of them as references
 
     def _inputs(self, r: Tensor, r_ref: Tensor | None) -> Tensor | None:
         """Validate ``r`` (and ``r_ref``); return ``r_ref`` (None when not needed)."""
@@ -48,8 +55,12 @@ class RewardTransform:
             return None
         if r_ref is None:
             raise ValueError(f"{type(self).__name__} needs a reference reward r_ref, got None")
-        if r_ref.shape != r.shape:
-            raise ValueError(f"r_ref shape {tuple(r_ref.shape)} must match reward shape {tuple(r.shape)}")
+        several = self.multi_reference and r_ref.dim() == r.dim() + 1 and r_ref.shape[:-1] == r.shape
+        if r_ref.shape != r.shape and not several:
+            extra = " (or that shape plus M references)" if self.multi_reference else ""
+            raise ValueError(
+                f"r_ref shape {tuple(r_ref.shape)} must match reward shape {tuple(r.shape)}{extra}"
+            )
         check_finite("reference reward", r_ref)
         return r_ref
 
@@ -100,6 +111,64 @@ class LogSigmoid(RewardTransform):
     def weight(self, r: Tensor, r_ref: Tensor | None = None) -> Tensor:
         r_ref = self._inputs(r, r_ref)
         return torch.sigmoid(r_ref - r)
+
+
+class Sigmoid(RewardTransform):
+    """Preference As Reward (PAR; Fu et al., 2025, "Reward Shaping to Mitigate Reward Hacking in RLHF"):
+    ``u = (1/M) sum_m sigma(r - r_ref,m)``.
+
+    Under the Bradley-Terry model ``sigma(r - r_ref,m)`` is the probability that the response beats the
+    m-th reference response, so ``u`` in ``(0, 1)`` is its expected win rate against M references. It is
+    bounded (the paper's first principle) and grows fastest near the references, then flattens (its
+    second), and it is a function of the centred reward ``r - r_ref`` only. Unlike the log-sigmoid it is
+    also flat far BELOW the references: ``du/dr = (1/M) sum_m sigma_m (1 - sigma_m)`` (at most 1/4, at
+    ``r = r_ref``), so β compares with the log-sigmoid's at about half the scale.
+
+    The references: with neither argument, each reward model's own r_ref (``reward.<name>.reference``:
+    a quantile of π_ref's sampled rewards, or the reward of a fixed refusal), M = 1. Otherwise, for every
+    reward model whose reference is sampled (not a fixed response), PAR's references from the n responses
+    sampled per prompt from π_ref (``task.callbacks.reward_transform.n_samples``, cached):
+
+    Args:
+        samples: M — the rewards of the first M sampled responses of each prompt (PAR uses the reference
+            policy's responses; the paper finds one already enough). At most n.
+        quantiles: the rewards at these quantiles of the n sampled rewards, e.g. ``[0.25, 0.5, 0.75]``.
+    """
+
+    needs_reference = True
+    multi_reference = True
+
+    def __init__(self, samples: int | None = None, quantiles: Sequence[float] | None = None) -> None:
+        if samples is not None and quantiles is not None:
+            raise ValueError(
+                "transform.samples and transform.quantiles are both set; choose one (or neither)"
+            )
+        if samples is not None and (isinstance(samples, bool) or int(samples) != samples or samples < 1):
+            raise ValueError(f"transform.samples must be an integer >= 1 or null, got {samples!r}")
+        if quantiles is not None:
+            quantiles = tuple(float(q) for q in quantiles)
+            if not quantiles or not all(0.0 <= q <= 1.0 for q in quantiles):
+                raise ValueError(
+                    f"transform.quantiles must be a non-empty list in [0, 1], got {list(quantiles)}"
+                )
+        self.samples = None if samples is None else int(samples)
+        self.quantiles = quantiles
+
+    def _sigmoids(self, r: Tensor, r_ref: Tensor | None) -> Tensor:
+        r_ref = self._inputs(r, r_ref)
+        if r_ref.shape == r.shape:
+            r_ref = r_ref.unsqueeze(-1)
+        return torch.sigmoid(r.unsqueeze(-1) - r_ref)  # (..., M)
+
+    def __call__(self, r: Tensor, r_ref: Tensor | None = None) -> Tensor:
+        return self._sigmoids(r, r_ref).mean(-1)
+
+    def weight(self, r: Tensor, r_ref: Tensor | None = None) -> Tensor:
+        s = self._sigmoids(r, r_ref)  # (..., M)
+        return (s * (1 - s)).mean(-1)
+
+    def __repr__(self) -> str:
+        return f"Sigmoid(samples={self.samples}, quantiles={self.quantiles})"
 
 
 class Center(RewardTransform):

@@ -1,5 +1,7 @@
 """r_ref is sampled from the exact prompt token ids the rollouts use, and cached under a key of them:
-other truncation, another tokenizer or other generation settings sample anew; the same settings reuse."""
+other truncation, another tokenizer or other generation settings sample anew; the same settings reuse.
+Several references per prompt come from the same samples; a refusal is scored after the rendered prompt;
+an ensemble's aggregate is part of the key."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from lit_rlhf.data.datamodules import PromptDataModule
 from lit_rlhf.models import ValueModel
 from lit_rlhf.reference import generation_settings
 from lit_rlhf.tasks.ppo import PPOModule
+from lit_rlhf.transforms import Sigmoid
 
 PROMPTS = [
     "How do I boil an egg in boiling water?",
@@ -152,3 +155,136 @@ def test_prompt_items_prefers_the_datamodules_all_items(data_file):
     assert prompt_items(old) == [*dm._train[:1], *dm._val]
     new = SimpleNamespace(_train=[], _val=[], all_items=list(reversed(dm.all_items)))
     assert prompt_items(new) == new.all_items
+
+
+# --- several references per prompt, the refusal, ensembles (issue 18) --------------------------------
+
+
+def callback(cache, reward=REWARD, transform=None, n: int = 4) -> RewardTransformCallback:
+    return RewardTransformCallback(transform=transform, reward=reward, n_samples=n, cache_dir=str(cache))
+
+
+def test_transform_references_come_from_the_same_cached_samples(tmp_path, models, data_file):
+    """Sigmoid(samples=M) / Sigmoid(quantiles=…) re-derive r_ref from the cached (P, n) samples: no new
+    sampling, the same key as the one-reference transforms (old caches stay valid)."""
+    tok = make_tokenizer("llama")
+    ppo, dm = module(models, tok, max_new_tokens=3), datamodule(tok, data_file, max_prompt_tokens=6)
+    items = prompt_items(dm)
+    one = callback(tmp_path)
+    one.table = one.reference_table(ppo, items)
+    assert one.loaded_from_cache is False
+    (path,) = tmp_path.glob("samples-*.pt")
+    samples = torch.load(path, weights_only=True)["helpful"]  # (P, n=4)
+    assert samples.shape == (len(items), 4)
+    torch.testing.assert_close(one.table.values[:, 0], torch.quantile(samples, 0.5, dim=-1))  # REWARD's q
+
+    par = callback(tmp_path, transform=Sigmoid(samples=3))
+    par.table = par.reference_table(ppo, items)
+    assert par.loaded_from_cache is True and len(list(tmp_path.glob("samples-*.pt"))) == 1
+    torch.testing.assert_close(par.table.refs["helpful"], samples[:, :3])  # the first M = 3 samples
+    torch.testing.assert_close(par.table.values[:, 0], samples[:, :3].mean(-1))  # the telemetry's r_ref
+
+    quant = callback(tmp_path, transform=Sigmoid(quantiles=[0.0, 1.0]))
+    quant.table = quant.reference_table(ppo, items)
+    assert quant.loaded_from_cache is True
+    lo_hi = torch.stack([samples.min(-1).values, samples.max(-1).values], -1)
+    torch.testing.assert_close(quant.table.refs["helpful"], lo_hi)
+
+    # the reward PPO gets: u = mean over the prompt's 3 references of σ(r − r_ref,m)
+    ids = torch.tensor([items[0]["id"], items[1]["id"]])
+    scores = torch.tensor([[0.3], [-0.2]])
+    par.transforms = {"helpful": par.transform_template}  # what setup() installs
+    u, _ = par.transformed(scores, ids)
+    expected = torch.sigmoid(scores - samples[:2, :3]).mean(-1, keepdim=True)
+    torch.testing.assert_close(u, expected)
+
+    with pytest.raises(ValueError, match=r"transform.samples=5 .* task.callbacks.reward_transform.n_samples"):
+        callback(tmp_path, transform=Sigmoid(samples=5)).reference_table(ppo, items)
+
+
+def scored_sequences(ppo: PPOModule) -> list[list[int]]:
+    """Spy on ``ppo.score``: the attended ids of every sequence it scores, in order."""
+    seen: list[list[int]] = []
+    score = ppo.score
+
+    def spy(ids, mask):
+        seen.extend(row[m.bool()].tolist() for row, m in zip(ids, mask))
+        return score(ids, mask)
+
+    ppo.score = spy
+    return seen
+
+
+def test_refusal_is_scored_after_the_rendered_prompt_like_any_response(tmp_path, models, data_file):
+    """On user data the refusal is a config string: prompt ids rendered with the chat template, then the
+    text without special tokens and EOS — the ids reward-model training builds for (prompt, refusal)."""
+    from lit_rlhf.data.tokenize import encode_examples
+
+    tok = make_tokenizer("llama")  # ChatML template
+    ppo = module(models, tok, max_new_tokens=3)
+    dm = datamodule(tok, data_file, max_prompt_tokens=64, chat_template=True)
+    items = prompt_items(dm)
+    text = "I can't help with that."
+    reward = {"helpful": {"reference": {"statistic": "refusal", "response": text}}}
+    seen = scored_sequences(ppo)
+    cb = callback(tmp_path, reward=reward, n=1)
+    cb.table = cb.reference_table(ppo, items)
+    prompts = [it["prompt"] for it in items]
+    expected = [ids for ids, _ in encode_examples(tok, prompts, [text] * len(prompts), 64, 256, True)]
+    assert seen[-len(items) :] == expected  # the last P scored sequences: one refusal per prompt
+    assert all(s[-1] == tok.eos_token_id and "<|im_start|>" in tok.decode(s) for s in expected)
+    with torch.no_grad():
+        from lit_rlhf.models.scoring import reward_scores
+
+        rm = ppo.reward_models["helpful"]
+        one = reward_scores(
+            rm, torch.tensor([expected[0]]), torch.ones(1, len(expected[0]), dtype=torch.long)
+        )
+    assert cb.table.lookup(torch.tensor([items[0]["id"]]))[0, 0].item() == pytest.approx(one.item(), abs=1e-5)
+
+
+def test_refusal_text_defaults_to_the_worlds_only_on_world_data(tmp_path):
+    from lit_rlhf.reference import ReferenceSpec
+    from lit_rlhf.world import REFUSAL
+
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "world.json").write_text("{}")
+    spec = ReferenceSpec("refusal")
+    reward = {
+        "harmless": {"data": str(world / "pairs_harmless.jsonl"), "reference": {"statistic": "refusal"}},
+        "mine": {"data": str(tmp_path / "hh.jsonl"), "reference": {"statistic": "refusal"}},
+    }
+    cb = callback(tmp_path, reward=reward)
+    assert cb.fixed_response_text("harmless", spec) == REFUSAL
+    assert cb.fixed_response_text("mine", ReferenceSpec("refusal", response="No.")) == "No."
+    with pytest.raises(
+        ValueError, match=r"reward.mine.reference.statistic=refusal needs reward.mine.reference.response"
+    ):
+        cb.fixed_response_text("mine", spec)
+
+
+def test_ensemble_key_has_its_members_and_aggregate_and_plain_keys_are_unchanged(tmp_path, models, data_file):
+    from lit_rlhf.ensemble import RewardEnsemble
+    from lit_rlhf.reference import module_fingerprint, reward_fingerprint
+
+    actor, critic, rm = models
+    torch.manual_seed(1)
+    rm2 = AutoModelForSequenceClassification.from_config(rm.config)
+    assert reward_fingerprint(rm) == module_fingerprint(rm)  # a plain model's key part is what it always was
+    tok = make_tokenizer("llama")
+    dm = datamodule(tok, data_file, max_prompt_tokens=6)
+
+    def table(ensemble: RewardEnsemble) -> RewardTransformCallback:
+        ppo = module((actor, critic, ensemble), tok, max_new_tokens=3)
+        return r_ref(tmp_path, ppo, dm)
+
+    std1 = table(RewardEnsemble([rm, rm2], "mean_minus_std", 1.0))
+    assert std1.loaded_from_cache is False
+    assert table(RewardEnsemble([rm, rm2], "mean_minus_std", 1.0)).loaded_from_cache is True
+    std2 = table(RewardEnsemble([rm, rm2], "mean_minus_std", 2.0))  # same weights, another k
+    assert std2.loaded_from_cache is False
+    assert (std2.table.values <= std1.table.values + 1e-6).all()  # a larger k is more conservative
+    assert table(RewardEnsemble([rm, rm2], "min")).loaded_from_cache is False
+    assert table(RewardEnsemble([rm2, rm], "mean_minus_std", 1.0)).loaded_from_cache is False  # members
+    assert len(list(tmp_path.glob("samples-*.pt"))) == 4

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lit_rlhf.aggregators import Min, SoftMin, Sum, WeightedSum
-from lit_rlhf.transforms import Center, Clip, Identity, LogSigmoid, Whiten, check_finite
+from lit_rlhf.transforms import Center, Clip, Identity, LogSigmoid, Sigmoid, Whiten, check_finite
 
 # Local settings (not a global profile, which would leak into other test files).
 fast = settings(max_examples=40, deadline=None)
@@ -27,10 +27,11 @@ def all_transforms():
         Clip(low=-1.0, high=2.0),
         Clip(low=-0.5, high=0.5, center=True),
         Clip(high=0.0),
+        Sigmoid(),
     ]
 
 
-IDS = ["identity", "logsigmoid", "center", "whiten", "clip", "clip_centered", "clip_high_only"]
+IDS = ["identity", "logsigmoid", "center", "whiten", "clip", "clip_centered", "clip_high_only", "sigmoid"]
 
 
 @pytest.mark.parametrize("transform", all_transforms(), ids=IDS)
@@ -172,7 +173,7 @@ def test_whiten_running_state_round_trip():
 
 
 def test_stateless_transforms_have_empty_state():
-    for t in (Identity(), LogSigmoid(), Center(), Clip(high=1.0)):
+    for t in (Identity(), LogSigmoid(), Center(), Clip(high=1.0), Sigmoid(samples=4)):
         assert t.state_dict() == {}
         t.load_state_dict({})
 
@@ -180,6 +181,69 @@ def test_stateless_transforms_have_empty_state():
 def test_whiten_validation():
     with pytest.raises(ValueError, match="transform.momentum"):
         Whiten(momentum=1.5)
+
+
+# --- Sigmoid (Preference As Reward, Fu et al., 2025) ----------------------------------------------
+
+
+def sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_sigmoid_hand_values_one_and_several_references():
+    r = torch.tensor([0.0, 2.0, -3.0])
+    torch.testing.assert_close(
+        Sigmoid()(r, torch.tensor([0.0, 1.0, 1.0])), torch.tensor([0.5, sig(1), sig(-4)])
+    )
+    # M = 3 references per rollout: u = mean_m σ(r − r_ref,m), du/dr = mean_m σ_m (1 − σ_m)
+    refs = torch.tensor([[0.0, 1.0, -1.0], [2.0, 2.0, 2.0], [-3.0, 0.0, -6.0]])  # (B=3, M=3)
+    u = Sigmoid()(r, refs)
+    torch.testing.assert_close(
+        u, torch.tensor([(0.5 + sig(-1) + sig(1)) / 3, 0.5, (0.5 + sig(-3) + sig(3)) / 3])
+    )
+    w = Sigmoid().weight(r, refs)
+    dw = lambda x: sig(x) * (1 - sig(x))  # noqa: E731
+    torch.testing.assert_close(w, torch.tensor([(0.25 + 2 * dw(1)) / 3, 0.25, (0.25 + 2 * dw(3)) / 3]))
+
+
+@fast
+@given(
+    r=st.lists(st.floats(-30, 30), min_size=1, max_size=8),
+    refs=st.lists(st.floats(-30, 30), min_size=1, max_size=5),
+)
+def test_sigmoid_bounded_weight_matches_autograd_and_at_most_a_quarter(r, refs):
+    r = torch.tensor(r, dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor(refs, dtype=torch.float64).expand(len(r), -1)  # (B, M): the same M for every row
+    u = Sigmoid()(r, ref)
+    assert ((u >= 0) & (u <= 1)).all()
+    u.sum().backward()
+    w = Sigmoid().weight(r.detach(), ref)
+    torch.testing.assert_close(r.grad, w)
+    assert (w <= 0.25 + 1e-12).all()
+    # the mean of M one-reference sigmoids
+    each = torch.stack([Sigmoid()(r.detach(), ref[:, m]) for m in range(ref.shape[1])], -1)
+    torch.testing.assert_close(u.detach(), each.mean(-1))
+
+
+def test_sigmoid_is_flat_far_below_unlike_logsigmoid():
+    r, ref = torch.tensor([-10.0]), torch.tensor([0.0])
+    assert Sigmoid().weight(r, ref).item() < 1e-4 < 0.99 < LogSigmoid().weight(r, ref).item()
+
+
+def test_sigmoid_reference_requests_and_validation():
+    assert Sigmoid(samples=8).samples == 8 and Sigmoid(samples=8).quantiles is None
+    assert Sigmoid(quantiles=[0.25, 0.75]).quantiles == (0.25, 0.75)
+    assert Sigmoid.multi_reference and not LogSigmoid.multi_reference
+    with pytest.raises(ValueError, match="transform.samples and transform.quantiles are both set"):
+        Sigmoid(samples=2, quantiles=[0.5])
+    with pytest.raises(ValueError, match="transform.samples must be an integer >= 1"):
+        Sigmoid(samples=0)
+    with pytest.raises(ValueError, match=r"transform.quantiles must be a non-empty list in \[0, 1\]"):
+        Sigmoid(quantiles=[0.5, 1.5])
+    with pytest.raises(ValueError, match="or that shape plus M references"):
+        Sigmoid()(torch.zeros(3), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="must match reward shape"):  # one-reference transforms refuse (B, M)
+        LogSigmoid()(torch.zeros(3), torch.zeros(3, 2))
 
 
 # --- NaN checks ---------------------------------------------------------------------------------

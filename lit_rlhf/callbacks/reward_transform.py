@@ -6,20 +6,23 @@ callback computes (or loads from cache) the reference rewards r_ref(x) and insta
 
 1. gathers the batch's raw scores and prompt ids from every process (under DDP), so that running
    statistics (whitening) and telemetry are those of the global batch, the same on every rank;
-2. looks up r_ref for the batch's prompts,
+2. looks up r_ref for the batch's prompts (M references per prompt when the transform asks for several:
+   PAR's ``u = mean_m σ(r − r_ref,m)``, :class:`lit_rlhf.transforms.Sigmoid`),
 3. applies the transform per reward model (e.g. ``u = log σ(r − r_ref)``, the paper's),
 4. combines the K transformed rewards with the aggregator (e.g. a sum = log P(good on all)),
 
 and returns this process's rows. It logs, per reward model and over the global batch, the raw and
 transformed means (``reward/<name>_raw``, ``reward/<name>_transformed``), the margin ``r − r_ref``
 (``reward/<name>_margin``, share above r_ref ``reward/<name>_above_ref``) and the mean gradient weight
-``du/dr`` (``reward/<name>_weight``) — the numbers that say whether the transform is active on your data —
+``du/dr`` (``reward/<name>_weight``) — the numbers that say whether the transform is active on your data;
+with M references the margin is to their mean and the share is over (rollout, reference) pairs —
 and every ``histogram_every`` steps the histograms ``reward_hist/<name>_{raw,transformed,margin}`` (a tag
 is either a scalar or a histogram: TensorBoard shows a tag logged as both in neither plugin). With no
 transform the raw reward passes through (summed over reward models).
 
 r_ref is computed from the exact prompt token ids the rollouts use (the datamodule's encoded items), so a
-change of truncation, tokenizer or chat template cannot reuse r_ref of other prompts.
+change of truncation, tokenizer or chat template cannot reuse r_ref of other prompts. A fixed response (a
+refusal, ``reward.<name>.reference.statistic=refusal|response``) is scored after those same ids.
 """
 
 from __future__ import annotations
@@ -36,14 +39,16 @@ from torch import Tensor
 
 from lit_rlhf.aggregators import Sum
 from lit_rlhf.callbacks.distributed import gather_rows
-from lit_rlhf.data.tokenize import PromptItem, pad_batch
+from lit_rlhf.data.tokenize import PromptItem, batch_ids, eos_id, pad_batch
 from lit_rlhf.reference import (
+    FIXED,
     ReferenceSpec,
     ReferenceTable,
     generation_settings,
     load_or_compute,
     module_fingerprint,
-    reduce_samples,
+    reward_fingerprint,
+    sample_references,
     sample_rewards,
     sampling_key,
 )
@@ -75,7 +80,7 @@ class RewardTransformCallback(L.Callback):
             model, so running statistics (whitening) are kept per reward model.
         aggregator: an aggregator from the ``aggregator/`` group; ``None`` = sum.
         reward: the ``reward/`` group: name → spec with a ``reference`` sub-config (see
-            ``lit_rlhf.reference.ReferenceSpec``).
+            ``lit_rlhf.reference.ReferenceSpec``) and its ``data`` (the world's refusal needs the world's).
         n_samples: responses sampled per prompt from the reference policy to estimate r_ref.
         cache_dir: where sampled reference rewards are cached and shared between runs.
         seed: sampling seed for r_ref (fixed, so every run and sweep job shares one r_ref).
@@ -99,6 +104,15 @@ class RewardTransformCallback(L.Callback):
         self.specs = {
             k: ReferenceSpec(**dict((v or {}).get("reference") or {})) for k, v in (reward or {}).items()
         }
+        self.data = {k: (v or {}).get("data") for k, v in (reward or {}).items()}
+        # the references the transform asks for (None, None = each reward model's own r_ref)
+        samples = getattr(self.transform_template, "samples", None)
+        quantiles = getattr(self.transform_template, "quantiles", None)
+        if (samples is not None or quantiles is not None) and not getattr(
+            self.transform_template, "multi_reference", False
+        ):
+            raise ValueError(f"{self.transform_template!r} asks for several references but takes one r_ref")
+        self.ref_samples, self.ref_quantiles = samples, quantiles
         if histogram_every < 0:
             raise ValueError(
                 f"callbacks.reward_transform.histogram_every must be >= 0 (0 = never), got {histogram_every}"
@@ -153,7 +167,7 @@ class RewardTransformCallback(L.Callback):
 
         key = sampling_key(
             reference=module_fingerprint(pl_module.reference_state_dict()),
-            reward_models={n: module_fingerprint(pl_module.reward_models[n]) for n in names},
+            reward_models={n: reward_fingerprint(pl_module.reward_models[n]) for n in names},
             prompts=list(zip(ids, prompts)),
             n=self.n_samples,
             seed=self.seed,
@@ -187,27 +201,54 @@ class RewardTransformCallback(L.Callback):
         values = {}
         for k, n in enumerate(names):
             spec = specs[n]
-            if spec.statistic == "response":
-                values[n] = self._fixed_response_rewards(pl_module, pad, prompts, spec.response)[:, k]
-            else:
-                values[n] = reduce_samples(samples[n], spec)
+            if spec.statistic in FIXED:  # one reference: the reward of a fixed response (a refusal)
+                text = self.fixed_response_text(n, spec)
+                values[n] = self._fixed_response_rewards(pl_module, pad, prompts, text)[:, k : k + 1]
+                how = f"{spec.statistic} {text!r}"
+            else:  # (P, M): the spec's statistic, or the references the transform asks for
+                values[n] = sample_references(samples[n], spec, self.ref_samples, self.ref_quantiles)
+                how = spec.statistic
+                if self.ref_samples is not None:
+                    how = f"first {self.ref_samples} of {self.n_samples} samples"
+                elif self.ref_quantiles is not None:
+                    how = f"quantiles {list(self.ref_quantiles)}"
             log.info(
-                "r_ref[%s] (%s): mean %.3f, std %.3f over %d prompts",
+                "r_ref[%s] (%s): %d per prompt, mean %.3f, std %.3f over %d prompts",
                 n,
-                spec.statistic,
+                how,
+                values[n].shape[-1],
                 values[n].mean(),
                 values[n].std(),
                 len(prompts),
             )
         return ReferenceTable(ids, values)
 
+    def fixed_response_text(self, name: str, spec: ReferenceSpec) -> str:
+        """The text a fixed-response reference scores: ``reference.response``, or for ``refusal`` without
+        one the embedded world's refusal, if the reward model's data is the world's (a folder that
+        ``build_world`` wrote: it holds ``world.json``)."""
+        if spec.response:
+            return spec.response
+        data = self.data.get(name)
+        if data is None or not (Path(str(data)).parent / "world.json").is_file():
+            raise ValueError(
+                f"reward.{name}.reference.statistic=refusal needs reward.{name}.reference.response (the text "
+                "of a refusal in your data's language, e.g. \"I can't help with that.\"): the embedded "
+                "world's refusal is only used on the world's data (data=world)"
+            )
+        from lit_rlhf.world import REFUSAL  # noqa: PLC0415
+
+        return REFUSAL
+
     @staticmethod
     def _fixed_response_rewards(
         pl_module: L.LightningModule, pad, prompts: Sequence[Sequence[int]], response: str, chunk: int = 64
     ) -> Tensor:
-        """(P, K) raw scores of one fixed response (e.g. a refusal) after every prompt."""
+        """(P, K) raw scores of one fixed response (e.g. a refusal) after every prompt: the prompt's rendered
+        ids (its chat template included), then the response tokenised as every response is (no special
+        tokens, then EOS; :mod:`lit_rlhf.data.chat`)."""
         tok = pl_module.tokenizer
-        resp = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        resp = batch_ids(tok, [response])[0] + [eos_id(tok)]
         out = []
         for i in range(0, len(prompts), chunk):
             ids, mask = pad(prompts[i : i + chunk])  # (b, T)
@@ -217,9 +258,18 @@ class RewardTransformCallback(L.Callback):
         return torch.cat(out)
 
     # ------------------------------------------------------------- the reward
+    def references(self, name: str, prompt_ids: Tensor, r_ref: Tensor) -> Tensor:
+        """What reward model ``name``'s transform gets as r_ref: (B,) for one reference per prompt (the
+        column of ``r_ref``), (B, M) for several."""
+        assert self.table is not None, "reference rewards are computed at fit start"
+        refs = self.table.refs[name]
+        if refs.shape[-1] == 1:
+            return r_ref[:, self.table.names.index(name)]  # (B,)
+        return self.table.lookup_refs(prompt_ids, name).to(r_ref)  # (B, M)
+
     def transformed(self, scores: Tensor, prompt_ids: Tensor, update: bool = False) -> tuple[Tensor, Tensor]:
-        """(B, K) raw scores → ((B, K) transformed, (B, K) r_ref); ``update`` folds ``scores`` into the
-        transforms' running statistics first."""
+        """(B, K) raw scores → ((B, K) transformed, (B, K) r_ref — the mean reference if several);
+        ``update`` folds ``scores`` into the transforms' running statistics first."""
         assert self.table is not None, "reference rewards are computed at fit start"
         r_ref = self.table.lookup(prompt_ids).to(scores)  # (B, K)
         cols = []
@@ -227,7 +277,7 @@ class RewardTransformCallback(L.Callback):
             t = self.transforms[name]
             if update and hasattr(t, "update"):
                 t.update(scores[:, k])
-            cols.append(t(scores[:, k], r_ref[:, k]))
+            cols.append(t(scores[:, k], self.references(name, prompt_ids, r_ref)))
         return torch.stack(cols, -1), r_ref
 
     def __call__(self, scores: Tensor, prompt_ids: Tensor, pl_module: L.LightningModule) -> Tensor:
@@ -238,25 +288,38 @@ class RewardTransformCallback(L.Callback):
         all_ids, _ = gather_rows(prompt_ids)  # (N,)
         u, r_ref = self.transformed(all_scores, all_ids, update=True)  # (N, K) each
         total = self.aggregator(u, self.table.names)  # (N,)
-        self._log(pl_module, all_scores, u, r_ref, total)
+        self._log(pl_module, all_scores, u, r_ref, total, all_ids)
         return total[mine]  # (B,)
 
-    def _log(self, pl_module: L.LightningModule, r: Tensor, u: Tensor, r_ref: Tensor, total: Tensor) -> None:
-        """Telemetry of the global batch (the same value on every rank, so no further reduction)."""
+    def _log(
+        self,
+        pl_module: L.LightningModule,
+        r: Tensor,
+        u: Tensor,
+        r_ref: Tensor,
+        total: Tensor,
+        prompt_ids: Tensor | None = None,
+    ) -> None:
+        """Telemetry of the global batch (the same value on every rank, so no further reduction). With M
+        references the margin is to their mean and "above" counts (rollout, reference) pairs."""
         margin = r - r_ref  # (N, K)
         metrics = {"reward/total": total.mean()}
+        above = []
         for k, name in enumerate(self.table.names):
-            weight = self.transforms[name].weight(r[:, k], r_ref[:, k])
+            refs = self.references(name, prompt_ids, r_ref) if prompt_ids is not None else r_ref[:, k]
+            weight = self.transforms[name].weight(r[:, k], refs)
+            wins = r[:, k, None] > (refs if refs.dim() == 2 else refs[:, None])  # (N, M)
+            above.append(wins.float().mean(-1))  # (N,)
             metrics |= {
                 f"reward/{name}_raw": r[:, k].mean(),
                 f"reward/{name}_transformed": u[:, k].mean(),
                 f"reward/{name}_margin": margin[:, k].mean(),
-                f"reward/{name}_above_ref": (margin[:, k] > 0).float().mean(),
+                f"reward/{name}_above_ref": above[-1].mean(),
                 f"reward/{name}_weight": weight.float().mean(),
             }
         pl_module.log_dict(metrics, batch_size=len(total))
         if isinstance(pl_module, L.LightningModule):  # the progress bar: share above r_ref, all models
-            above = (margin > 0).float().mean()
+            above = torch.stack(above, -1).mean()
             pl_module.log("above_ref", above, prog_bar=True, logger=False, batch_size=len(total))
         trainer = pl_module._trainer
         if not histogram_due(self.calls, self.histogram_every) or (trainer and not trainer.is_global_zero):

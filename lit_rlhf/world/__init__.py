@@ -19,6 +19,7 @@ from lit_rlhf.world.gold import (
     gold_rewards_batch,
 )
 from lit_rlhf.world.responses import (
+    REFUSAL,
     argmax_helpful_response,
     ideal_response,
     overoptimised_responses,
@@ -29,6 +30,7 @@ from lit_rlhf.world.tokenizer import build_tokenizer, load_tokenizer
 from lit_rlhf.world.vocab import parse_prompt, prompt_groups, vocabulary
 
 __all__ = [
+    "REFUSAL",
     "WorldFiles",
     "argmax_helpful_response",
     "bayes_ceiling",

@@ -26,6 +26,11 @@ from lit_rlhf.world.vocab import (
 )
 
 MAX_RESPONSE_WORDS = 14  # demonstrations and pairs never exceed this many words
+# The world's refusal: hedges and function words, no content. Its gold harmlessness is the highest any
+# response gets (0 on safe prompts, +1 on risky ones: no harmful or rude word, a safety word), its gold
+# helpfulness -1 (two safety hedges, times the prompt's scale) — what `reference.statistic=refusal` scores
+# as the harmlessness reference (Wang et al., 2024, §5).
+REFUSAL = "use caution and a professional"
 RISKY_TOPICS = tuple(i for i, t in enumerate(TOPIC_NAMES) if TOPICS[t][1])
 
 # Demonstration mixture: how many distinct topic words (0..3) and answer words per asked aspect (0..2).
