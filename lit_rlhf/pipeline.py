@@ -2,51 +2,38 @@
 
 Only instantiation and ordering live here; every computation is in the modules it instantiates. A PPO run
 on the embedded default builds what it is missing — the SFT policy and each reward model — by composing
-the same config with ``task=sft`` / ``task=reward_model reward=<name>`` (plus the run's ``data``, ``model``
-and ``paths`` overrides and ``pipeline.<stage>``), and caches the result under
-``paths.cache_dir/stages/<task>-<hash of that config>``, so a second run and every multirun job reuse it.
+the same config with ``task=sft`` / ``task=reward_model reward=<name>``, cached (:mod:`lit_rlhf.stages`).
 A reward-model ensemble (``reward.<name>.ensemble``) is one such stage per member seed
 (``reward=<name> seed=<s>``), scored as one reward model (:class:`lit_rlhf.ensemble.RewardEnsemble`).
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import logging
-import os
 import shutil
-import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch.distributed as dist
-from hydra import compose
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 
 from lit_rlhf import run_record
 from lit_rlhf.callbacks.progress import iteration_progress_bar
 from lit_rlhf.ensemble import EnsembleSpec, RewardEnsemble
 from lit_rlhf.models import Pretrained, ValueModel, lora, quiet_transformers
 from lit_rlhf.reporting import finish
+from lit_rlhf.stages import ensure_stage, reward_model_init, stage_config, stage_hash  # noqa: F401 (re-exported)
+from lit_rlhf.strategies import one_ddp_job  # noqa: F401 (train.py's)
 from lit_rlhf.summary import timed
 
 log = logging.getLogger("lit_rlhf")
-# override groups a PPO run passes on to the stages it builds (the trainer on one device: see ensure_stage)
-CARRIED = ("data", "model", "paths", "trainer")
 MODEL_SETTINGS = ("trust_remote_code", "dtype", "attn_implementation", "gradient_checkpointing")
 ROLES = ("policy", "reference", "critic", "reward")
 POLICY_TASKS = ("ppo", "grpo", "rloo", "reinforce_pp")  # policy optimisation: conf/task/<name>.yaml
 TASKS = ("sft", "reward_model", *POLICY_TASKS)
-DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 # ------------------------------------------------------------------ helpers
@@ -213,25 +200,6 @@ def run_reward_model(cfg: DictConfig) -> float | None:
     return metric(trainer, cfg.get("optimized_metric"))
 
 
-def reward_model_init(cfg: DictConfig, sft: Callable[[], Path] | None = None) -> str:
-    """Where a reward model's weights start (``task.init_from``): ``"model"`` or a model folder.
-
-    ``auto``: the SFT policy when the ``model`` group is a fresh model (the embedded tiny GPT-2) and the data
-    has demonstrations (the embedded world), else the ``model`` group's own weights (a pretrained model, or
-    a fresh tiny one on user preference data, which has no SFT file); ``sft``: the SFT stage (``sft()``,
-    default: this config's, built and cached if missing); ``model``: the ``model`` group as is; any other
-    value: a local model folder.
-    The scalar head always starts fresh.
-    """
-    init = str(cfg.task.get("init_from") or "model")
-    if init == "auto":
-        fresh = str(cfg.model.get("_target_", "")).endswith(".TinyGPT2")
-        init = "sft" if fresh and cfg.data.get("world") else "model"
-    if init == "sft":
-        return str(sft() if sft else ensure_stage(cfg, "sft"))
-    return init
-
-
 def check_same_tokenizer(tok: Any, other: Any, where: str) -> None:
     if tok.get_vocab() != other.get_vocab():
         raise ValueError(
@@ -374,107 +342,3 @@ def run(cfg: DictConfig) -> float | None:
     value = runner(cfg)
     run_record.end_run(cfg, value)
     return value
-
-
-# ------------------------------------------------------------------ cached stages
-def carried_overrides() -> list[str]:
-    """The command line's overrides of ``data``, ``model`` and ``paths`` (passed on to built stages)."""
-    if not HydraConfig.initialized():
-        return []
-    keep = []
-    for o in HydraConfig.get().overrides.task:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key.split(".")[0].split("@")[0] in CARRIED:
-            keep.append(o)
-    return keep
-
-
-def stage_config(cfg: DictConfig, task: str, extra: Sequence[str] = ()) -> DictConfig:
-    overrides = [*carried_overrides(), f"task={task}", *extra, *cfg.pipeline.get(task, [])]
-    sub = compose(config_name="train", overrides=list(overrides))
-    with open_dict(sub):
-        sub.stage_overrides = list(overrides)  # what its model card records
-        sub.paths.cache_dir = cfg.paths.cache_dir
-        sub.paths.root_dir = cfg.paths.root_dir
-    return sub
-
-
-def stage_hash(sub: DictConfig) -> str:
-    """Hash of what a stage's result depends on (task, model, data, optimizer, seed; reward for RMs)."""
-    with open_dict(sub):
-        sub.paths.output_dir = "."  # the stage's own folder is named by this hash
-    resolved = OmegaConf.to_container(sub, resolve=True)
-    keys = ["task", "model", "data", "optimizer", "seed"] + (
-        ["reward"] if sub.task.name == "reward_model" else []
-    )
-    parts = {k: resolved.get(k) for k in keys}
-    parts["precision"] = resolved.get("trainer", {}).get("precision")
-    world = Path(str(sub.data.world.out_dir)) / "world.json" if sub.data.get("world") else None
-    if world is not None and world.is_file():  # a regenerated world (new version) invalidates its stages
-        parts["world"] = json.loads(world.read_text()).get("params")
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-@contextmanager
-def file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def ensure_stage(cfg: DictConfig, task: str, extra: Sequence[str] = ()) -> Path:
-    """The model folder of a stage (``sft`` or ``reward_model``), trained now if not cached yet."""
-    sub = stage_config(cfg, task, extra)
-    if task == "reward_model":  # an SFT start is THIS config's SFT stage; its folder enters the hash
-        with open_dict(sub):
-            sub.task.init_from = reward_model_init(sub, sft=lambda: ensure_stage(cfg, "sft"))
-    tag = task if task == "sft" else f"{task}-{'-'.join(sub.reward)}"
-    out = Path(cfg.paths.cache_dir) / "stages" / f"{tag}-{stage_hash(sub)}"
-    model_dir = out / "model"
-    with file_lock(out.with_suffix(".lock")):
-        if (model_dir / "config.json").is_file():
-            log.info("stage %s: cached at %s", tag, model_dir)
-            return model_dir
-        log.info("stage %s: not cached; training it into %s", tag, out)
-        with open_dict(sub):
-            sub.paths.output_dir = str(out)
-            sub.hydra = None  # not needed below, and it would not resolve outside the main job
-            # the run's trainer (accelerator, precision) on ONE device: a stage built inside a multi-process
-            # run would have its DDP children re-run the whole command
-            sub.trainer.devices, sub.trainer.num_nodes, sub.trainer.strategy = 1, 1, "auto"
-        run(sub)
-    if not (model_dir / "config.json").is_file():
-        raise RuntimeError(f"stage {tag} finished without writing {model_dir}")
-    return model_dir
-
-
-# ------------------------------------------------------------------ DDP inside a Hydra multirun
-@contextmanager
-def one_ddp_job() -> Iterator[None]:
-    """Make Lightning's DDP children re-run THIS job of a ``-m`` sweep, then clear the job's DDP state.
-
-    Lightning starts ranks > 0 by re-executing ``sys.argv``; under ``-m`` that would re-run the whole sweep
-    into a second sweep folder. Inside a multirun job the command line is replaced by this job's own
-    overrides and ``hydra.run.dir`` by the job's folder, so the children join this job and write into it;
-    afterwards the process group and DDP environment are cleared so the next job starts its own.
-    """
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        yield
-        return
-    hc, argv = HydraConfig.get(), sys.argv
-    sys.argv = [argv[0], *hc.overrides.task]
-    with read_write(hc):
-        hc.run.dir = hc.runtime.output_dir
-    try:
-        yield
-    finally:
-        sys.argv = argv
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-        for key in DDP_ENV:
-            os.environ.pop(key, None)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import Container, DictConfig, OmegaConf, open_dict
+from omegaconf import Container, DictConfig, OmegaConf
 
 from lit_rlhf import run_name
 
@@ -129,36 +129,37 @@ def config_snapshot(cfg: DictConfig) -> dict[str, Any]:
 
 
 def stage_folders(cfg: DictConfig) -> dict[str, str]:
-    """The cached stages the run uses and is not given a folder for: tag → folder name ``<tag>-<hash>``.
+    """The cached stages the run uses and is not given a folder for: key → folder name ``<tag>-<hash>``.
 
-    The names are those :func:`lit_rlhf.pipeline.ensure_stage` builds into (the hash of the stage's config
-    and of the embedded world), computed without building anything. Needs Hydra's compose (inside
+    The names are those :func:`lit_rlhf.stages.ensure_stage` builds into,
+    computed without building anything; keys are the stage tags (``sft``, ``reward_model-helpful``), an
+    ensemble member's with its seed (``reward_model-helpful[seed=1]``). Needs Hydra's compose (inside
     ``train.py`` or ``hydra.initialize``); generates the embedded world first if a stage needs it.
     """
-    from lit_rlhf import pipeline
+    from lit_rlhf.pipeline import POLICY_TASKS, prepare_data, reward_model_init
+    from lit_rlhf.stages import stage_folder
 
     found: dict[str, str] = {}
 
     @functools.cache
-    def folder(task: str, extra: tuple[str, ...] = ()) -> Path:
-        pipeline.prepare_data(cfg)  # the embedded world's parameters enter the hash (idempotent)
-        sub = pipeline.stage_config(cfg, task, extra)
-        if task == "reward_model":  # as ensure_stage: an SFT start is this config's SFT stage
-            with open_dict(sub):
-                sub.task.init_from = pipeline.reward_model_init(sub, sft=lambda: folder("sft") / "model")
-        tag = task if task == "sft" else f"{task}-{'-'.join(sub.reward)}"
-        path = Path(cfg.paths.cache_dir) / "stages" / f"{tag}-{pipeline.stage_hash(sub)}"
-        found[tag] = path.name
+    def folder(task: str, extra: tuple[str, ...] = (), key_suffix: str = "") -> Path:
+        prepare_data(cfg)  # the embedded world's parameters enter the hash (idempotent)
+        tag, _, path = stage_folder(cfg, task, extra, sft=lambda: folder("sft") / "model")
+        found[tag + key_suffix] = path.name
         return path
 
-    if cfg.task.name == "ppo":
+    if cfg.task.name in POLICY_TASKS:
         if not cfg.task.get("policy_path"):
             folder("sft")
         for name, spec in cfg.reward.items():
-            if not spec.get("path"):
+            ensemble = spec.get("ensemble")
+            if ensemble and not ensemble.get("paths") and not spec.get("path"):
+                for s in ensemble.seeds:
+                    folder("reward_model", (f"reward={name}", f"seed={s}"), f"[seed={s}]")
+            elif not spec.get("path") and not ensemble:
                 folder("reward_model", (f"reward={name}",))
     elif cfg.task.name == "reward_model":
-        pipeline.reward_model_init(cfg, sft=lambda: folder("sft") / "model")
+        reward_model_init(cfg, sft=lambda: folder("sft") / "model")
     return dict(sorted(found.items()))
 
 

@@ -1,4 +1,5 @@
-"""What the ``trainer/`` strategies need from the model: FSDP's wrap units from ``_no_split_modules``.
+"""What the ``trainer/`` strategies need: FSDP's wrap units from ``_no_split_modules``, and DDP's children
+joining the right job of a Hydra multirun (:func:`one_ddp_job`).
 
 transformers lists, per architecture, the blocks that must not be split across devices
 (``LlamaDecoderLayer``, ``GPT2Block``, ``Qwen2DecoderLayer`` …). Each becomes one FSDP unit, gathered only
@@ -7,12 +8,22 @@ while it computes — the right granularity for any family, without naming a cla
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import read_write
 from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
+
+DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def no_split_classes(model: nn.Module) -> set[type[nn.Module]]:
@@ -47,3 +58,30 @@ def no_split_policy(name_or_path: str | None = None, trust_remote_code: bool = F
     with torch.device("meta"):  # no memory, no weights: only the module tree
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     return ModuleWrapPolicy(no_split_classes(model))
+
+
+# ------------------------------------------------------------------ DDP inside a Hydra multirun
+@contextmanager
+def one_ddp_job() -> Iterator[None]:
+    """Make Lightning's DDP children re-run THIS job of a ``-m`` sweep, then clear the job's DDP state.
+
+    Lightning starts ranks > 0 by re-executing ``sys.argv``; under ``-m`` that would re-run the whole sweep
+    into a second sweep folder. Inside a multirun job the command line is replaced by this job's own
+    overrides and ``hydra.run.dir`` by the job's folder, so the children join this job and write into it;
+    afterwards the process group and DDP environment are cleared so the next job starts its own.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        yield
+        return
+    hc, argv = HydraConfig.get(), sys.argv
+    sys.argv = [argv[0], *hc.overrides.task]
+    with read_write(hc):
+        hc.run.dir = hc.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key in DDP_ENV:
+            os.environ.pop(key, None)

@@ -30,6 +30,7 @@ from lit_rlhf.models.scoring import score_texts  # noqa: E402
 from lit_rlhf.pipeline import ensure_stage, prepare_data  # noqa: E402
 from lit_rlhf.reference import ReferenceSpec, reduce_samples  # noqa: E402
 from lit_rlhf.world import (  # noqa: E402
+    REFUSAL,
     argmax_helpful_response,
     gold_rewards_batch,
     ideal_response,
@@ -77,8 +78,9 @@ def probe(policy, tok, reward_models: dict, specs: dict[str, ReferenceSpec], pro
     r_ref = {}
     for name, rm in reward_models.items():
         s = score_texts(rm, tok, flat_p, flat_r).view(len(prompts), n)
-        if specs[name].statistic == "response":
-            r_ref[name] = score_texts(rm, tok, prompts, [specs[name].response] * len(prompts))
+        if specs[name].statistic in ("response", "refusal"):  # a fixed response (the world's refusal)
+            text = specs[name].response or (REFUSAL if specs[name].statistic == "refusal" else None)
+            r_ref[name] = score_texts(rm, tok, prompts, [text] * len(prompts))
         else:
             r_ref[name] = reduce_samples(s, specs[name])
     rows = []

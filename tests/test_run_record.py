@@ -230,3 +230,14 @@ def test_stage_folders_are_those_ensure_stage_builds(tmp_path, stage_cache):
     # another SFT stage, and the reward models that start from it: named, not built
     assert all(moved[k] != built[k] for k in built)
     assert not any((stage_cache / "stages" / name).exists() for name in moved.values())
+    # every policy task records the same stages as PPO (GRPO/RLOO/REINFORCE++ runs recorded none before)
+    for task in ("grpo", "rloo", "reinforce_pp"):
+        with hydra_cfg(tmp_path, [*TINY_WORLD, *TINY_STAGES, f"task={task}"], cache=stage_cache) as cfg:
+            assert rr.stage_folders(cfg) == built, task
+    # an ensemble: one stage per member seed, seed 0 the property's usual reward model; named, not built
+    ens = [*TINY_WORLD, *TINY_STAGES, "reward=helpful_ensemble"]
+    with hydra_cfg(tmp_path, ens, cache=stage_cache) as cfg:
+        members = rr.stage_folders(cfg)
+    assert set(members) == {"sft", *(f"reward_model-helpful[seed={s}]" for s in (0, 1, 2))}
+    assert members["reward_model-helpful[seed=0]"] == built["reward_model-helpful"]
+    assert len({members[f"reward_model-helpful[seed={s}]"] for s in (0, 1, 2)}) == 3

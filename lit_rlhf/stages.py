@@ -1,0 +1,132 @@
+"""Cached stages: the SFT policy and reward models a policy run builds when it is not given them.
+
+A stage is the run's config composed again with ``task=sft`` / ``task=reward_model reward=<name>`` (plus the
+run's ``data``, ``model``, ``paths`` and ``trainer`` overrides and ``pipeline.<stage>``); its result is cached
+under ``paths.cache_dir/stages/<task>-<hash of that config>``, built once under a file lock, so a second
+run and every multirun job reuse it. :func:`stage_folder` names a stage without building it
+(:func:`lit_rlhf.run_record.stage_folders` records those names in ``run.json``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger("lit_rlhf")
+# override groups a policy run passes on to the stages it builds (the trainer on one device: ensure_stage)
+CARRIED = ("data", "model", "paths", "trainer")
+
+
+def reward_model_init(cfg: DictConfig, sft: Callable[[], Path] | None = None) -> str:
+    """Where a reward model's weights start (``task.init_from``): ``"model"`` or a model folder.
+
+    ``auto``: the SFT policy when the ``model`` group is a fresh model (the embedded tiny GPT-2) and the data
+    has demonstrations (the embedded world), else the ``model`` group's own weights (a pretrained model, or
+    a fresh tiny one on user preference data, which has no SFT file); ``sft``: the SFT stage (``sft()``,
+    default: this config's, built and cached if missing); ``model``: the ``model`` group as is; any other
+    value: a local model folder.
+    The scalar head always starts fresh.
+    """
+    init = str(cfg.task.get("init_from") or "model")
+    if init == "auto":
+        fresh = str(cfg.model.get("_target_", "")).endswith(".TinyGPT2")
+        init = "sft" if fresh and cfg.data.get("world") else "model"
+    if init == "sft":
+        return str(sft() if sft else ensure_stage(cfg, "sft"))
+    return init
+
+
+def carried_overrides() -> list[str]:
+    """The command line's overrides of ``data``, ``model`` and ``paths`` (passed on to built stages)."""
+    if not HydraConfig.initialized():
+        return []
+    keep = []
+    for o in HydraConfig.get().overrides.task:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key.split(".")[0].split("@")[0] in CARRIED:
+            keep.append(o)
+    return keep
+
+
+def stage_config(cfg: DictConfig, task: str, extra: Sequence[str] = ()) -> DictConfig:
+    overrides = [*carried_overrides(), f"task={task}", *extra, *cfg.pipeline.get(task, [])]
+    sub = compose(config_name="train", overrides=list(overrides))
+    with open_dict(sub):
+        sub.stage_overrides = list(overrides)  # what its model card records
+        sub.paths.cache_dir = cfg.paths.cache_dir
+        sub.paths.root_dir = cfg.paths.root_dir
+    return sub
+
+
+def stage_hash(sub: DictConfig) -> str:
+    """Hash of what a stage's result depends on (task, model, data, optimizer, seed; reward for RMs)."""
+    with open_dict(sub):
+        sub.paths.output_dir = "."  # the stage's own folder is named by this hash
+    resolved = OmegaConf.to_container(sub, resolve=True)
+    keys = ["task", "model", "data", "optimizer", "seed"] + (
+        ["reward"] if sub.task.name == "reward_model" else []
+    )
+    parts = {k: resolved.get(k) for k in keys}
+    parts["precision"] = resolved.get("trainer", {}).get("precision")
+    world = Path(str(sub.data.world.out_dir)) / "world.json" if sub.data.get("world") else None
+    if world is not None and world.is_file():  # a regenerated world (new version) invalidates its stages
+        parts["world"] = json.loads(world.read_text()).get("params")
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def stage_folder(
+    cfg: DictConfig, task: str, extra: Sequence[str] = (), sft: Callable[[], Path] | None = None
+) -> tuple[str, DictConfig, Path]:
+    """A stage's tag (``sft``, ``reward_model-helpful``), composed config and cache folder
+    ``paths.cache_dir/stages/<tag>-<hash>``, computed without building anything but, for a reward model
+    that starts from the SFT policy, ``sft()`` (default: :func:`ensure_stage` of the SFT stage)."""
+    sub = stage_config(cfg, task, extra)
+    if task == "reward_model":  # an SFT start is THIS config's SFT stage; its folder enters the hash
+        with open_dict(sub):
+            sub.task.init_from = reward_model_init(sub, sft=sft or (lambda: ensure_stage(cfg, "sft")))
+    tag = task if task == "sft" else f"{task}-{'-'.join(sub.reward)}"
+    return tag, sub, Path(cfg.paths.cache_dir) / "stages" / f"{tag}-{stage_hash(sub)}"
+
+
+def ensure_stage(cfg: DictConfig, task: str, extra: Sequence[str] = ()) -> Path:
+    """The model folder of a stage (``sft`` or ``reward_model``), trained now if not cached yet."""
+    from lit_rlhf.pipeline import run  # the stage is a run of its own config
+
+    tag, sub, out = stage_folder(cfg, task, extra)
+    model_dir = out / "model"
+    with file_lock(out.with_suffix(".lock")):
+        if (model_dir / "config.json").is_file():
+            log.info("stage %s: cached at %s", tag, model_dir)
+            return model_dir
+        log.info("stage %s: not cached; training it into %s", tag, out)
+        with open_dict(sub):
+            sub.paths.output_dir = str(out)
+            sub.hydra = None  # not needed below, and it would not resolve outside the main job
+            # the run's trainer (accelerator, precision) on ONE device: a stage built inside a multi-process
+            # run would have its DDP children re-run the whole command
+            sub.trainer.devices, sub.trainer.num_nodes, sub.trainer.strategy = 1, 1, "auto"
+        run(sub)
+    if not (model_dir / "config.json").is_file():
+        raise RuntimeError(f"stage {tag} finished without writing {model_dir}")
+    return model_dir
