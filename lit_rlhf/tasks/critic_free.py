@@ -1,5 +1,7 @@
 """The update shared by the critic-free algorithms (GRPO, RLOO, REINFORCE++): one optimizer, clipped
-surrogate on precomputed advantages, an optional KL-to-reference loss term. No critic in memory."""
+surrogate on precomputed advantages, an optional KL-to-reference loss term. No critic in memory. Under DDP
+the loss aggregations divide by the global minibatch's rows or tokens
+(:func:`~lit_rlhf.rlhf.estimators.shard_norms`)."""
 
 from __future__ import annotations
 
@@ -37,8 +39,9 @@ class CriticFreeModule(PolicyModule):
         opt = self.optimizers()
         beta = self.kl_ctl.value
         stats: dict[str, list[Tensor]] = {k: [] for k in ("clipfrac", "approx_kl", "pg_loss", "kl_loss")}
-        for idx in self.minibatches(len(ro.prompt_ids), mask.device):
-            ids, am, m = ro.input_ids[idx], ro.attention_mask[idx], mask[idx]
+        for idx, m in self.minibatches(mask):
+            ids, am = ro.input_ids[idx], ro.attention_mask[idx]
+            norms = self.shard_norms(m)  # DDP: the loss of the global minibatch
             logprobs = self._token_logprobs(self.actor, ids, am, P)
             loss, st = policy_loss(
                 logprobs,
@@ -48,10 +51,13 @@ class CriticFreeModule(PolicyModule):
                 self.clip_eps,
                 self.loss_agg,
                 self.max_new_tokens,
+                norms,
             )
             stats["pg_loss"].append(loss.detach())
             if self.kl_in_loss:
-                kl_term = kl_loss(logprobs, ro.ref_logprobs[idx], m, "k3", self.loss_agg, self.max_new_tokens)
+                kl_term = kl_loss(
+                    logprobs, ro.ref_logprobs[idx], m, "k3", self.loss_agg, self.max_new_tokens, norms
+                )
                 loss = loss + beta * kl_term
                 stats["kl_loss"].append(kl_term.detach())
             if self.ratio_ok(loss, st):
