@@ -109,7 +109,9 @@ def value_loss(
     err_clipped = (values_clipped - returns) ** 2  # (B, T)
     loss = 0.5 * token_mean(torch.maximum(err_unclipped, err_clipped), mask, token_norm)
     with torch.no_grad():
-        stats = {"vf_clipfrac": token_mean((err_clipped > err_unclipped).float(), mask, token_norm)}
+        # inside the clip range v_old + (v − v_old) is v up to rounding: only a real clip counts
+        active = ((values - old_values).abs() > clip_eps) & (err_clipped > err_unclipped)  # (B, T)
+        stats = {"vf_clipfrac": token_mean(active.float(), mask, token_norm)}
     return loss, stats
 
 

@@ -298,7 +298,7 @@ class PolicyModule(DataParallel, L.LightningModule):
             f"{a}/reward": reward.mean(),
             f"{a}/response_length": mask.sum(-1).mean(),
             f"{a}/eos_rate": ro.has_eos.float().mean(),
-            f"{a}/entropy_proxy": -masked_mean(ro.logprobs, mask),
+            f"{a}/entropy_proxy": -masked_mean(ro.logprobs, mask, all_sum=self.all_sum()),  # global batch
             f"{a}/skipped_batches": torch.tensor(float(self.skipped_batches)),
             f"{a}/skipped_updates": torch.tensor(float(self.skipped_updates)),
         }
