@@ -5,9 +5,10 @@ the loss aggregations divide by the global minibatch's rows or tokens
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from lit_rlhf.rlhf import LOSS_AGGS, kl_loss, policy_loss
+from lit_rlhf.rlhf import LOSS_AGGS, kl_loss, masked_mean, policy_loss
 from lit_rlhf.tasks.policy import PolicyModule
 from lit_rlhf.tasks.rollout import Rollout
 
@@ -66,5 +67,7 @@ class CriticFreeModule(PolicyModule):
                 stats[k].append(st[k].detach().float())
         out = {k: sum(v) / len(v) for k, v in stats.items() if v}
         out["train/loss"] = out["pg_loss"] + beta * out.get("kl_loss", 0.0)
-        out["advantage_abs"] = advantages.abs().mean()
+        # mean |A| over the response tokens (per-token advantages) or the responses, of the global batch
+        over = mask if advantages.dim() == 2 else torch.ones_like(advantages)
+        out["advantage_abs"] = masked_mean(advantages.abs(), over, all_sum=self.all_sum())
         return out
