@@ -9,6 +9,7 @@ whitening and losses whose DDP gradient average is the gradient of the whole min
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from lit_rlhf.rlhf import masked_whiten
 from lit_rlhf.rlhf.estimators import LOSS_AGGS, reinforce_pp_advantages
 from lit_rlhf.tasks.rollout import eos_token_ids, generate, pinned_generation, sampling_config, token_logprobs
 from lit_rlhf.tasks.sampling import GumbelMax, gumbel_decoding, row_seeds
-from lit_rlhf.tasks.sharding import Shard, minibatch_rows, shard_of
+from lit_rlhf.tasks.sharding import DataParallel, Shard, minibatch_rows, shard_of
 
 
 # ------------------------------------------------------------------ per-row seeds and Gumbel-max
@@ -156,6 +157,33 @@ def test_shards_of_each_minibatch_are_the_one_process_minibatch(sizes: list[int]
         got = torch.cat([p[m] for p in parts])
         assert sorted(got.tolist()) == sorted(mb.tolist())
     assert sorted(torch.cat(expected[: len(expected) // 2]).tolist()) == list(range(sum(sizes)))  # one epoch
+
+
+class FakeRank(DataParallel):
+    """The data-parallel part of a PolicyModule on rank 1 of 2 (rank 0 holds 5 rows), without a Trainer."""
+
+    seed, iteration, ppo_epochs, num_minibatches, _row_seeds = 0, 3, 2, 3, None
+    device = torch.device("cpu")
+
+    def __init__(self, sizes: list[int], rank: int) -> None:
+        gather = lambda t: torch.tensor(sizes)  # noqa: E731  (the all-gather of the row counts)
+        strategy = SimpleNamespace(all_gather=gather)
+        self.trainer = self._trainer = SimpleNamespace(
+            world_size=len(sizes), global_rank=rank, strategy=strategy
+        )
+
+
+def test_a_rank_without_rows_in_a_minibatch_still_takes_part_with_zero_weight() -> None:
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # rank 1's single row
+    got = list(FakeRank([5, 1], rank=1).minibatches(mask))
+    assert len(got) == 2 * 3  # every minibatch of both epochs: the gradient all-reduce needs every rank
+    real = [m for idx, m in got if m.any()]
+    assert len(real) == 2 and all(torch.equal(m, mask) for m in real)  # its row, once per epoch
+    assert all(idx.tolist() == [0] for idx, _ in got)  # a zero-mask stand-in row elsewhere
+    mine = [i for i, (_, m) in enumerate(got) if m.any()]
+    # where rank 1's global row 5 falls in the one-process minibatches of the same iteration
+    alone = list(FakeRank([6], rank=0).minibatches(torch.ones(6, 3)))
+    assert [i for i, (idx, _) in enumerate(alone) if 5 in idx.tolist()] == mine
 
 
 def test_shard_of_ranks() -> None:
