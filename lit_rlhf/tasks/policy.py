@@ -255,9 +255,9 @@ class PolicyModule(DataParallel, L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         # the randomness of iteration i is a function of (seed, i): a resumed run samples what the
-        # uninterrupted one would have, whatever else consumed random numbers in between. Sampling and
-        # minibatches draw from their own keyed generators (rollout, minibatches); the global stream is
-        # seeded for anything else
+        # uninterrupted one would have, whatever else consumed random numbers in between. Sampling (per
+        # global row) and minibatches (per iteration) draw from their own keyed generators; the global
+        # stream, seeded per rank, is left to anything else
         torch.manual_seed(self.seed * 1_000_003 + self.iteration * 7919 + self.global_rank)
         ro = self.rollout(batch)
         mask = ro.response_mask.float()
