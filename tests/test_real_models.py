@@ -183,7 +183,7 @@ def test_every_eos_id_ends_a_response(tmp_path: Path) -> None:
     assert ids == [tok.eos_token_id, other]
 
     class Scripted(torch.nn.Module):  # "generates" fixed continuations
-        def generate(self, input_ids, attention_mask, generation_config):
+        def generate(self, input_ids, attention_mask, generation_config, **kwargs):
             cont = torch.tensor([[5, other, 7, 8], [5, 6, tok.eos_token_id, 8], [5, 6, 7, 8]])
             return torch.cat([input_ids, cont], 1)
 

@@ -4,15 +4,25 @@ Every function is pure: tensors in, tensors out, no module state. Masks are bool
 the same shape as the data; ``True`` marks a response token that takes part in the statistic. Masked
 positions never leak into a result, even when they hold NaN or inf (they are selected away with
 ``torch.where``, not multiplied by zero).
+
+Under data parallelism each process holds a shard of the batch. The batch statistics (:func:`masked_mean`,
+:func:`masked_var`, :func:`masked_whiten`) take an ``all_sum`` that sums a tensor over the processes (an
+all-reduce): they are then statistics of the GLOBAL batch, the same on every process and equal, up to the
+order of floating-point additions, to those one process holding the whole batch computes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
+AllSum = Callable[[Tensor], Tensor]
+"""Sums a tensor over the data-parallel processes and returns the sum (the same on every process)."""
 
-def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None, all_sum: AllSum | None = None) -> Tensor:
     """Mean of ``x`` over the positions where ``mask`` is True.
 
     ``mean = sum_i m_i x_i / sum_i m_i``; an all-False mask gives 0 rather than NaN.
@@ -21,18 +31,24 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
         x: Values, any shape, e.g. ``(B, T)``.
         mask: Boolean (or 0/1) tensor of the same shape as ``x``.
         dim: Dimension to reduce; ``None`` reduces over all elements.
+        all_sum: Sums over the data-parallel processes (``dim=None`` only): the mean of the global batch.
 
     Returns:
         Scalar tensor, or ``x`` reduced along ``dim``.
     """
     mask = mask.bool()
     x = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    if all_sum is not None:
+        if dim is not None:
+            raise ValueError("masked_mean: all_sum reduces over every element (dim=None)")
+        total, count = all_sum(torch.stack([x.sum(), mask.sum().to(x.dtype)]))  # one all-reduce
+        return total / count.clamp_min(1)
     if dim is None:
         return x.sum() / mask.sum().clamp_min(1)
     return x.sum(dim) / mask.sum(dim).clamp_min(1)
 
 
-def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True, all_sum: AllSum | None = None) -> Tensor:
     """Variance of ``x`` over the masked positions (all of them pooled).
 
     ``var = sum_i m_i (x_i - mean)^2 / (n - 1)`` with ``n = sum_i m_i`` (Bessel-corrected when
@@ -43,20 +59,24 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
         x: Values, any shape.
         mask: Boolean (or 0/1) tensor of the same shape as ``x``.
         unbiased: Divide by ``n - 1`` instead of ``n``.
+        all_sum: Sums over the data-parallel processes: the variance of the global batch (two passes, the
+            global mean first, as in one process).
 
     Returns:
         Scalar tensor.
     """
     mask = mask.bool()
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
+    mean = masked_mean(x, mask, all_sum=all_sum)
+    var = masked_mean((x - mean) ** 2, mask, all_sum=all_sum)
+    n = mask.sum() if all_sum is None else all_sum(mask.sum())
     if unbiased and n > 1:
         var = var * n / (n - 1)
     return var
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(
+    x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, all_sum: AllSum | None = None
+) -> Tensor:
     """Whiten ``x`` with the mean and variance of its masked positions.
 
     ``x_hat = (x - mean) / sqrt(var + eps)``, plus ``mean`` added back when ``shift_mean`` is False
@@ -68,13 +88,15 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
         mask: Boolean (or 0/1) tensor of the same shape as ``x``.
         shift_mean: If False, keep the original mean (only rescale).
         eps: Added to the variance before the square root.
+        all_sum: Sums over the data-parallel processes: whiten with the global batch's mean and variance
+            (PPO's and REINFORCE++'s advantage whitening under DDP).
 
     Returns:
         Tensor of the shape of ``x``.
     """
     mask = mask.bool()
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask)
+    mean = masked_mean(x, mask, all_sum=all_sum)
+    var = masked_var(x, mask, all_sum=all_sum)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

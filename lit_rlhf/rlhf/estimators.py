@@ -12,21 +12,50 @@ These replace GAE's learned value with a baseline built from the batch itself, s
 and :func:`kl_loss` is GRPO's KL-to-reference penalty as a loss term. Grouped rewards are laid out as
 the rollout makes them with ``repeat_interleave``: consecutive blocks of ``G`` rows share one prompt.
 Functions are pure (tensors in, tensors out); call the estimators under ``torch.no_grad()``.
+
+Under data parallelism (each process holds a shard of the batch) the batch-wide normalisations take the
+global batch: :func:`reinforce_pp_advantages` whitens with an ``all_sum`` (an all-reduce), and the losses
+divide by :class:`ShardNorms`, the global row and token counts of the minibatch over the world size
+(:func:`shard_norms`). Group-wise estimators (GRPO, RLOO) need nothing: a group never spans processes.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-from lit_rlhf.rlhf.advantages import masked_whiten
+from lit_rlhf.rlhf.advantages import AllSum, masked_whiten
 from lit_rlhf.rlhf.kl import KLEstimator, kl_penalty
 from lit_rlhf.rlhf.losses import ppo_policy_loss
 
 LossAgg = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 LOSS_AGGS: tuple[str, ...] = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+class ShardNorms(NamedTuple):
+    """Divisors of one data-parallel shard's loss: the minibatch's GLOBAL counts over the world size.
+
+    DDP averages gradients over the W processes, so with these divisors the processes' losses (and
+    gradients) average to those of the whole minibatch in one process.
+
+    Attributes:
+        rows: responses of the minibatch on all processes, / W (scalar float tensor).
+        tokens: valid response tokens of the minibatch on all processes, / W (scalar float tensor).
+    """
+
+    rows: Tensor
+    tokens: Tensor
+
+
+def shard_norms(mask: Tensor, all_sum: AllSum, world_size: int) -> ShardNorms:
+    """:class:`ShardNorms` of this shard's minibatch ``mask`` (B, R), with one all-reduce ``all_sum``.
+
+    Counts are clamped to 1 (an empty minibatch has loss 0, not NaN)."""
+    local = torch.stack([torch.tensor(float(mask.shape[0]), device=mask.device), mask.bool().sum().float()])
+    rows, tokens = all_sum(local).clamp_min(1.0) / world_size  # (2,)
+    return ShardNorms(rows=rows, tokens=tokens)
 
 
 def _groups(rewards: Tensor, group_size: int, method: str) -> Tensor:
@@ -140,7 +169,9 @@ def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) 
     return returns
 
 
-def reinforce_pp_advantages(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+def reinforce_pp_advantages(
+    token_rewards: Tensor, mask: Tensor, gamma: float = 1.0, all_sum: AllSum | None = None
+) -> Tensor:
     """REINFORCE++ advantage (Hu, 2025): globally whitened, discounted return-to-go.
 
     The token reward is ``r_t = [t = last] * score - beta * kl_t`` (the paper uses the k1 estimate
@@ -155,14 +186,17 @@ def reinforce_pp_advantages(token_rewards: Tensor, mask: Tensor, gamma: float = 
         token_rewards: Per-token KL-penalised rewards ``(B, R)``.
         mask: Response-token mask ``(B, R)``.
         gamma: Discount factor in ``[0, 1]`` (1 in the paper).
+        all_sum: Sums over the data-parallel processes: whiten over the global batch (``None``: this one).
 
     Returns:
         Advantages ``(B, R)``, 0 at masked positions.
     """
-    return masked_whiten(discounted_returns(token_rewards, mask, gamma), mask)  # (B, R)
+    return masked_whiten(discounted_returns(token_rewards, mask, gamma), mask, all_sum=all_sum)  # (B, R)
 
 
-def loss_weights(mask: Tensor, loss_agg: LossAgg, max_len: int | None = None) -> Tensor:
+def loss_weights(
+    mask: Tensor, loss_agg: LossAgg, max_len: int | None = None, norms: ShardNorms | None = None
+) -> Tensor:
     """Per-token weights ``w`` such that an aggregated loss is ``sum_{i,t} w_{i,t} l_{i,t}``.
 
     - ``token_mean``: ``w = 1 / sum_{i,t} m_{i,t}``, every token of the batch counts alike (DAPO; TRL's
@@ -181,15 +215,17 @@ def loss_weights(mask: Tensor, loss_agg: LossAgg, max_len: int | None = None) ->
         loss_agg: One of :data:`LOSS_AGGS`.
         max_len: The constant of ``seq_mean_token_sum_norm``, the generation budget
             (``task.module.max_new_tokens``); no response may be longer. Ignored otherwise.
+        norms: Under data parallelism, the global counts over the world size (:func:`shard_norms`) that
+            replace this shard's ``B`` and ``sum m``; ``None``: this batch is the whole batch.
 
     Returns:
         Weights ``(B, R)``, float32.
     """
     mask = mask.bool()
     m = mask.float()  # (B, R)
-    B = mask.shape[0]
+    B = mask.shape[0] if norms is None else norms.rows
     if loss_agg == "token_mean":
-        return m / m.sum().clamp_min(1.0)
+        return m / (m.sum().clamp_min(1.0) if norms is None else norms.tokens)
     if loss_agg == "seq_mean_token_mean":
         return m / (B * m.sum(dim=1, keepdim=True).clamp_min(1.0))
     if loss_agg == "seq_mean_token_sum_norm":
@@ -198,7 +234,7 @@ def loss_weights(mask: Tensor, loss_agg: LossAgg, max_len: int | None = None) ->
                 f"loss_agg='seq_mean_token_sum_norm' needs max_len >= 1, the generation budget "
                 f"task.module.max_new_tokens (got {max_len})"
             )
-        longest = int(mask.sum(dim=1).max()) if B else 0
+        longest = int(mask.sum(dim=1).max()) if mask.shape[0] else 0
         if longest > max_len:
             raise ValueError(
                 f"a response has {longest} tokens, more than max_len={max_len} "
@@ -208,12 +244,18 @@ def loss_weights(mask: Tensor, loss_agg: LossAgg, max_len: int | None = None) ->
     raise ValueError(f"task.module.loss_agg must be one of {', '.join(LOSS_AGGS)}, got {loss_agg!r}")
 
 
-def aggregate(values: Tensor, mask: Tensor, loss_agg: LossAgg, max_len: int | None = None) -> Tensor:
+def aggregate(
+    values: Tensor,
+    mask: Tensor,
+    loss_agg: LossAgg,
+    max_len: int | None = None,
+    norms: ShardNorms | None = None,
+) -> Tensor:
     """Reduce per-token values ``(B, R)`` to a scalar with the weights of :func:`loss_weights`.
 
     Masked positions never leak in, even when they hold NaN or inf.
     """
-    w = loss_weights(mask, loss_agg, max_len).to(values.dtype)  # (B, R)
+    w = loss_weights(mask, loss_agg, max_len, norms).to(values.dtype)  # (B, R)
     return (torch.where(mask.bool(), values, 0.0) * w).sum()
 
 
@@ -231,6 +273,7 @@ def policy_loss(
     clip_eps: float,
     loss_agg: LossAgg = "token_mean",
     max_len: int | None = None,
+    norms: ShardNorms | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate (Schulman et al., 2017, eq. 7) under a chosen token aggregation.
 
@@ -249,6 +292,8 @@ def policy_loss(
         clip_eps: Clipping range ``eps`` (> 0).
         loss_agg: Token aggregation, one of :data:`LOSS_AGGS`.
         max_len: Normaliser of ``seq_mean_token_sum_norm`` (``task.module.max_new_tokens``).
+        norms: Global counts over the world size under data parallelism (:func:`shard_norms`); the token
+            means of ``stats`` are then this shard's share of the global ones.
 
     Returns:
         ``(loss, stats)``: the scalar loss and detached token means ``clipfrac`` (share of valid tokens
@@ -269,9 +314,12 @@ def policy_loss(
     # neither the loss nor the gradient sees it
     logprobs = torch.where(mask, logprobs, 0.0)  # (B, R)
     old_logprobs = torch.where(mask, old_logprobs, 0.0)  # (B, R)
-    w = loss_weights(mask, loss_agg, max_len).to(advantages.dtype)  # (B, R)
-    scaled = torch.where(mask, advantages, 0.0) * (w * mask.sum())  # (B, R) A N w
-    return ppo_policy_loss(logprobs, old_logprobs, scaled, mask, clip_eps)
+    w = loss_weights(mask, loss_agg, max_len, norms).to(advantages.dtype)  # (B, R)
+    if norms is None:
+        scaled = torch.where(mask, advantages, 0.0) * (w * mask.sum())  # (B, R) A N w
+        return ppo_policy_loss(logprobs, old_logprobs, scaled, mask, clip_eps)
+    scaled = torch.where(mask, advantages, 0.0) * (w * norms.tokens)  # (B, R) A N w, N global / W
+    return ppo_policy_loss(logprobs, old_logprobs, scaled, mask, clip_eps, token_norm=norms.tokens)
 
 
 def kl_loss(
@@ -281,6 +329,7 @@ def kl_loss(
     estimator: KLEstimator = "k3",
     loss_agg: LossAgg = "token_mean",
     max_len: int | None = None,
+    norms: ShardNorms | None = None,
 ) -> Tensor:
     """KL to the reference policy as a loss term, GRPO style (Shao et al., 2024, eq. 4).
 
@@ -297,6 +346,7 @@ def kl_loss(
         estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (:func:`~lit_rlhf.rlhf.kl.kl_penalty`).
         loss_agg: Token aggregation, one of :data:`LOSS_AGGS`.
         max_len: Normaliser of ``seq_mean_token_sum_norm`` (``task.module.max_new_tokens``).
+        norms: Global counts over the world size under data parallelism (:func:`shard_norms`).
 
     Returns:
         Scalar loss (multiply by ``beta``); masked positions get zero gradient.
@@ -305,4 +355,4 @@ def kl_loss(
     mask = mask.bool()
     lp = torch.where(mask, logprobs, 0.0)  # (B, R)
     ref = torch.where(mask, ref_logprobs, 0.0)  # (B, R)
-    return aggregate(kl_penalty(lp, ref, estimator), mask, loss_agg, max_len)
+    return aggregate(kl_penalty(lp, ref, estimator), mask, loss_agg, max_len, norms)

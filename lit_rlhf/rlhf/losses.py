@@ -2,6 +2,12 @@
 
 Each loss returns a scalar to backpropagate and, for PPO, a dict of detached scalar tensors for
 logging (``ppo/clipfrac``, ``ppo/approx_kl``, ...).
+
+The token means of the PPO losses take an optional ``token_norm``, the divisor of the summed token losses.
+Under data parallelism pass the minibatch's GLOBAL token count divided by the world size: DDP averages
+gradients over the processes, so the average of the processes' losses (and of their gradients) is then the
+token mean of the whole minibatch, as one process holding it computes (verl and OpenRLHF do the same). The
+mean of per-process token means is not: it weights a token of a process with short responses more.
 """
 
 from __future__ import annotations
@@ -18,8 +24,22 @@ def _check_clip(clip_eps: float, name: str) -> None:
         raise ValueError(f"{name} must be > 0, got {clip_eps}")
 
 
+def token_mean(x: Tensor, mask: Tensor, token_norm: Tensor | None = None) -> Tensor:
+    """``sum_t m_t x_t / token_norm``: :func:`masked_mean` when ``token_norm`` is None (this shard's own
+    count), else this shard's share of the global token mean (see the module docstring)."""
+    if token_norm is None:
+        return masked_mean(x, mask)
+    mask = mask.bool()
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum() / token_norm
+
+
 def ppo_policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float,
+    token_norm: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate loss (Schulman et al., 2017, eq. 7), averaged over response tokens.
 
@@ -32,6 +52,9 @@ def ppo_policy_loss(
         advantages: Advantages ``(B, T)``, usually whitened.
         mask: Response-token mask ``(B, T)``.
         clip_eps: Clipping range ``eps`` (> 0).
+        token_norm: Divisor of the summed token terms (default: this batch's token count; under DDP the
+            global count / world size). ``clipfrac`` and ``approx_kl`` use it too, so that their mean over
+            processes is the global token mean.
 
     Returns:
         ``(loss, stats)``: the scalar loss and detached scalars ``clipfrac`` (fraction of masked tokens
@@ -44,18 +67,23 @@ def ppo_policy_loss(
     ratio = torch.exp(log_ratio)  # (B, T)
     loss_unclipped = -advantages * ratio  # (B, T)
     loss_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)  # (B, T)
-    loss = masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    loss = token_mean(torch.maximum(loss_unclipped, loss_clipped), mask, token_norm)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((loss_clipped > loss_unclipped).float(), mask),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+            "clipfrac": token_mean((loss_clipped > loss_unclipped).float(), mask, token_norm),
+            "approx_kl": token_mean(0.5 * log_ratio**2, mask, token_norm),
             "ratio_max": torch.where(mask, ratio, float("-inf")).max(),
         }
     return loss, stats
 
 
 def value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_eps: float
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_eps: float,
+    token_norm: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped value loss of PPO2 (as in TRL / OpenAI baselines), averaged over response tokens.
 
@@ -68,6 +96,7 @@ def value_loss(
         returns: Value targets ``(B, T)`` from :func:`gae`.
         mask: Response-token mask ``(B, T)``.
         clip_eps: Clipping range ``eps`` for the value change (> 0).
+        token_norm: Divisor of the summed token terms, as in :func:`ppo_policy_loss`.
 
     Returns:
         ``(loss, stats)``: the scalar loss and ``vf_clipfrac``, the fraction of masked tokens where the
@@ -78,9 +107,11 @@ def value_loss(
     values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)  # (B, T)
     err_unclipped = (values - returns) ** 2  # (B, T)
     err_clipped = (values_clipped - returns) ** 2  # (B, T)
-    loss = 0.5 * masked_mean(torch.maximum(err_unclipped, err_clipped), mask)
+    loss = 0.5 * token_mean(torch.maximum(err_unclipped, err_clipped), mask, token_norm)
     with torch.no_grad():
-        stats = {"vf_clipfrac": masked_mean((err_clipped > err_unclipped).float(), mask)}
+        # inside the clip range v_old + (v − v_old) is v up to rounding: only a real clip counts
+        active = ((values - old_values).abs() > clip_eps) & (err_clipped > err_unclipped)  # (B, T)
+        stats = {"vf_clipfrac": token_mean(active.float(), mask, token_norm)}
     return loss, stats
 
 

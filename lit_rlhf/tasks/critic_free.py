@@ -1,11 +1,14 @@
 """The update shared by the critic-free algorithms (GRPO, RLOO, REINFORCE++): one optimizer, clipped
-surrogate on precomputed advantages, an optional KL-to-reference loss term. No critic in memory."""
+surrogate on precomputed advantages, an optional KL-to-reference loss term. No critic in memory. Under DDP
+the loss aggregations divide by the global minibatch's rows or tokens
+(:func:`~lit_rlhf.rlhf.estimators.shard_norms`)."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from lit_rlhf.rlhf import LOSS_AGGS, kl_loss, policy_loss
+from lit_rlhf.rlhf import LOSS_AGGS, kl_loss, masked_mean, policy_loss
 from lit_rlhf.tasks.policy import PolicyModule
 from lit_rlhf.tasks.rollout import Rollout
 
@@ -37,8 +40,9 @@ class CriticFreeModule(PolicyModule):
         opt = self.optimizers()
         beta = self.kl_ctl.value
         stats: dict[str, list[Tensor]] = {k: [] for k in ("clipfrac", "approx_kl", "pg_loss", "kl_loss")}
-        for idx in self.minibatches(len(ro.prompt_ids), mask.device):
-            ids, am, m = ro.input_ids[idx], ro.attention_mask[idx], mask[idx]
+        for idx, m in self.minibatches(mask):
+            ids, am = ro.input_ids[idx], ro.attention_mask[idx]
+            norms = self.shard_norms(m)  # DDP: the loss of the global minibatch
             logprobs = self._token_logprobs(self.actor, ids, am, P)
             loss, st = policy_loss(
                 logprobs,
@@ -48,10 +52,13 @@ class CriticFreeModule(PolicyModule):
                 self.clip_eps,
                 self.loss_agg,
                 self.max_new_tokens,
+                norms,
             )
             stats["pg_loss"].append(loss.detach())
             if self.kl_in_loss:
-                kl_term = kl_loss(logprobs, ro.ref_logprobs[idx], m, "k3", self.loss_agg, self.max_new_tokens)
+                kl_term = kl_loss(
+                    logprobs, ro.ref_logprobs[idx], m, "k3", self.loss_agg, self.max_new_tokens, norms
+                )
                 loss = loss + beta * kl_term
                 stats["kl_loss"].append(kl_term.detach())
             if self.ratio_ok(loss, st):
@@ -60,5 +67,7 @@ class CriticFreeModule(PolicyModule):
                 stats[k].append(st[k].detach().float())
         out = {k: sum(v) / len(v) for k, v in stats.items() if v}
         out["train/loss"] = out["pg_loss"] + beta * out.get("kl_loss", 0.0)
-        out["advantage_abs"] = advantages.abs().mean()
+        # mean |A| over the response tokens (per-token advantages) or the responses, of the global batch
+        over = mask if advantages.dim() == 2 else torch.ones_like(advantages)
+        out["advantage_abs"] = masked_mean(advantages.abs(), over, all_sum=self.all_sum())
         return out

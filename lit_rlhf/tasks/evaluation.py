@@ -2,7 +2,11 @@
 
 Shared by every task that has an actor, a reference and reward models: the module provides ``generate``,
 ``generate_reference``, ``score``, ``_token_logprobs``, ``_reference_logprobs``, ``tokenizer`` and
-``eval_samples_per_prompt``.
+``eval_samples_per_prompt`` and ``seeded_rows``.
+
+Sample j of prompt p is drawn from a seed of (p, j) and of who samples (the policy or π_ref), not from the
+evaluation batch: the samples are the same at every evaluation (π_ref's) and whichever way the held-out
+prompts are batched or spread over DDP processes.
 """
 
 from __future__ import annotations
@@ -10,6 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from lit_rlhf.tasks.sampling import row_seeds
+
+EVAL = 0x5EED_E7A1  # the key of evaluation samples (training rollouts use the run seed and the iteration)
 
 
 @torch.no_grad()
@@ -30,9 +38,10 @@ def evaluate(module: Any, batch: dict) -> dict:
     P = ids.shape[1]
     out = {"prompts": [p for p in batch["prompts"] for _ in range(n)], "prompt_ids": prompt_ids}
     policy = lambda i, m: module.generate(module.actor, i, m)  # noqa: E731
-    # SFT first: with the same seed its samples are the same at every evaluation
-    for who, sample in (("sft", module.generate_reference), ("policy", policy)):
-        seq, rmask, _ = sample(ids, mask)
+    rows = [int(p) * n + j for p in batch["prompt_ids"].tolist() for j in range(n)]  # (B·n,)
+    for k, (who, sample) in enumerate((("sft", module.generate_reference), ("policy", policy))):
+        with module.seeded_rows(row_seeds((EVAL, k, n), rows)):
+            seq, rmask, _ = sample(ids, mask)
         full = torch.cat([mask, rmask], 1)
         out[f"{who}_responses"] = tok.batch_decode(
             seq[:, P:].masked_fill(rmask == 0, tok.pad_token_id), skip_special_tokens=True

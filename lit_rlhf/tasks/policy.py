@@ -10,6 +10,11 @@ One training step = one iteration on a batch of prompts:
 3. :meth:`PolicyModule.optimise` — the algorithm: advantages, then epochs of minibatch updates;
 4. the KL controller, the learning-rate schedule, and the logs under ``<algorithm>/…``.
 
+Under DDP the W processes compute what one process holding the global batch would, up to the order of
+floating-point additions: row i of the global batch samples from its own seed (seed, iteration, i); the
+minibatches are cut from one permutation of the global batch; whitening and loss normalisers are global
+(:meth:`PolicyModule.all_sum`, :meth:`PolicyModule.shard_norms`).
+
 Subclasses implement :meth:`optimise` (and, with a critic, :meth:`rollout_values` and the optimizers).
 """
 
@@ -30,6 +35,8 @@ from lit_rlhf.optim import warmup_schedule
 from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, kl_penalty, masked_mean
 from lit_rlhf.tasks.evaluation import evaluate
 from lit_rlhf.tasks.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
+from lit_rlhf.tasks.sampling import row_seeds
+from lit_rlhf.tasks.sharding import ROLLOUT, DataParallel
 
 log = logging.getLogger(__name__)
 RewardFn = Callable[[Tensor, Tensor, "PolicyModule"], Tensor]
@@ -47,7 +54,7 @@ def disable_dropout(model: nn.Module) -> None:
             m.p = 0.0
 
 
-class PolicyModule(L.LightningModule):
+class PolicyModule(DataParallel, L.LightningModule):
     """Rollouts, scoring, evaluation, fault policy and state of a policy against frozen reward models.
 
     Args:
@@ -75,7 +82,8 @@ class PolicyModule(L.LightningModule):
         top_k: must stay 0: top-k truncation would make the ratio off-policy (refused).
         top_p: must stay 1.0, for the same reason (refused).
         eval_samples_per_prompt: responses per held-out prompt at evaluation.
-        seed: seeds the sampling of each iteration (with the iteration number).
+        seed: seeds the sampling and the minibatches of each iteration (with the iteration number and,
+            for sampling, the row's index in the global batch).
         max_bad_batches: stop after this many consecutive batches with NaN/inf scores, log-probs or values
             (each one is skipped and counted in ``<algorithm>/skipped_batches``).
         max_ratio: skip a minibatch's policy update when max π/π_old exceeds this (ratio explosion);
@@ -152,6 +160,7 @@ class PolicyModule(L.LightningModule):
             tokenizer, self.eos_ids, max_new_tokens, temperature, top_k, top_p
         )
         self.reward_fn: RewardFn = raw_sum
+        self._row_seeds: Tensor | None = None  # the seeds generate() samples rows from (seeded_rows)
         self.iteration = 0
         self.max_bad_batches, self.max_ratio = max_bad_batches, max_ratio
         self.skipped_batches = self.skipped_updates = self._bad_streak = 0
@@ -184,8 +193,12 @@ class PolicyModule(L.LightningModule):
     def generate(
         self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample responses; returns (sequences (B, P+R), response_mask (B, R), has_eos (B,))."""
-        return generate(model, input_ids, attention_mask, self.generation_config, self.tokenizer.pad_token_id)
+        """Sample responses; returns (sequences (B, P+R), response_mask (B, R), has_eos (B,)).
+
+        Inside :meth:`seeded_rows`, row i samples from ``seeds[i]`` alone; elsewhere from torch's generator.
+        """
+        tok, config = self.tokenizer, self.generation_config
+        return generate(model, input_ids, attention_mask, config, tok.pad_token_id, seeds=self._row_seeds)
 
     def _token_logprobs(
         self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, P: int
@@ -212,7 +225,10 @@ class PolicyModule(L.LightningModule):
                 t.repeat_interleave(self.samples_per_prompt, 0) for t in (ids, mask, prompt_ids)
             )
         P = ids.shape[1]
-        seq, response_mask, has_eos = self.generate(self.actor, ids, mask)
+        # row i of the GLOBAL batch samples from (seed, iteration, i): the same responses however sharded
+        seeds = row_seeds((self.seed, self.iteration, ROLLOUT), self.shard(len(ids)).rows)  # (B,)
+        with self.seeded_rows(seeds):
+            seq, response_mask, has_eos = self.generate(self.actor, ids, mask)
         full_mask = torch.cat([mask, response_mask], 1)
         return Rollout(
             prompt_ids=prompt_ids,
@@ -238,8 +254,10 @@ class PolicyModule(L.LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        # the randomness of iteration i is a function of (seed, i, rank): a resumed run samples what the
-        # uninterrupted one would have, whatever else consumed random numbers in between
+        # the randomness of iteration i is a function of (seed, i): a resumed run samples what the
+        # uninterrupted one would have, whatever else consumed random numbers in between. Sampling (per
+        # global row) and minibatches (per iteration) draw from their own keyed generators; the global
+        # stream, seeded per rank, is left to anything else
         torch.manual_seed(self.seed * 1_000_003 + self.iteration * 7919 + self.global_rank)
         ro = self.rollout(batch)
         mask = ro.response_mask.float()
@@ -280,7 +298,7 @@ class PolicyModule(L.LightningModule):
             f"{a}/reward": reward.mean(),
             f"{a}/response_length": mask.sum(-1).mean(),
             f"{a}/eos_rate": ro.has_eos.float().mean(),
-            f"{a}/entropy_proxy": -masked_mean(ro.logprobs, mask),
+            f"{a}/entropy_proxy": -masked_mean(ro.logprobs, mask, all_sum=self.all_sum()),  # global batch
             f"{a}/skipped_batches": torch.tensor(float(self.skipped_batches)),
             f"{a}/skipped_updates": torch.tensor(float(self.skipped_updates)),
         }
@@ -291,12 +309,6 @@ class PolicyModule(L.LightningModule):
     def updates_per_iteration(self) -> int:
         """Optimizer updates an iteration attempts (to tell a fully skipped iteration)."""
         return self.ppo_epochs * self.num_minibatches
-
-    def minibatches(self, B: int, device: torch.device) -> Iterator[Tensor]:
-        """``ppo_epochs`` shuffled passes of ``num_minibatches`` index sets over the B rollouts."""
-        size = -(-B // self.num_minibatches)
-        for _ in range(self.ppo_epochs):
-            yield from torch.randperm(B, device=device).split(size)
 
     def ratio_ok(self, loss: Tensor, stats: dict[str, Tensor]) -> bool:
         """A ratio explosion (π/π_old beyond ``max_ratio``) or a non-finite loss skips the update, on every

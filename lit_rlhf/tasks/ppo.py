@@ -3,9 +3,10 @@
 The step (see :mod:`lit_rlhf.tasks.policy` for rollouts and scoring):
 
 1. per-token rewards ``−β·KL_t`` plus the sequence reward at the last token (Ziegler et al., 2019);
-2. GAE advantages and returns from the critic's values (Schulman et al., 2016), whitened;
+2. GAE advantages and returns from the critic's values (Schulman et al., 2016), whitened (over the global
+   batch under DDP);
 3. ``ppo_epochs`` passes over minibatches of the clipped policy loss and the clipped value loss
-   (Schulman et al., 2017), one backward per minibatch for both.
+   (Schulman et al., 2017), one backward per minibatch for both; token means over the global minibatch.
 
 The objective is the paper's ``E[u(x, y)] − β·KL(π‖π_ref)`` with u the transformed reward.
 """
@@ -69,18 +70,24 @@ class PPOModule(PolicyModule):
         # 1-2. per-token KL penalty, GAE, whitening
         token_rewards = per_token_rewards(reward, kl, self.kl_ctl.value, mask)  # (B, R)
         advantages, returns = gae(token_rewards, ro.values, mask, self.gamma, self.lam)
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, all_sum=self.all_sum())  # over the global batch
 
         # 3. epochs of minibatches of the clipped losses
         opt_actor, opt_critic = self.optimizers()
         stats: dict[str, list[Tensor]] = {k: [] for k in ("clipfrac", "approx_kl", "vf_clipfrac")}
         stats |= {"pg_loss": [], "vf_loss": []}
-        for idx in self.minibatches(len(ro.prompt_ids), mask.device):
-            ids, am, m = ro.input_ids[idx], ro.attention_mask[idx], mask[idx]
+        for idx, m in self.minibatches(mask):
+            ids, am = ro.input_ids[idx], ro.attention_mask[idx]
+            norms = self.shard_norms(m)  # DDP: the token mean of the global minibatch
+            n = None if norms is None else norms.tokens
             logprobs = self._token_logprobs(self.actor, ids, am, P)
-            pg_loss, pg_stats = ppo_policy_loss(logprobs, ro.logprobs[idx], advantages[idx], m, self.clip_eps)
+            pg_loss, pg_stats = ppo_policy_loss(
+                logprobs, ro.logprobs[idx], advantages[idx], m, self.clip_eps, token_norm=n
+            )
             values = self._values(ids, am, P)
-            vf_loss, vf_stats = value_loss(values, ro.values[idx], returns[idx], m, self.value_clip_eps)
+            vf_loss, vf_stats = value_loss(
+                values, ro.values[idx], returns[idx], m, self.value_clip_eps, token_norm=n
+            )
             pg_ok = self.ratio_ok(pg_loss, pg_stats)
             vf_ok = self._all_ranks(bool(torch.isfinite(vf_loss)))
             self.skipped_updates += not vf_ok

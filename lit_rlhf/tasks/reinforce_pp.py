@@ -1,5 +1,6 @@
 """REINFORCE++ (``task=reinforce_pp``; Hu, 2025): per-token KL penalty in the reward, discounted return-to-go,
-advantages whitened over the whole batch, clipped surrogate. No critic, no groups needed."""
+advantages whitened over the whole batch (the global one under DDP), clipped surrogate. No critic, no groups
+needed."""
 
 from __future__ import annotations
 
@@ -27,4 +28,4 @@ class ReinforcePPModule(CriticFreeModule):
     def advantages(self, ro: Rollout, reward: Tensor, kl: Tensor) -> Tensor:
         mask = ro.response_mask.float()
         token_rewards = per_token_rewards(reward, kl, self.kl_ctl.value, mask)  # (B, R)
-        return reinforce_pp_advantages(token_rewards, mask, self.gamma)  # (B, R)
+        return reinforce_pp_advantages(token_rewards, mask, self.gamma, all_sum=self.all_sum())  # (B, R)

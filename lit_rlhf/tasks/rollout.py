@@ -9,6 +9,9 @@ Two rules keep PPO on-policy with a real checkpoint:
   lends the model a neutral generation config for the call, so only :func:`sampling_config`'s fields act:
   temperature and nothing else. top-k / top-p truncate the distribution, so they are refused rather than
   silently mismatched with the full-softmax log-probs;
+* **each row samples from its own random stream** (:mod:`lit_rlhf.tasks.sampling`, Gumbel-max): a response
+  depends on its row's seed, not on the other rows of its batch, so DDP ranks holding shards of a global
+  batch sample what one process holding all of it would;
 * **only the response positions' logits are computed** (``logits_to_keep``): the policy and the reference
   never materialise ``(B, P + R, V)``.
 """
@@ -27,6 +30,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from lit_rlhf.models.heads import position_ids
 from lit_rlhf.rlhf import logprobs_from_logits
+from lit_rlhf.tasks.sampling import gumbel_decoding
 
 
 class Rollout(NamedTuple):
@@ -144,15 +148,35 @@ def generate(
     attention_mask: Tensor,
     config: GenerationConfig,
     pad_token_id: int,
+    seeds: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Sample responses to left-padded prompts with the KV cache.
+    """Sample responses to left-padded prompts with the KV cache, from softmax(logits / T) of ``config``.
+
+    Args:
+        model: the causal LM.
+        input_ids: (B, P) left-padded prompts.
+        attention_mask: (B, P).
+        config: :func:`sampling_config`'s distribution.
+        pad_token_id: written after each response's EOS.
+        seeds: (B,) one seed per row (:func:`~lit_rlhf.tasks.sampling.row_seeds`): row i's response is a
+            function of its prompt and ``seeds[i]`` alone. ``None``: drawn from torch's global generator.
 
     Returns:
         ``(sequences (B, P + R), response_mask (B, R), has_eos (B,))``: the response mask covers the tokens
         up to and including the first EOS (any id of ``config.eos_token_id``); tokens after it are padding.
     """
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (input_ids.shape[0],))
+    if seeds.shape != input_ids.shape[:1]:
+        raise ValueError(f"generate got {tuple(seeds.shape)} seeds for {input_ids.shape[0]} prompts")
+    greedy, processors = gumbel_decoding(config, seeds, input_ids.device)
     with pinned_generation(model):
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=greedy,
+            logits_processor=processors,
+        )
     P = input_ids.shape[1]
     response = out[:, P:]  # (B, R)
     R = response.shape[1]
