@@ -35,13 +35,10 @@ from common import (  # noqa: E402
     train_flops,
 )
 from group import GROUP_TASKS, group_plan, lit_group_kwargs  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
 
 from lit_rlhf.data.datamodules import PreferenceDataModule, PromptDataModule  # noqa: E402
+from lit_rlhf.models import ValueModel  # noqa: E402
 from lit_rlhf.models.factory import load_tokenizer, quiet_transformers  # noqa: E402
 from lit_rlhf.tasks.grpo import GRPOModule  # noqa: E402
 from lit_rlhf.tasks.ppo import PPOModule  # noqa: E402
@@ -231,17 +228,20 @@ def run_ppo(s: Settings) -> dict:
     tok = load_tokenizer(models / "tokenizer")
     actor = AutoModelForCausalLM.from_pretrained(models / "policy")
     ref = AutoModelForCausalLM.from_pretrained(models / "policy")
-    critic = AutoModelForTokenClassification.from_pretrained(models / "reward", num_labels=1)
+    # the critic from the reward folder, as TRL's value model (InstructGPT's initialisation)
+    critic = ValueModel.from_reward_model(
+        AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
+    )
     rm = AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
     steps = s.ppo_warmup_steps + s.ppo_steps
     dm = prompt_data(s, tok, s.ppo_batch_prompts, steps)
     module = PPOModule(
-        actor,
-        critic,
-        ref,
-        {"helpful": rm},
-        tok,
-        optimizer(),
+        actor=actor,
+        critic=critic,
+        ref=ref,
+        reward_models={"helpful": rm},
+        tokenizer=tok,
+        optimizer=optimizer(),
         lr=s.lr,
         value_lr=s.lr,
         kl_coef=s.kl_coef,
@@ -252,12 +252,12 @@ def run_ppo(s: Settings) -> dict:
         temperature=s.temperature,
     )
     per_step, step_phases, work = instrument(module, PPOModule)
-    for k in ("prompts", "samples_per_prompt"):  # one sample per prompt: not part of PPO's work record
-        work.pop(k, None)
     meter = Meter(count_batch_tokens=False)
     tr = trainer([meter, step_phases], steps)
     L.seed_everything(s.seed, verbose=False)
     tr.fit(module, datamodule=dm)
+    for k in ("prompts", "samples_per_prompt"):  # one sample per prompt: not part of PPO's work record
+        work.pop(k)
     seconds = meter.clock.timed_seconds(s.ppo_warmup_steps)
     step_total = seconds / s.ppo_steps
     phases, update_s = breakdown(per_step, s.ppo_warmup_steps, step_total)
