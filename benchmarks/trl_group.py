@@ -127,13 +127,13 @@ def run_group(s, out: str, task: str) -> dict:
     timed_steps = per_step[plan.warmup_steps :]
     keys = sorted({k for d in timed_steps for k in d})
     mean = {k: sum(d.get(k, 0.0) for d in timed_steps) / len(timed_steps) for k in keys}
-    phases = {k: v for k, v in mean.items() if not k.startswith("_")}
-    rollout_rest = mean["_rollout_total"] - sum(v for k, v in phases.items() if k.startswith("rollout"))
-    phases["rollout: tokenise, decode, advantages, logging (rest)"] = rollout_rest
-    update_s = seconds / plan.steps - mean["_rollout_total"]
-    phases["update: backward + optimizer + loss maths + logging"] = update_s - phases.get(
-        "update: policy forward", 0.0
+    phases = {k: v for k, v in mean.items() if k.startswith("rollout")}
+    phases["rollout: tokenise, decode, advantages, logging (rest)"] = mean["_rollout_total"] - sum(
+        phases.values()
     )
+    update_s = seconds / plan.steps - mean["_rollout_total"]
+    upd_fwd = phases["update: policy forward"] = mean.get("update: policy forward", 0.0)
+    phases["update: backward + optimizer + loss maths + logging"] = update_s - upd_fwd
     phases["step total"] = seconds / plan.steps
     P = int(work["prompt_tokens"] / max(work["rollouts"], 1))
     fl = group_step_flops(
