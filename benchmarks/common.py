@@ -52,6 +52,15 @@ class Settings:
     ppo_steps: int = 8  # timed PPO iterations (after the warm-up)
     temperature: float = 1.0
     kl_coef: float = 0.05
+    # GRPO and RLOO (critic-free): prompts × group_size rollouts per iteration, ppo_max_new_tokens each;
+    # epochs and minibatches as conf/task/grpo.yaml and rloo.yaml (tests/test_benchmarks.py compares)
+    group_batch_prompts: int = 8
+    group_size: int = 4
+    grpo_epochs: int = 1
+    rloo_epochs: int = 2
+    group_minibatches: int = 2
+    group_warmup_steps: int = 2
+    group_steps: int = 8  # timed iterations (after the warm-up)
 
     @classmethod
     def load(cls, size: str) -> Settings:
@@ -110,6 +119,9 @@ SIZES: dict[str, Settings] = {
         ppo_max_new_tokens=64,
         ppo_warmup_steps=1,
         ppo_steps=2,
+        group_batch_prompts=2,
+        group_warmup_steps=1,
+        group_steps=2,
     ),
 }
 
@@ -193,6 +205,26 @@ def ppo_step_flops(n_lm: int, n_cls: int, batch: int, prompt_len: int, resp_len:
     return out
 
 
+def group_step_flops(
+    n_lm: int, n_cls: int, rollouts: int, prompt_len: int, resp_len: int, epochs: int
+) -> dict:
+    """Algorithmic FLOPs of one GRPO / RLOO iteration, the same count for both sides.
+
+    As :func:`ppo_step_flops` without a critic: generation, reference and reward forwards over the
+    ``rollouts`` (= prompts × G) sequences, and ``epochs`` forward+backward passes of the policy. The
+    rollout-time policy log-prob forward is not counted (a faster implementation can avoid it).
+    """
+    seq = rollouts * (prompt_len + resp_len)
+    out = {
+        "generation": fwd_flops(n_lm, seq),
+        "ref": fwd_flops(n_lm, seq),
+        "reward": fwd_flops(n_cls, seq),
+        "update": epochs * train_flops(n_lm, seq),
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
 def emit(result: dict) -> None:
     """Print the side's one result line (the driver parses it)."""
     result.setdefault("peak_rss_mb", round(peak_rss_mb(), 1))
@@ -212,107 +244,6 @@ def parse_result(stdout: str) -> dict:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
-
-
-def check_equal(lit: dict, peer: dict, exact: tuple[str, ...], approx: dict[str, float]) -> list[str]:
-    """Compare the work both sides report; return human-readable mismatches (empty = equal settings).
-
-    Args:
-        lit, peer: the ``work`` dicts of both sides.
-        exact: keys that must be equal.
-        approx: key → allowed relative difference (sampled quantities, e.g. response tokens up to EOS).
-    """
-    bad = []
-    for k in exact:
-        if lit.get(k) != peer.get(k):
-            bad.append(f"{k}: lit={lit.get(k)} peer={peer.get(k)}")
-    for k, tol in approx.items():
-        a, b = lit.get(k), peer.get(k)
-        if a is None or b is None or abs(a - b) > tol * max(abs(a), abs(b), 1):
-            bad.append(f"{k}: lit={a} peer={b} (tolerance {tol:.0%})")
-    return bad
-
-
-# what must match: reward model batches are identical (same pairs, same order); PPO responses are sampled,
-# so tokens up to EOS may differ slightly between the two samplers
-EXACT = {
-    "rm": ("optimizer_steps", "pairs", "sequences", "tokens", "padded_positions"),
-    "ppo": ("ppo_iterations", "minibatch_updates", "rollouts", "prompt_tokens", "generated_positions"),
-}
-APPROX = {"rm": {}, "ppo": {"response_tokens": 0.15, "tokens": 0.15}}
-
-
-class UnequalWork(RuntimeError):
-    """The two sides did not do the work the settings ask for, or not the same work."""
-
-
-def rm_expected_work(s: Settings, pairs: list[dict]) -> dict:
-    """The reward-model work the settings ask for, counted from the tokenised pairs in loader order.
-
-    Each batch of ``rm_batch_pairs`` pairs is one (2B, T) tensor: chosen rows then rejected rows, padded to
-    the longest of them.
-
-    Args:
-        s: the settings.
-        pairs: ``{"chosen_ids", "rejected_ids"}`` rows in the order the loader yields them.
-    """
-    steps, B = s.rm_warmup_steps + s.rm_steps, s.rm_batch_pairs
-    if len(pairs) < steps * B:
-        raise UnequalWork(f"{len(pairs)} pairs cannot fill {steps} batches of {B}")
-    tokens = positions = 0
-    for i in range(steps):
-        rows = [r[k] for r in pairs[i * B : (i + 1) * B] for k in ("chosen_ids", "rejected_ids")]
-        tokens += sum(map(len, rows))
-        positions += len(rows) * max(map(len, rows))
-    return {
-        "optimizer_steps": steps,
-        "pairs": steps * B,
-        "sequences": 2 * steps * B,
-        "tokens": tokens,
-        "padded_positions": positions,
-    }
-
-
-def ppo_expected_work(s: Settings, prompt_tokens: int) -> dict:
-    """The PPO work the settings ask for: iterations × (epochs × minibatches) updates, B rollouts each.
-
-    Every prompt has ``prompt_tokens`` tokens (no padding) and every rollout ``ppo_max_new_tokens``
-    generated positions (responses that stop early are padded to that length).
-    """
-    iters, B = s.ppo_warmup_steps + s.ppo_steps, s.ppo_batch_prompts
-    return {
-        "ppo_iterations": iters,
-        "minibatch_updates": iters * s.ppo_epochs * s.ppo_minibatches,
-        "rollouts": iters * B,
-        "prompt_tokens": iters * B * prompt_tokens,
-        "generated_positions": iters * B * s.ppo_max_new_tokens,
-    }
-
-
-def verify_work(task: str, lit: dict, peer: dict, expected: dict) -> None:
-    """Raise :class:`UnequalWork` unless both sides did exactly the expected work (sampled counts: nearly).
-
-    Args:
-        task: ``"rm"`` or ``"ppo"``.
-        lit, peer: the ``work`` dicts both sides report.
-        expected: :func:`rm_expected_work` or :func:`ppo_expected_work` of the run's settings.
-    """
-    bad = check_equal(lit, peer, EXACT[task], APPROX[task])
-    for side, work in (("lit", lit), ("peer", peer)):
-        bad += [f"{side} {k}: {work.get(k)} != expected {v}" for k, v in expected.items() if work.get(k) != v]
-    if bad:
-        raise UnequalWork(f"{task}: the two sides did not do the same work: " + "; ".join(bad))
-
-
-def check_versions(lit: dict, peer: dict, keys: tuple[str, ...] = ("torch", "transformers")) -> None:
-    """Raise unless both sides ran the same torch and transformers (else they ran different model code)."""
-    bad = [f"{k}: lit {lit.get(k)} peer {peer.get(k)}" for k in keys if lit.get(k) != peer.get(k)]
-    if bad:
-        raise UnequalWork(
-            "the sides ran different library versions ("
-            + ", ".join(bad)
-            + "); rebuild the peers with `bash benchmarks/setup_peers.sh <lit_rlhf's python>`"
-        )
 
 
 def setup_threads(n: int) -> None:
@@ -355,6 +286,50 @@ def ppo_result(
             "ppo_iterations": len(meter.clock.stamps),
             "minibatch_updates": steps[0],
             "critic_steps": steps[1],
+            **work,
+            "tokens": work["prompt_tokens"] + work["response_tokens"],
+        },
+    }
+
+
+def group_result(
+    side: str,
+    task: str,
+    meter,
+    warmup: int,
+    rollouts: int,
+    seconds: float,
+    fl: dict,
+    update_s: float,
+    breakdown: dict,
+    work: dict,
+    optimizer_steps: int,
+) -> dict:
+    """The result record both GRPO / RLOO sides print (the fields of :func:`ppo_result`).
+
+    Args:
+        meter: the side's meter; its clock stamps the end of every iteration (generation + all its updates).
+        warmup: iterations before the timed window.
+        rollouts: rollouts per iteration (prompts × G).
+        breakdown: mean seconds per phase of a timed iteration, with ``"step total"``.
+        work: counted by the side: prompts, rollouts, samples_per_prompt, prompt/response tokens, positions.
+    """
+    timed = len(meter.clock.stamps) - warmup
+    return {
+        "side": side,
+        "task": task,
+        "seconds": seconds,
+        "cpu_seconds": meter.clock.timed_cpu_seconds(warmup),
+        "throughput": timed * rollouts / seconds,
+        "step_s": step_seconds(meter.clock.stamps, warmup),
+        "per_step": rollouts,
+        "unit": "rollouts/s",
+        "flops_per_s": fl["total"] / breakdown["step total"],
+        "update_flops_per_s": fl["update"] / update_s,
+        "breakdown_s": breakdown,
+        "work": {
+            "iterations": len(meter.clock.stamps),
+            "optimizer_steps": optimizer_steps,
             **work,
             "tokens": work["prompt_tokens"] + work["response_tokens"],
         },

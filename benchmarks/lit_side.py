@@ -1,9 +1,10 @@
-"""lit_rlhf side: RewardModelModule / PPOModule driven by a Lightning Trainer, the way users run them.
+"""lit_rlhf side: RewardModelModule / PPOModule / GRPOModule / RLOOModule driven by a Lightning Trainer, the
+way users run them.
 
-``python benchmarks/lit_side.py {rm,ppo} SIZE`` (lit_rlhf's venv; ``run.py`` calls it) prints one
+``python benchmarks/lit_side.py {rm,ppo,grpo,rloo} SIZE`` (lit_rlhf's venv; ``run.py`` calls it) prints one
 ``RESULT {json}`` line: throughput after the warm-up steps, the work done (optimizer steps, sequences,
-tokens) and, for PPO, a breakdown of the step (each timed phase is wrapped with ``perf_counter``; CPU ops
-are synchronous, so the wrappers measure the phase itself).
+tokens) and, for the policy tasks, a breakdown of the step (each timed phase is wrapped with
+``perf_counter``; CPU ops are synchronous, so the wrappers measure the phase itself).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from common import (  # noqa: E402
     Settings,
     StepClock,
     emit,
+    group_result,
+    group_step_flops,
     matmul_params,
     ppo_result,
     ppo_step_flops,
@@ -31,16 +34,16 @@ from common import (  # noqa: E402
     step_seconds,
     train_flops,
 )
-from transformers import (  # noqa: E402
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+from group import GROUP_TASKS, group_plan, lit_group_kwargs  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
 
 from lit_rlhf.data.datamodules import PreferenceDataModule, PromptDataModule  # noqa: E402
+from lit_rlhf.models import ValueModel  # noqa: E402
 from lit_rlhf.models.factory import load_tokenizer, quiet_transformers  # noqa: E402
+from lit_rlhf.tasks.grpo import GRPOModule  # noqa: E402
 from lit_rlhf.tasks.ppo import PPOModule  # noqa: E402
 from lit_rlhf.tasks.reward_model import RewardModelModule  # noqa: E402
+from lit_rlhf.tasks.rloo import RLOOModule  # noqa: E402
 
 
 class Meter(L.Callback):
@@ -145,31 +148,100 @@ class Phases:
         return inner
 
 
+def instrument(module, cls: type) -> tuple[list[dict[str, float]], L.Callback, dict]:
+    """Time the phases of a policy module's step and count its rollouts' work.
+
+    Instance attributes shadow the methods (``PolicyModule.rollout`` and ``training_step`` call them through
+    ``self``): generation, the policy / reference log-prob forwards (rollout under no-grad, update with
+    grad), the critic's forwards (PPO), the reward forward, the whole ``training_step``; ``rollout`` counts
+    prompts, samples per prompt, prompt and response tokens and generated positions.
+
+    Returns:
+        ``(per_step, callback, work)``: the phase seconds of each step (appended by ``callback`` at the end
+        of every step) and the work counters.
+    """
+    ph = Phases()
+    work = {"prompt_tokens": 0, "response_tokens": 0, "generated_positions": 0, "rollouts": 0, "prompts": 0}
+    per_prompt: set[int] = set()
+
+    def rollout_counting(batch):
+        ro = cls.rollout(module, batch)
+        P = ro.input_ids.shape[1] - ro.response_mask.shape[1]
+        work["prompt_tokens"] += int(ro.attention_mask[:, :P].sum())
+        work["response_tokens"] += int(ro.response_mask.sum())
+        work["generated_positions"] += ro.response_mask.numel()
+        work["rollouts"] += len(ro.response_mask)
+        _, counts = torch.unique(ro.prompt_ids, return_counts=True)
+        work["prompts"] += len(counts)
+        per_prompt.update(counts.tolist())
+        work["samples_per_prompt"] = sorted(per_prompt)
+        return ro
+
+    def lp_name(model, *a, **kw):
+        if torch.is_grad_enabled():
+            return "update: policy forward"
+        return "rollout: policy log-prob forward" if model is module.actor else "rollout: reference forward"
+
+    module.rollout = rollout_counting
+    module.generate = ph.wrap(functools.partial(cls.generate, module), lambda *a, **kw: "rollout: generation")
+    module._token_logprobs = ph.wrap(functools.partial(cls._token_logprobs, module), lp_name)
+    if hasattr(cls, "_values"):  # PPO's critic
+        module._values = ph.wrap(
+            functools.partial(cls._values, module),
+            lambda *a, **kw: "update: value forward" if torch.is_grad_enabled() else "rollout: value forward",
+        )
+    module.score = ph.wrap(functools.partial(cls.score, module), lambda *a, **kw: "rollout: reward forward")
+    module.training_step = ph.wrap(
+        functools.partial(cls.training_step, module), lambda *a, **kw: "training_step"
+    )
+    per_step: list[dict[str, float]] = []
+
+    class StepPhases(L.Callback):
+        def on_train_batch_end(self, *a, **kw) -> None:
+            per_step.append(dict(ph.t))
+            ph.t.clear()
+
+    return per_step, StepPhases(), work
+
+
+def breakdown(per_step: list[dict[str, float]], warmup: int, step_total: float) -> tuple[dict, float]:
+    """Mean seconds per phase over the timed steps, and the seconds of the update (forwards + the rest).
+
+    ``"update: backward + optimizer + loss maths"`` is what ``training_step`` spent outside the timed
+    forwards; ``"Lightning loop + data"`` what the step spent outside ``training_step``.
+    """
+    timed = per_step[warmup:]
+    keys = sorted({k for d in timed for k in d})
+    mean = {k: sum(d.get(k, 0.0) for d in timed) / len(timed) for k in keys}
+    rollout = sum(v for k, v in mean.items() if k.startswith("rollout"))
+    upd_fwd = sum(v for k, v in mean.items() if k.startswith("update"))
+    out = {k: v for k, v in mean.items() if k != "training_step"}
+    out["update: backward + optimizer + loss maths"] = mean["training_step"] - rollout - upd_fwd
+    out["Lightning loop + data (outside training_step)"] = step_total - mean["training_step"]
+    out["step total"] = step_total
+    return out, out["update: backward + optimizer + loss maths"] + upd_fwd
+
+
 def run_ppo(s: Settings) -> dict:
     models = runs_dir(s.size) / "models"
     P = prompt_tokens(s)
     tok = load_tokenizer(models / "tokenizer")
     actor = AutoModelForCausalLM.from_pretrained(models / "policy")
     ref = AutoModelForCausalLM.from_pretrained(models / "policy")
-    critic = AutoModelForTokenClassification.from_pretrained(models / "reward", num_labels=1)
+    # the critic from the reward folder, as TRL's value model (InstructGPT's initialisation)
+    critic = ValueModel.from_reward_model(
+        AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
+    )
     rm = AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
     steps = s.ppo_warmup_steps + s.ppo_steps
-    dm = PromptDataModule(
-        tok,
-        train_path=str(runs_dir(s.size) / "data" / "prompts.jsonl"),
-        val_fraction=0.0,
-        seed=s.seed,
-        batch_size=s.ppo_batch_prompts,
-        max_prompt_tokens=P,
-        num_batches=steps,
-    )
+    dm = prompt_data(s, tok, s.ppo_batch_prompts, steps)
     module = PPOModule(
-        actor,
-        critic,
-        ref,
-        {"helpful": rm},
-        tok,
-        optimizer(),
+        actor=actor,
+        critic=critic,
+        ref=ref,
+        reward_models={"helpful": rm},
+        tokenizer=tok,
+        optimizer=optimizer(),
         lr=s.lr,
         value_lr=s.lr,
         kl_coef=s.kl_coef,
@@ -179,66 +251,77 @@ def run_ppo(s: Settings) -> dict:
         max_new_tokens=s.ppo_max_new_tokens,
         temperature=s.temperature,
     )
-
-    # breakdown: wrap the module's phases (instance attributes shadow the methods)
-    ph = Phases()
-    work = {"prompt_tokens": 0, "response_tokens": 0, "generated_positions": 0, "rollouts": 0}
-
-    def gen_counting(model, input_ids, attention_mask):
-        seq, rmask, has_eos = PPOModule.generate(module, model, input_ids, attention_mask)
-        work["prompt_tokens"] += int(attention_mask.sum())
-        work["response_tokens"] += int(rmask.sum())
-        work["generated_positions"] += rmask.numel()
-        work["rollouts"] += len(rmask)
-        return seq, rmask, has_eos
-
-    def lp_name(model, *a, **kw):
-        if torch.is_grad_enabled():
-            return "update: policy forward"
-        return "rollout: policy log-prob forward" if model is module.actor else "rollout: reference forward"
-
-    module.generate = ph.wrap(gen_counting, lambda *a, **kw: "rollout: generation")
-    module._token_logprobs = ph.wrap(functools.partial(PPOModule._token_logprobs, module), lp_name)
-    module._values = ph.wrap(
-        functools.partial(PPOModule._values, module),
-        lambda *a, **kw: "update: value forward" if torch.is_grad_enabled() else "rollout: value forward",
-    )
-    module.score = ph.wrap(
-        functools.partial(PPOModule.score, module), lambda *a, **kw: "rollout: reward forward"
-    )
-    module.training_step = ph.wrap(
-        functools.partial(PPOModule.training_step, module), lambda *a, **kw: "training_step"
-    )
-    per_step: list[dict[str, float]] = []
-
-    class StepPhases(L.Callback):
-        def on_train_batch_end(self, *a, **kw) -> None:
-            per_step.append(dict(ph.t))
-            ph.t.clear()
-
+    per_step, step_phases, work = instrument(module, PPOModule)
     meter = Meter(count_batch_tokens=False)
-    tr = trainer([meter, StepPhases()], steps)
+    tr = trainer([meter, step_phases], steps)
     L.seed_everything(s.seed, verbose=False)
     tr.fit(module, datamodule=dm)
+    for k in ("prompts", "samples_per_prompt"):  # one sample per prompt: not part of PPO's work record
+        work.pop(k)
     seconds = meter.clock.timed_seconds(s.ppo_warmup_steps)
-
-    # mean phase seconds over the timed steps; "update (backward + optimizer + losses)" = the rest of the step
-    timed = per_step[s.ppo_warmup_steps :]
-    keys = sorted({k for d in timed for k in d})
-    mean = {k: sum(d.get(k, 0.0) for d in timed) / len(timed) for k in keys}
     step_total = seconds / s.ppo_steps
-    rollout = sum(v for k, v in mean.items() if k.startswith("rollout"))
-    upd_fwd = sum(v for k, v in mean.items() if k.startswith("update"))
-    breakdown = {k: v for k, v in mean.items() if k != "training_step"}
-    breakdown["update: backward + optimizer + loss maths"] = mean["training_step"] - rollout - upd_fwd
-    breakdown["Lightning loop + data (outside training_step)"] = step_total - mean["training_step"]
-    breakdown["step total"] = step_total
+    phases, update_s = breakdown(per_step, s.ppo_warmup_steps, step_total)
 
     n_lm, n_cls = matmul_params(actor), matmul_params(rm)
     fl = ppo_step_flops(n_lm, n_cls, s.ppo_batch_prompts, P, s.ppo_max_new_tokens, s.ppo_epochs)
-    update_s = breakdown["update: backward + optimizer + loss maths"] + upd_fwd
     steps = (meter.opt_steps[0], meter.opt_steps[1])  # policy and critic optimizer steps
-    return ppo_result("lit_rlhf", s, meter, seconds, fl, step_total, update_s, breakdown, work, steps)
+    return ppo_result("lit_rlhf", s, meter, seconds, fl, step_total, update_s, phases, work, steps)
+
+
+def run_group(s: Settings, task: str) -> dict:
+    """GRPO or RLOO: ``GRPOModule`` / ``RLOOModule`` with conf/task/<task>.yaml's loss settings."""
+    plan = group_plan(s, task)
+    models = runs_dir(s.size) / "models"
+    P = prompt_tokens(s)
+    tok = load_tokenizer(models / "tokenizer")
+    actor = AutoModelForCausalLM.from_pretrained(models / "policy")
+    ref = AutoModelForCausalLM.from_pretrained(models / "policy")
+    rm = AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
+    cls = {"grpo": GRPOModule, "rloo": RLOOModule}[task]
+    module = cls(
+        actor=actor,
+        ref=ref,
+        reward_models={"helpful": rm},
+        tokenizer=tok,
+        optimizer=optimizer(),
+        **lit_group_kwargs(s, task),
+    )
+    per_step, step_phases, work = instrument(module, cls)
+    meter = Meter(count_batch_tokens=False)
+    tr = trainer([meter, step_phases], plan.iterations)
+    L.seed_everything(s.seed, verbose=False)
+    tr.fit(module, datamodule=prompt_data(s, tok, plan.prompts, plan.iterations))
+    seconds = meter.clock.timed_seconds(plan.warmup_steps)
+    phases, update_s = breakdown(per_step, plan.warmup_steps, seconds / plan.steps)
+    fl = group_step_flops(
+        matmul_params(actor), matmul_params(rm), plan.rollouts, P, plan.max_new_tokens, plan.epochs
+    )
+    return group_result(
+        "lit_rlhf",
+        task,
+        meter,
+        plan.warmup_steps,
+        plan.rollouts,
+        seconds,
+        fl,
+        update_s,
+        phases,
+        work,
+        meter.opt_steps[0],
+    )
+
+
+def prompt_data(s: Settings, tok, batch_prompts: int, iterations: int) -> PromptDataModule:
+    """The prompts of ``prepare.py``, ``batch_prompts`` per iteration, exactly ``iterations`` batches."""
+    return PromptDataModule(
+        tok,
+        train_path=str(runs_dir(s.size) / "data" / "prompts.jsonl"),
+        val_fraction=0.0,
+        seed=s.seed,
+        batch_size=batch_prompts,
+        max_prompt_tokens=prompt_tokens(s),
+        num_batches=iterations,
+    )
 
 
 def prompt_tokens(s: Settings) -> int:
@@ -253,7 +336,8 @@ def main() -> None:
     import warnings  # noqa: PLC0415
 
     warnings.filterwarnings("ignore")
-    result = {"rm": run_rm, "ppo": run_ppo}[task](s)
+    runners = {"rm": run_rm, "ppo": run_ppo} | {t: functools.partial(run_group, task=t) for t in GROUP_TASKS}
+    result = runners[task](s)
     result["versions"] = {"torch": torch.__version__, "lightning": L.__version__, "transformers": _tf()}
     emit(result)
 

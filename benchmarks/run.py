@@ -26,29 +26,31 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    HERE,
-    MODELS,
-    SIZES,
-    Settings,
+from common import HERE, MODELS, SIZES, Settings, log, median, parse_result, runs_dir  # noqa: E402
+from group import GROUP_TASKS, lit_group_kwargs, trl_group_config  # noqa: E402
+from work import (  # noqa: E402
     UnequalWork,
     check_versions,
-    log,
-    median,
-    parse_result,
+    group_expected_work,
     ppo_expected_work,
     rm_expected_work,
-    runs_dir,
     verify_work,
 )
 
-PEER_VENV = {"rm": "trl116", "ppo": "trl112"}
+TASKS = ("rm", "ppo", *GROUP_TASKS)
+PEER_VENV = {"rm": "trl116", "ppo": "trl112", "grpo": "trl116", "rloo": "trl116"}
+PEER_SCRIPT = {"rm": "trl_side.py", "ppo": "trl_side.py", "grpo": "trl_group.py", "rloo": "trl_group.py"}
 DESCRIPTION = {
     "toy": "GPT-2, 4 layers x 256 dims, the embedded world's word-level tokenizer and data",
     "smollm2": "Llama with SmolLM2-135M's shapes (30 layers x 576, 9 heads / 3 KV heads, tied 49,152-token "
     "vocabulary), a word-level tokenizer of that size, random-word prompts and responses",
 }
-PEER_NAME = {"rm": "TRL 1.16.0 RewardTrainer", "ppo": "TRL 1.12.0 experimental PPOTrainer"}
+PEER_NAME = {
+    "rm": "TRL 1.16.0 RewardTrainer",
+    "ppo": "TRL 1.12.0 experimental PPOTrainer",
+    "grpo": "TRL 1.16.0 GRPOTrainer",
+    "rloo": "TRL 1.16.0 RLOOTrainer",
+}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
 
 
@@ -69,7 +71,10 @@ def expected_work(task: str, s: Settings) -> dict:
     if task == "rm":
         rows = [json.loads(line) for line in (data / "pairs_ids.jsonl").read_text().splitlines()]
         return rm_expected_work(s, rows)
-    return ppo_expected_work(s, json.loads((data / "prompts_meta.json").read_text())["prompt_tokens"])
+    prompt_tokens = json.loads((data / "prompts_meta.json").read_text())["prompt_tokens"]
+    if task == "ppo":
+        return ppo_expected_work(s, prompt_tokens)
+    return group_expected_work(s, task, prompt_tokens)
 
 
 PEAK_SNIPPET = """
@@ -229,9 +234,17 @@ def report(s: Settings, peak: float, rows: list[dict], raw: dict, repeats: int, 
             f"TRL `{json.dumps(raw[task]['peer'][0]['work'])}`"
         )
         L.append("")
-    if "ppo" in raw:
-        L += breakdown_table("lit_rlhf PPO step", raw["ppo"]["lit"]) + [""]
-        L += breakdown_table("TRL PPO step", raw["ppo"]["peer"]) + [""]
+    for task in GROUP_TASKS:
+        if task in raw:
+            L.append(
+                f"{task} configuration: lit_rlhf `{json.dumps(lit_group_kwargs(s, task))}` · "
+                f"TRL `{json.dumps(trl_group_config(s, task))}`"
+            )
+            L.append("")
+    for task in ("ppo", *GROUP_TASKS):
+        if task in raw:
+            L += breakdown_table(f"lit_rlhf {task.upper()} step", raw[task]["lit"]) + [""]
+            L += breakdown_table(f"TRL {task.upper()} step", raw[task]["peer"]) + [""]
     L.append(
         "Versions: lit side "
         + json.dumps(next(iter(raw.values()))["lit"][0]["versions"])
@@ -245,14 +258,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), default="toy", help="model shapes, lengths and batches")
     ap.add_argument("--repeats", type=int, default=3, help="alternating lit/peer runs per task")
-    ap.add_argument("--tasks", default="rm,ppo", help="comma-separated: rm, ppo")
+    ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated: {', '.join(TASKS)}")
     ap.add_argument("--out", default=None, help="markdown report (default benchmarks/results[-SIZE].md)")
     ap.add_argument("--max-wait", type=float, default=600, help="seconds to wait for a quiet machine per run")
     a = ap.parse_args()
     tasks = a.tasks.split(",")
     unknown = sorted(set(tasks) - set(PEER_VENV))
     if unknown:
-        raise SystemExit(f"--tasks: unknown {unknown}; expected a comma-separated subset of rm,ppo")
+        raise SystemExit(f"--tasks: unknown {unknown}; expected a subset of {','.join(TASKS)}")
     lit_py = lit_python()
     for t in tasks:
         if not peer_python(t).exists():
@@ -275,7 +288,7 @@ def main() -> None:
     for task in tasks:
         lit, peer = [], []
         for i in range(a.repeats):
-            order = [("lit", lit_py, "lit_side.py"), ("peer", peer_python(task), "trl_side.py")]
+            order = [("lit", lit_py, "lit_side.py"), ("peer", peer_python(task), PEER_SCRIPT[task])]
             if i % 2:
                 order.reverse()  # alternate who goes first
             for who, py, script in order:

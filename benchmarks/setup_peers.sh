@@ -6,7 +6,7 @@
 # PYTHON is the interpreter lit_rlhf runs with (default: .venv/bin/python at the repository root, found from
 # this script's own location). Its torch and transformers versions are read and installed, exactly, in
 #
-#   benchmarks/.venvs/trl116  TRL 1.16.0 (RewardTrainer, RLOOTrainer)
+#   benchmarks/.venvs/trl116  TRL 1.16.0 (RewardTrainer, GRPOTrainer, RLOOTrainer)
 #   benchmarks/.venvs/trl112  TRL 1.12.0, the last release shipping trl.experimental.ppo (PPOTrainer);
 #                             1.13.0 removed it (checked by listing the wheels: `pip download trl==X --no-deps`).
 #

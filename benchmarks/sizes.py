@@ -79,9 +79,11 @@ def random_words(rng: random.Random, n: int, vocab_size: int) -> str:
 
 
 def synthetic_prompts(s: Settings, vocab_size: int) -> list[dict]:
-    """One ``{"prompt"}`` record of exactly ``s.prompt_tokens`` tokens per rollout of the run."""
+    """``{"id", "prompt"}`` records of exactly ``s.prompt_tokens`` tokens: as many as the PPO run or the
+    GRPO / RLOO runs (prompts per iteration × iterations) take, whichever is more."""
     rng = random.Random(s.seed)
-    n = s.ppo_batch_prompts * (s.ppo_warmup_steps + s.ppo_steps)
+    ppo = s.ppo_batch_prompts * (s.ppo_warmup_steps + s.ppo_steps)
+    n = max(ppo, s.group_batch_prompts * (s.group_warmup_steps + s.group_steps))
     return [{"id": i, "prompt": random_words(rng, s.prompt_tokens, vocab_size)} for i in range(n)]
 
 

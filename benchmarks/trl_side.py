@@ -1,4 +1,5 @@
-"""TRL side: ``RewardTrainer`` (TRL 1.16) and ``trl.experimental.ppo.PPOTrainer`` (TRL 1.12).
+"""TRL side: ``RewardTrainer`` (TRL 1.16) and ``trl.experimental.ppo.PPOTrainer`` (TRL 1.12); GRPO and RLOO
+are in ``trl_group.py``.
 
 ``python benchmarks/trl_side.py {rm,ppo} SIZE`` with a peer venv (``benchmarks/setup_peers.sh``) prints one
 ``RESULT {json}`` line with the same fields as ``lit_side.py``. Nothing here imports lit_rlhf.
@@ -45,10 +46,12 @@ from transformers import (  # noqa: E402
 
 
 class Meter(TrainerCallback):
-    """Stamps the end of every optimizer step (HF callbacks' ``on_step_end``); counts optimizer steps."""
+    """Stamps the end of every ``every``-th optimizer step (HF callbacks' ``on_step_end``): every step for
+    the reward model and PPO (one HF step = one PPO iteration), the last update of each iteration for
+    GRPO / RLOO. Counts optimizer steps."""
 
-    def __init__(self) -> None:
-        self.clock, self.opt_steps, self._hooked = StepClock(), 0, False
+    def __init__(self, every: int = 1) -> None:
+        self.clock, self.opt_steps, self._hooked, self.every = StepClock(), 0, False, every
 
     def hook(self, optimizer) -> None:
         if not self._hooked:
@@ -61,7 +64,8 @@ class Meter(TrainerCallback):
             self.hook(optimizer)
 
     def on_step_end(self, args, state, control, **kw):
-        self.clock.tick()
+        if state.global_step % self.every == 0:
+            self.clock.tick()
 
 
 def common_args(s: Settings, out: str) -> dict:
@@ -270,7 +274,9 @@ def run_ppo(s: Settings, out: str) -> dict:
     return ppo_result(side, s, meter, seconds, fl, step_total, update_s, breakdown, work, steps)
 
 
-def main() -> None:
+def main(runners: dict | None = None) -> None:
+    """``python trl_side.py TASK SIZE``; ``runners`` maps task → ``run(settings, output_dir)``."""
+    runners = runners or {"rm": run_rm, "ppo": run_ppo}
     task, size = sys.argv[1:3]
     s = Settings.load(size)
     setup_threads(s.threads)
@@ -279,7 +285,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as out:
-        result = {"rm": run_rm, "ppo": run_ppo}[task](s, out)
+        result = runners[task](s, out)
     result["versions"] = {
         "torch": torch.__version__,
         "transformers": transformers.__version__,

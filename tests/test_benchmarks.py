@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
+import json
 import os
 import re
 import subprocess
@@ -17,6 +19,8 @@ import pytest
 import torch
 import transformers
 
+from lit_rlhf.rlhf import aggregate
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import run  # noqa: E402
@@ -24,17 +28,22 @@ from common import (  # noqa: E402
     MODELS,
     SIZES,
     StepClock,
+    group_step_flops,
+    matmul_params,
+    ppo_step_flops,
+    train_flops,
+)
+from group import LIT_LOSS, TRL_LOSS_TYPE, group_plan, lit_group_kwargs, trl_group_config  # noqa: E402
+from sizes import model_config, synthetic_pairs, synthetic_prompts, word_tokenizer  # noqa: E402
+from work import (  # noqa: E402
     UnequalWork,
     check_equal,
     check_versions,
-    matmul_params,
+    group_expected_work,
     ppo_expected_work,
-    ppo_step_flops,
     rm_expected_work,
-    train_flops,
     verify_work,
 )
-from sizes import model_config, synthetic_pairs, synthetic_prompts, word_tokenizer  # noqa: E402
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -153,7 +162,9 @@ def test_synthetic_data_has_fixed_prompt_lengths_and_untruncated_pairs():
     s = dataclasses.replace(SIZES["smollm2"], rm_max_prompt_tokens=6, rm_max_length=14)
     tok = word_tokenizer(50)
     prompts = synthetic_prompts(s, len(tok))
-    assert len(prompts) == s.ppo_batch_prompts * (s.ppo_warmup_steps + s.ppo_steps)
+    assert len(prompts) == 4 * 3  # PPO: 4 prompts x 3 iterations; GRPO / RLOO take 2 x 3
+    more = dataclasses.replace(s, group_batch_prompts=10)
+    assert len(synthetic_prompts(more, len(tok))) == 10 * 3  # whichever task takes more
     assert {len(tok(p["prompt"])["input_ids"]) for p in prompts} == {128}
     pairs = synthetic_pairs(s, len(tok))
     assert len(pairs) == s.rm_batch_pairs * (s.rm_warmup_steps + s.rm_steps)
@@ -273,3 +284,136 @@ def test_setup_peers_fails_loudly_without_a_usable_interpreter(python, tmp_path)
     assert p.returncode == 1
     assert "[setup_peers] ERROR" in p.stderr and python in p.stderr
     assert not (tmp_path / ".venvs").exists() and "pip" not in p.stdout
+
+
+# ---------------------------------------------------------------- GRPO and RLOO
+TOY_GRPO = {  # toy: 10 iterations of 8 five-token prompts x G = 4, 24 new tokens, 1 epoch x 2 minibatches
+    "iterations": 10,
+    "optimizer_steps": 20,
+    "prompts": 80,
+    "rollouts": 320,
+    "samples_per_prompt": [4],
+    "prompt_tokens": 1600,
+    "generated_positions": 7680,
+}
+
+
+def test_group_plan_from_settings_and_refusals():
+    grpo, rloo = group_plan(SIZES["toy"], "grpo"), group_plan(SIZES["toy"], "rloo")
+    assert (grpo.prompts, grpo.group_size, grpo.rollouts, grpo.epochs, grpo.updates) == (8, 4, 32, 1, 2)
+    assert (rloo.epochs, rloo.updates, rloo.iterations, rloo.max_new_tokens) == (2, 4, 10, 24)
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        group_plan(dataclasses.replace(SIZES["toy"], group_size=1), "grpo")
+    with pytest.raises(ValueError, match="9 rollouts do not split into 2 equal minibatches"):
+        group_plan(dataclasses.replace(SIZES["toy"], group_batch_prompts=3, group_size=3), "rloo")
+    with pytest.raises(ValueError, match="unknown group task 'ppo'"):
+        group_plan(SIZES["toy"], "ppo")
+
+
+def test_group_step_flops_by_hand():
+    # N_lm = 3, N_cls = 2, 4 rollouts of P = 1 + R = 2 → 12 token positions, 2 epochs
+    f = group_step_flops(3, 2, rollouts=4, prompt_len=1, resp_len=2, epochs=2)
+    assert f["generation"] == f["ref"] == 2 * 3 * 12
+    assert f["reward"] == 2 * 2 * 12 and "value" not in f
+    assert f["update"] == 2 * 6 * 3 * 12
+    assert f["total"] == 72 + 72 + 48 + 432
+
+
+def test_group_expected_work_by_hand():
+    assert group_expected_work(SIZES["toy"], "grpo", prompt_tokens=5) == TOY_GRPO
+    rloo = group_expected_work(SIZES["toy"], "rloo", prompt_tokens=5)
+    assert rloo == {**TOY_GRPO, "optimizer_steps": 40}  # 2 epochs x 2 minibatches x 10 iterations
+
+
+def test_verify_group_work_accepts_equal_work_and_sampling_noise():
+    # the counts of a toy smoke run: TRL sampled 1.6 % fewer response tokens
+    lit = {**TOY_GRPO, "response_tokens": 7563, "tokens": 9163}
+    peer = {**TOY_GRPO, "response_tokens": 7443, "tokens": 9043}
+    verify_work("grpo", lit, peer, group_expected_work(SIZES["toy"], "grpo", 5))
+
+
+@pytest.mark.parametrize(
+    ("peer_change", "message"),
+    [  # what a misconfigured TRL run would report
+        ({"rollouts": 640, "samples_per_prompt": [8]}, "samples_per_prompt: lit=[4] peer=[8]"),  # 2G/prompt
+        ({"prompts": 160, "samples_per_prompt": [2]}, "prompts: lit=80 peer=160"),  # G/2, twice the prompts
+        ({"optimizer_steps": 10}, "optimizer_steps: lit=20 peer=10"),  # one step per generation
+        ({"prompt_tokens": 1920}, "prompt_tokens: lit=1600 peer=1920"),  # a BOS added to every prompt
+        ({"iterations": 9}, "peer iterations: 9 != expected 10"),
+        ({"response_tokens": 5000, "tokens": 6600}, "response_tokens: lit=7500 peer=5000"),
+    ],
+)
+def test_verify_group_work_raises_on_unequal_work(peer_change, message):
+    lit = {**TOY_GRPO, "response_tokens": 7500, "tokens": 9100}
+    with pytest.raises(UnequalWork, match=re.escape(message)):
+        verify_work("grpo", lit, {**lit, **peer_change}, group_expected_work(SIZES["toy"], "grpo", 5))
+
+
+def test_trl_group_config_does_the_plan():
+    g = trl_group_config(SIZES["toy"], "grpo")
+    assert g["num_generations"] == 4 and g["gradient_accumulation_steps"] == 1
+    # TRL's generation batch (per-step completions x steps per generation) = the iteration's 8 x 4 rollouts
+    assert g["per_device_train_batch_size"] * g["steps_per_generation"] == 32
+    assert (g["steps_per_generation"], g["num_iterations"], g["max_steps"]) == (2, 1, 20)
+    assert (g["loss_type"], g["scale_rewards"], g["beta"], g["epsilon"]) == ("grpo", "group", 0.05, 0.2)
+    assert g["bf16"] is False and g["gradient_checkpointing"] is False and g["use_vllm"] is False
+    assert g["logging_steps"] > g["max_steps"] and g["max_completion_length"] == 24
+    r = trl_group_config(SIZES["toy"], "rloo")
+    assert (r["num_iterations"], r["max_steps"], r["normalize_advantages"]) == (2, 40, False)
+    assert "loss_type" not in r and "scale_rewards" not in r  # RLOOConfig has neither
+
+
+def test_lit_group_kwargs_are_the_shipped_task_configs():
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from lit_rlhf.tasks.grpo import GRPOModule  # noqa: PLC0415
+    from lit_rlhf.tasks.rloo import RLOOModule  # noqa: PLC0415
+
+    conf = BENCH.parent / "conf" / "task"
+    base = OmegaConf.load(conf / "base" / "policy.yaml")
+    for task, cls in (("grpo", GRPOModule), ("rloo", RLOOModule)):
+        yaml = OmegaConf.load(conf / f"{task}.yaml")
+        module = OmegaConf.merge(base.module, yaml.module)
+        kw = lit_group_kwargs(SIZES["toy"], task)
+        same = ("samples_per_prompt", "ppo_epochs", "num_minibatches", "clip_eps", "kl_coef", "kl_estimator")
+        same += ("max_grad_norm", "temperature", *LIT_LOSS[task])
+        assert {k: kw[k] for k in same} == {k: module[k] for k in same}, task
+        assert SIZES["toy"].group_batch_prompts == yaml.datamodule.batch_size
+        accepted = {p for c in cls.__mro__ for p in inspect.signature(c.__init__).parameters}
+        assert set(kw) <= accepted, set(kw) - accepted  # every keyword is a constructor argument
+
+
+def test_trl_loss_types_aggregate_as_lit_rlhf_does():
+    # per-token losses of 2 responses (3 and 1 tokens, cap 4); TRL 1.16's formulas (grpo_trainer.py):
+    # "grpo" = mean over responses of their token mean, "bnpo" = token mean, "dr_grpo" = sum / (B · cap)
+    values = torch.tensor([[1.0, 2.0, 6.0, 9.0], [4.0, 7.0, 7.0, 7.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    by_hand = {"grpo": (3.0 + 4.0) / 2, "bnpo": 13.0 / 4, "dr_grpo": 13.0 / (2 * 4)}
+    for lit_agg, trl_type in TRL_LOSS_TYPE.items():
+        assert float(aggregate(values, mask, lit_agg, max_len=4)) == pytest.approx(by_hand[trl_type])
+
+
+@pytest.mark.skipif(not run.peer_python("grpo").exists(), reason="benchmarks/setup_peers.sh not run")
+def test_trl_reads_the_group_config_as_planned(tmp_path):
+    snippet = """
+import json, sys, trl
+out = {}
+for task, cls in (("grpo", trl.GRPOConfig), ("rloo", trl.RLOOConfig)):
+    c = cls(output_dir=sys.argv[1], use_cpu=True, report_to="none", **json.loads(sys.argv[2])[task])
+    out[task] = [c.generation_batch_size, c.steps_per_generation, c.num_iterations, c.bf16]
+print(json.dumps(out))
+"""
+    cfg = json.dumps({t: trl_group_config(SIZES["toy"], t) for t in ("grpo", "rloo")})
+    p = subprocess.run(
+        [str(run.peer_python("grpo")), "-c", snippet, str(tmp_path), cfg], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr[-2000:]  # an unknown keyword would be a TypeError here
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got == {"grpo": [32, 2, 1, False], "rloo": [32, 2, 2, False]}  # 32 = 8 prompts x G = 4
+
+
+def test_group_tasks_run_with_the_trl116_peer():
+    trl116 = BENCH / ".venvs" / "trl116" / "bin" / "python"
+    assert run.peer_python("grpo") == run.peer_python("rloo") == trl116
+    assert {run.PEER_SCRIPT[t] for t in ("grpo", "rloo")} == {"trl_group.py"}
+    assert (BENCH / "trl_group.py").exists() and set(run.TASKS) == set(run.PEER_VENV) == set(run.PEER_NAME)
