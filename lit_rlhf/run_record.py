@@ -96,12 +96,12 @@ def _drop(tree: dict, dotted: str) -> None:
     tree.pop(last, None)
 
 
-def _relocate(tree: Any, roots: list[tuple[str, str]]) -> Any:
+def relocate(tree: Any, roots: list[tuple[str, str]]) -> Any:
     """``tree`` with each string under one of ``roots`` (path, placeholder) written relative to it."""
     if isinstance(tree, dict):
-        return {k: _relocate(v, roots) for k, v in tree.items()}
+        return {k: relocate(v, roots) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_relocate(v, roots) for v in tree]
+        return [relocate(v, roots) for v in tree]
     if isinstance(tree, str):
         for path, placeholder in roots:
             if tree == path or tree.startswith(path.rstrip("/") + "/"):
@@ -125,7 +125,7 @@ def config_snapshot(cfg: DictConfig) -> dict[str, Any]:
     roots.sort(key=lambda r: len(r[0]), reverse=True)  # the most specific folder first
     for dotted in VOLATILE:
         _drop(resolved, dotted)
-    return json.loads(json.dumps(_relocate(resolved, roots), default=str))  # as it reads back from JSON
+    return json.loads(json.dumps(relocate(resolved, roots), default=str))  # as it reads back from JSON
 
 
 def stage_folders(cfg: DictConfig) -> dict[str, str]:

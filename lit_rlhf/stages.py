@@ -21,6 +21,8 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lit_rlhf.run_record import relocate
+
 log = logging.getLogger("lit_rlhf")
 # override groups a policy run passes on to the stages it builds (the trainer on one device: ensure_stage)
 CARRIED = ("data", "model", "paths", "trainer")
@@ -72,6 +74,10 @@ def stage_hash(sub: DictConfig) -> str:
     with open_dict(sub):
         sub.paths.output_dir = "."  # the stage's own folder is named by this hash
     resolved = OmegaConf.to_container(sub, resolve=True)
+    # paths inside the cache / root folders as placeholders: moving the cache (or the checkout, or giving it
+    # as an absolute path) does not change what a stage computes, so it must not rebuild it
+    folders = [(str(sub.paths[k]), f"${{paths.{k}}}") for k in ("cache_dir", "root_dir") if sub.paths.get(k)]
+    resolved = relocate(resolved, sorted(folders, key=lambda r: len(r[0]), reverse=True))
     keys = ["task", "model", "data", "optimizer", "seed"] + (
         ["reward"] if sub.task.name == "reward_model" else []
     )

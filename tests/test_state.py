@@ -102,3 +102,15 @@ def test_stage_keys_change_with_tokenisation_settings(tmp_path):
                 cfg.pipeline.sft = [*cfg.pipeline.sft, *extra]
             keys[name] = stage_hash(stage_config(cfg, "sft"))
     assert len(set(keys.values())) == 3, keys
+
+
+def test_stage_keys_do_not_depend_on_where_the_cache_is(tmp_path):
+    """The same stage config with its cache and root folders elsewhere (a relative vs an absolute cache
+    path, a moved checkout) has the same key: it is found, not trained again."""
+    keys = []
+    for where in ("a", "b/deeper"):
+        with hydra_cfg(tmp_path / where, [*TINY_WORLD, *TINY_STAGES]) as cfg:
+            sub = stage_config(cfg, "sft")
+            assert str(tmp_path / where) in str(sub.data.world.out_dir)  # the data paths do differ
+            keys.append(stage_hash(sub))
+    assert keys[0] == keys[1]
