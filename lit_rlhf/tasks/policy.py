@@ -34,6 +34,7 @@ from lit_rlhf.models.scoring import reward_scores
 from lit_rlhf.optim import warmup_schedule
 from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, kl_penalty, masked_mean
 from lit_rlhf.tasks.evaluation import evaluate
+from lit_rlhf.tasks.faults import FaultPolicy
 from lit_rlhf.tasks.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
 from lit_rlhf.tasks.sampling import row_seeds
 from lit_rlhf.tasks.sharding import ROLLOUT, DataParallel
@@ -54,7 +55,7 @@ def disable_dropout(model: nn.Module) -> None:
             m.p = 0.0
 
 
-class PolicyModule(DataParallel, L.LightningModule):
+class PolicyModule(DataParallel, FaultPolicy, L.LightningModule):
     """Rollouts, scoring, evaluation, fault policy and state of a policy against frozen reward models.
 
     Args:
@@ -309,69 +310,6 @@ class PolicyModule(DataParallel, L.LightningModule):
     def updates_per_iteration(self) -> int:
         """Optimizer updates an iteration attempts (to tell a fully skipped iteration)."""
         return self.ppo_epochs * self.num_minibatches
-
-    def ratio_ok(self, loss: Tensor, stats: dict[str, Tensor]) -> bool:
-        """A ratio explosion (π/π_old beyond ``max_ratio``) or a non-finite loss skips the update, on every
-        rank at once (under DDP the replicas must take the same steps)."""
-        ok = self._all_ranks(bool(torch.isfinite(loss) & (stats["ratio_max"] <= self.max_ratio)))
-        self.skipped_updates += not ok
-        return ok
-
-    def _all_ranks(self, ok: bool) -> bool:
-        """True only if ``ok`` on every process (a single process: ``ok``)."""
-        return bool(self.trainer.strategy.reduce_boolean_decision(ok, all=True))
-
-    def _update(self, *parts: tuple[torch.optim.Optimizer, Tensor, bool]) -> None:
-        """One backward of the summed losses, then a (clipped) step of each optimizer whose loss is ok.
-
-        Actor and critic share no parameter, so the gradient of the sum is each loss's own gradient:
-        the same update as one backward per loss, with one all-reduce under DDP in which every trained
-        parameter takes part. A skipped loss enters with weight 0 (its gradient is zeroed, not applied).
-        """
-        for opt, _, _ in parts:
-            opt.zero_grad()
-        total = sum(loss if ok else loss.nan_to_num() * 0.0 for _, loss, ok in parts)
-        self.manual_backward(total)
-        for opt, _, ok in parts:
-            if not ok:
-                continue
-            if self.max_grad_norm:
-                self.clip_gradients(opt, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
-            opt.step()
-
-    def _finite_rollout(self, ro: Rollout) -> bool:
-        """Fault policy: skip a batch whose scores, log-probs or values are not finite; stop after
-        ``max_bad_batches`` such batches in a row with an error that says where the NaNs came from."""
-        checks = {
-            "reward-model scores": ro.scores,
-            "policy log-probs": ro.logprobs,
-            "reference log-probs": ro.ref_logprobs,
-            "critic values": ro.values,
-        }
-        bad = {k: int((~torch.isfinite(v)).sum()) for k, v in checks.items()}
-        bad = {k: n for k, n in bad.items() if n}
-        if self._all_ranks(not bad):  # under DDP a batch bad on one rank is skipped on all
-            self._bad_streak = 0
-            return True
-        self.skipped_batches += 1
-        self._bad_streak += 1
-        what = ", ".join(f"{n} non-finite {k}" for k, n in bad.items()) or "non-finite values on another rank"
-        log.warning(
-            "%s iteration %d skipped: %s (%d in a row)",
-            self.algorithm,
-            self.iteration,
-            what,
-            self._bad_streak,
-        )
-        if self._bad_streak >= self.max_bad_batches:
-            raise FloatingPointError(
-                f"{self._bad_streak} consecutive {self.algorithm.upper()} batches had non-finite values "
-                f"({what}); stopping instead of training on them. Check the reward models "
-                "(reward.<name>.path) and the learning rate (task.module.lr); raise "
-                "task.module.max_bad_batches to tolerate more."
-            )
-        self.log(f"{self.algorithm}/skipped_batches", float(self.skipped_batches), batch_size=len(ro.scores))
-        return False
 
     # ---------------------------------------------------------------- evaluation
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
