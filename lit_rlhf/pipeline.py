@@ -250,6 +250,7 @@ def ppo_models(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, Path]) ->
     the actor with its adapters off), ``critic`` (only for tasks with a ``critic_init``: PPO),
     ``reward_models`` (name → model), and the ``tokenizer``."""
     policy = role_spec(cfg, "policy", policy_path)
+    policy.check_folder("task.policy_path")  # a built stage exists: only a given folder can be missing
     tok = policy.load_tokenizer()
     reward_models = {}
     for name, path in rm_paths.items():
