@@ -3,7 +3,8 @@
 A bad data line, a missing folder or a bad config value is the user's to fix: ``train.py`` prints
 ``lit_rlhf: error: <message>`` on stderr and exits with status 2 (:func:`exit_on_user_error`). Anything
 else is a bug and propagates with its traceback. ``HYDRA_FULL_ERROR=1`` shows the full trace of a user
-error too, as Hydra does for its own errors. :func:`user_message` is the pure classification.
+error too, as Hydra does for its own errors. :func:`user_message` is the pure classification;
+:func:`config_errors_exit_2` gives a command line Hydra cannot compose the same status.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from omegaconf.errors import (
 )
 
 log = logging.getLogger("lit_rlhf")
-EXIT_USER_ERROR = 2  # the usage-error status of argparse; Hydra's own failures exit 1
+EXIT_USER_ERROR = 2  # the usage-error status of argparse (Hydra's command-line parser uses it too)
 FULL_ERROR_HINT = "set HYDRA_FULL_ERROR=1 for the full stack trace"
 _SIGNATURE = re.compile(r"unexpected keyword argument|missing \d+ required|takes (no|\d+ positional) arg")
 _FULL_KEY = re.compile(r"^full_key: (\S+)$", re.MULTILINE)

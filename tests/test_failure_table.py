@@ -31,12 +31,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 from safetensors.torch import load_file
 from train_cli import (
     ITERATIONS,
@@ -54,7 +56,7 @@ from train_cli import (
     write_jsonl,
 )
 
-from lit_rlhf.errors import EXIT_USER_ERROR
+from lit_rlhf.errors import EXIT_USER_ERROR, UserError, config_errors_exit_2
 
 BAD = ROOT / "tests" / "bad_inputs"
 
@@ -549,6 +551,46 @@ def test_cases_mirror_the_readme_table() -> None:
         assert cell.startswith(start), f"row {row}: {cell!r}"
     assert [r for r in ROWS if not any(c.row == r for c in CASES)] == []
     assert all(c.row in ROWS for c in CASES)
+
+
+def test_refused_checkpoint_is_a_user_error_only_where_lightning_loads_one(tmp_path: Path) -> None:
+    """The classification behind ``bad_ckpt-pickled_code``, without a subprocess."""
+    import pickle  # noqa: PLC0415
+
+    from lightning.pytorch.strategies import SingleDeviceStrategy  # noqa: PLC0415
+
+    from lit_rlhf.errors import user_message  # noqa: PLC0415
+
+    torch.save({"x": Evil(tmp_path / "ran")}, ckpt := tmp_path / "evil.ckpt")
+    with pytest.raises(pickle.UnpicklingError) as info:
+        SingleDeviceStrategy("cpu").load_checkpoint(ckpt, weights_only=True)  # what Trainer.fit calls
+    message = user_message(info.value)
+    assert message.startswith(f"cannot resume from {ckpt}: torch.load(weights_only=True) refuses it (")
+    assert "GLOBAL exec" in message and "Check ckpt_path" in message and not (tmp_path / "ran").exists()
+    with pytest.raises(pickle.UnpicklingError) as info:
+        torch.load(ckpt, weights_only=True)  # not a checkpoint to resume from: a bug's traceback
+    assert user_message(info.value) is None
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(ConfigCompositionException("Could not find 'transform/x'"), 2), (UserError("a sweep job"), 1),
+     (RuntimeError("a bug"), 1), (None, 1)],
+)  # fmt: skip
+def test_config_errors_exit_2(error: Exception | None, status: int) -> None:
+    """Hydra reports a composition error, then exits 1 inside its ``except``: only that becomes 2."""
+
+    def hydra_main() -> None:
+        try:
+            if error is not None:
+                raise error
+            sys.exit(1)
+        except Exception:
+            sys.exit(1)
+
+    with pytest.raises(SystemExit) as info, config_errors_exit_2():
+        hydra_main()
+    assert info.value.code == status
 
 
 @pytest.mark.slow  # 69 runs of train.py: one interpreter start-up (torch, Lightning, transformers) each
