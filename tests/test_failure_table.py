@@ -593,7 +593,7 @@ def test_config_errors_exit_2(error: Exception | None, status: int) -> None:
     assert info.value.code == status
 
 
-@pytest.mark.slow  # 69 runs of train.py: one interpreter start-up (torch, Lightning, transformers) each
+@pytest.mark.slow  # ~70 runs of train.py: one interpreter start-up (torch, Lightning, transformers) each
 @pytest.mark.parametrize("c", CASES, ids=[f"{c.row}-{c.name}" for c in CASES])
 def test_failure_case_through_train_py(w: World, tmp_path: Path, c: Case) -> None:
     c.check(w, tmp_path, *c.args)
