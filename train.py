@@ -2,13 +2,14 @@
 
 Hydra composes ``conf/train.yaml``; ``lit_rlhf.pipeline.run`` instantiates and fits. Returns the metric a
 Hydra sweeper optimises (``optimized_metric``). A user-input error (bad data line, missing folder, bad
-config value) prints ``lit_rlhf: error: …`` and exits 2; ``HYDRA_FULL_ERROR=1`` shows its full trace.
+config value) prints ``lit_rlhf: error: …`` and exits 2, as does a command line Hydra cannot compose
+(Hydra's message); ``HYDRA_FULL_ERROR=1`` shows the full trace.
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from lit_rlhf.errors import exit_on_user_error
+from lit_rlhf.errors import config_errors_exit_2, exit_on_user_error
 from lit_rlhf.pipeline import one_ddp_job, run
 
 
@@ -19,4 +20,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    with config_errors_exit_2():
+        main()

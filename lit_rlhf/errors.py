@@ -3,13 +3,15 @@
 A bad data line, a missing folder or a bad config value is the user's to fix: ``train.py`` prints
 ``lit_rlhf: error: <message>`` on stderr and exits with status 2 (:func:`exit_on_user_error`). Anything
 else is a bug and propagates with its traceback. ``HYDRA_FULL_ERROR=1`` shows the full trace of a user
-error too, as Hydra does for its own errors. :func:`user_message` is the pure classification.
+error too, as Hydra does for its own errors. :func:`user_message` is the pure classification;
+:func:`config_errors_exit_2` gives a command line Hydra cannot compose the same status.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import sys
 from collections.abc import Iterator
@@ -27,11 +29,12 @@ from omegaconf.errors import (
 )
 
 log = logging.getLogger("lit_rlhf")
-EXIT_USER_ERROR = 2  # the usage-error status of argparse; Hydra's own failures exit 1
+EXIT_USER_ERROR = 2  # the usage-error status of argparse (Hydra's command-line parser uses it too)
 FULL_ERROR_HINT = "set HYDRA_FULL_ERROR=1 for the full stack trace"
 _SIGNATURE = re.compile(r"unexpected keyword argument|missing \d+ required|takes (no|\d+ positional) arg")
 _FULL_KEY = re.compile(r"^full_key: (\S+)$", re.MULTILINE)
 _MISSING = re.compile(r"Missing mandatory value: (\S+)")
+_UNPICKLER = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\s+Please use|\n|$)")
 
 
 class UserError(CompactHydraException):
@@ -67,6 +70,8 @@ def user_message(exc: BaseException) -> str | None:
         return text if " " in text else None
     if isinstance(exc, ImportError):
         return str(exc) if "pip install" in str(exc) else None
+    if isinstance(exc, pickle.UnpicklingError):
+        return _checkpoint_message(exc)
     if isinstance(exc, (ValueError, OSError, FloatingPointError, MisconfigurationException)):
         return str(exc) or type(exc).__name__
     return None
@@ -85,6 +90,24 @@ def _instantiation_message(exc: InstantiationException) -> str | None:
     if inner is None:
         return None
     return inner if key is None or key in inner else f"{inner} (in config {key})"
+
+
+def _checkpoint_message(exc: pickle.UnpicklingError) -> str | None:
+    """A checkpoint Lightning was loading (``checkpoint_path`` of a frame it passed) that
+    ``torch.load(weights_only=True)`` refused; None if the error came from elsewhere (a bug)."""
+    path, tb = None, exc.__traceback__
+    while tb is not None:
+        path = tb.tb_frame.f_locals.get("checkpoint_path", path)
+        tb = tb.tb_next
+    if path is None:
+        return None
+    match = _UNPICKLER.search(str(exc))
+    detail = match.group(1).strip() if match else str(exc).splitlines()[0]
+    return (
+        f"cannot resume from {path}: torch.load(weights_only=True) refuses it ({detail}), so nothing in it "
+        "was run; it holds Python objects beyond tensors and plain data, or is not a checkpoint. Check "
+        "ckpt_path (or delete the run folder's checkpoints/last.ckpt)"
+    )
 
 
 def _omegaconf_message(exc: OmegaConfBaseException) -> str | None:
@@ -133,3 +156,21 @@ def exit_on_user_error() -> Iterator[None]:
         sys.stderr.write(f"{prefix}{message}\n({FULL_ERROR_HINT})\n")
         sys.stderr.flush()
         sys.exit(EXIT_USER_ERROR)
+
+
+@contextmanager
+def config_errors_exit_2() -> Iterator[None]:
+    """Around ``main()``: a command line Hydra cannot compose (an unknown group option such as
+    ``+transform=logsigmod``, an override of a key that does not exist) exits with status 2 too.
+
+    Hydra reports those itself, before the task function runs — its message lists the valid options —
+    and exits 1; that exit is raised while Hydra handles the error, which is therefore its ``__context__``.
+    Status 1 stays for everything else: a bug's traceback, and a ``-m`` sweep whose jobs failed.
+    """
+    try:
+        yield
+    except SystemExit as done:
+        error = done.__context__
+        if done.code == 1 and isinstance(error, CompactHydraException) and not isinstance(error, UserError):
+            raise SystemExit(EXIT_USER_ERROR) from None
+        raise

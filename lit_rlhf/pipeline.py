@@ -271,6 +271,7 @@ def ppo_models(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, RewardPat
     the actor with its adapters off), ``critic`` (only for tasks with a ``critic_init``: PPO),
     ``reward_models`` (name → model), and the ``tokenizer``."""
     policy = role_spec(cfg, "policy", policy_path)
+    policy.check_folder("task.policy_path")  # a built stage exists: only a given folder can be missing
     tok = policy.load_tokenizer()
     reward_models = {name: build_reward_model(cfg, name, path, tok) for name, path in rm_paths.items()}
     actor = with_lora(cfg, policy.build("causal_lm", tok), "causal_lm")

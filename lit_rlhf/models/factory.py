@@ -193,7 +193,8 @@ class Pretrained:
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return Pretrained(str(name_or_path), **kw)
 
-    def _check_folder(self) -> Path:
+    def check_folder(self, key: str = "model.name_or_path") -> Path:
+        """The model folder, or an error naming it and the config ``key`` that points at it."""
         path = Path(self.name_or_path)
         if not (path / "config.json").is_file():
             what = (
@@ -202,14 +203,14 @@ class Pretrained:
                 else "has no config.json (not a Hugging Face model folder)"
             )
             raise FileNotFoundError(
-                f"model folder {path} {what} (model.name_or_path). Point it at a folder written by "
+                f"model folder {path} {what} ({key}). Point it at a folder written by "
                 "save_pretrained; nothing is downloaded from a hub."
             )
         return path
 
     def check_reward_model(self, where: str) -> None:
         """Refuse a folder that is not a trained reward model (its score head would be random)."""
-        path = self._check_folder()
+        path = self.check_folder(where)
         archs = json.loads((path / "config.json").read_text()).get("architectures") or []
         if not any(a.endswith("ForSequenceClassification") for a in archs):
             raise ValueError(
@@ -219,7 +220,7 @@ class Pretrained:
             )
 
     def load_tokenizer(self, default: str | Path | None = None) -> PreTrainedTokenizerBase:
-        path = self.tokenizer_path or self._check_folder()
+        path = self.tokenizer_path or self.check_folder()
         return load_tokenizer(path, trust_remote_code=self.trust_remote_code)
 
     def load_kwargs(self) -> dict:
@@ -234,7 +235,7 @@ class Pretrained:
     ) -> nn.Module:
         """The model with ``head``; ``trainable=False`` (a frozen reference or reward model): no recompute."""
         _check_head(head)
-        path = self._check_folder()
+        path = self.check_folder()
         kwargs = {"num_labels": 1} if head == "reward" else {}
         model = _AUTO[head].from_pretrained(str(path), **self.load_kwargs(), **kwargs)
         if tokenizer is not None and model.config.pad_token_id is None:
