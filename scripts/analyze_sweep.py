@@ -44,6 +44,7 @@ from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 TRANSFORMS = {"identity": "raw", "logsigmoid": "logsigmoid", "center": "center", "whiten": "whiten"}
 TRANSFORMS |= {"clip": "clip"}
 AGGREGATORS = {"sum": "sum", "weightedsum": "weighted_sum", "min": "min"}
+DEFAULT_Q = 0.85  # conf/reward/*.yaml reference.q: a method is named by its reference only when it differs
 METHOD_ORDER = ["raw", "logsigmoid", "center", "whiten", "clip"]
 AGG_ORDER = ["sum", "weighted_sum", "min"]
 # table columns: (header, key in Row.stats)
@@ -144,6 +145,12 @@ def method_of(cfg: dict) -> str:
     if len(rewards) >= 2:
         agg = ((cfg.get("aggregator") or {}).get("_target_") or "Sum").rsplit(".", 1)[-1].lower()
         name += "+" + AGGREGATORS.get(agg, agg)
+    if name != "raw" and not name.startswith("raw+"):  # r_ref matters: name a non-default reference
+        for reward in rewards:
+            ref = cfg["reward"][reward].get("reference") or {}
+            statistic, q = ref.get("statistic", "quantile"), ref.get("q", DEFAULT_Q)
+            if statistic != "quantile" or float(q) != DEFAULT_Q:
+                name += f"@{reward}=" + (f"q{float(q):g}" if statistic == "quantile" else statistic)
     return name
 
 
@@ -238,7 +245,7 @@ def not_improved_shares(rows: list[dict]) -> dict[str, float]:
 
 def method_key(method: str) -> tuple[int, int, int, str]:
     algorithm, _, rest = method.rpartition(":")
-    base, _, agg = rest.partition("+")
+    base, _, agg = rest.partition("@")[0].partition("+")
     rank = lambda xs, x: xs.index(x) if x in xs else len(xs)  # noqa: E731
     return (
         rank(ALGORITHM_ORDER, algorithm or "ppo"),

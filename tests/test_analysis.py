@@ -179,6 +179,22 @@ def test_method_names_of_combination_configs() -> None:
     assert sweep.method_of({"reward": {"helpful": {}}, "transform": {"_target_": "x.Whiten"}}) == "whiten"
 
 
+def test_a_non_default_reference_names_its_own_method_and_keeps_the_raw_baseline() -> None:
+    ref = lambda **r: {"reference": {"statistic": "quantile", "q": 0.85} | r}  # noqa: E731
+    cfg = {"reward": {"helpful": ref(), "harmless": ref(q=0.5)}, "aggregator": {"_target_": "x.Sum"}}
+    assert sweep.method_of(cfg) == "raw+sum"  # the raw reward ignores r_ref: one baseline for all
+    cfg["transform"] = {"_target_": "lit_rlhf.transforms.LogSigmoid"}
+    assert sweep.method_of(cfg) == "logsigmoid+sum@harmless=q0.5"
+    cfg["reward"]["harmless"] = ref(statistic="refusal")
+    assert sweep.method_of(cfg) == "logsigmoid+sum@harmless=refusal"
+    cfg["reward"]["harmless"] = ref()
+    assert sweep.method_of(cfg) == "logsigmoid+sum"
+    methods = ["ppo:raw+sum", "ppo:logsigmoid+sum@harmless=q0.95"]
+    assert sweep.baseline_of(methods[1], methods) == "ppo:raw+sum"
+    order = sorted(["logsigmoid+sum@harmless=q0.5", "raw+sum", "logsigmoid+sum"], key=sweep.method_key)
+    assert order[0] == "raw+sum"
+
+
 # ------------------------------------------------------------------ regime study (scripts/regime_plot.py)
 _spec_r = importlib.util.spec_from_file_location("regime_plot", ROOT / "scripts" / "regime_plot.py")
 regime = importlib.util.module_from_spec(_spec_r)
