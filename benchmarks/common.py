@@ -11,15 +11,29 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
 
+def trl_precision(s: Settings) -> dict:
+    """TrainingArguments keywords for ``s.precision``: ``bf16`` set either way (its default is bf16 where
+    the machine has it, which would make the fp32 comparison unequal)."""
+    return {"bf16": s.precision == "bf16", "fp16": False}
+
+
+def lit_precision(s: Settings) -> str:
+    """Lightning's ``Trainer(precision=…)`` for ``s.precision``."""
+    return "bf16-mixed" if s.precision == "bf16" else "32-true"
+
+
 def runs_dir(size: str) -> Path:
     """Where ``prepare.py`` writes a size's settings, models and data: ``benchmarks/runs/<size>``."""
     return HERE / "runs" / size
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,9 @@ class Settings:
     """
 
     size: str = "toy"
+    # "fp32", or "bf16": lit_rlhf's Trainer(precision="bf16-mixed") and TRL's bf16=True (fp32 weights and
+    # optimizer state, bf16 autocast) — chosen by ``run.py --precision``, not written by prepare.py
+    precision: str = "fp32"
     # "world": the embedded world's tokenizer, prompts and preference pairs; "synthetic": a word-level
     # tokenizer of the model's vocabulary size and random-word prompts/responses of fixed token lengths
     data: str = "world"
@@ -63,8 +80,20 @@ class Settings:
     group_steps: int = 8  # timed iterations (after the warm-up)
 
     @classmethod
-    def load(cls, size: str) -> Settings:
-        return cls(**json.loads((runs_dir(size) / "settings.json").read_text()))
+    def load(cls, size: str, precision: str | None = None) -> Settings:
+        """``runs/<size>/settings.json`` (written by prepare.py), with ``precision`` if given."""
+        s = cls(**json.loads((runs_dir(size) / "settings.json").read_text()))
+        if precision is None:
+            return s
+        if precision not in PRECISIONS:
+            raise SystemExit(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        return replace(s, precision=precision)
+
+    @classmethod
+    def from_argv(cls, argv: list[str]) -> tuple[str, Settings]:
+        """A side's ``TASK SIZE [PRECISION]`` arguments → (task, settings)."""
+        task, size, *rest = argv
+        return task, cls.load(size, rest[0] if rest else None)
 
     def dump(self) -> None:
         runs_dir(self.size).mkdir(parents=True, exist_ok=True)

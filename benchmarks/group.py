@@ -142,7 +142,6 @@ def trl_group_config(s: Settings, task: str) -> dict:
         "mask_truncated_completions": False,
         "disable_dropout": True,
         "gradient_checkpointing": False,  # TRL's default is True: recomputation lit_rlhf does not do
-        "bf16": False,  # TRL's default is bf16 when fp16 is off; both sides run fp32
         "use_vllm": False,
         "log_completions": False,
         "logging_steps": max_steps + 1,  # no logging call in the timed window

@@ -26,6 +26,7 @@ from common import (  # noqa: E402
     emit,
     group_result,
     group_step_flops,
+    lit_precision,
     matmul_params,
     ppo_result,
     ppo_step_flops,
@@ -69,8 +70,9 @@ class Meter(L.Callback):
         self.clock.tick()
 
 
-def trainer(callbacks: list, max_steps: int) -> L.Trainer:
+def trainer(callbacks: list, max_steps: int, s: Settings) -> L.Trainer:
     return L.Trainer(
+        precision=lit_precision(s),
         accelerator="cpu",
         devices=1,
         max_epochs=1,
@@ -105,7 +107,7 @@ def run_rm(s: Settings) -> dict:
     module = RewardModelModule(model, optimizer(), lr=s.lr)
     meter = Meter(count_batch_tokens=True)
     steps = s.rm_warmup_steps + s.rm_steps
-    tr = trainer([meter], steps)
+    tr = trainer([meter], steps, s)
     L.seed_everything(s.seed, verbose=False)
     tr.fit(module, datamodule=dm)
     seconds = meter.clock.timed_seconds(s.rm_warmup_steps)
@@ -253,7 +255,7 @@ def run_ppo(s: Settings) -> dict:
     )
     per_step, step_phases, work = instrument(module, PPOModule)
     meter = Meter(count_batch_tokens=False)
-    tr = trainer([meter, step_phases], steps)
+    tr = trainer([meter, step_phases], steps, s)
     L.seed_everything(s.seed, verbose=False)
     tr.fit(module, datamodule=dm)
     for k in ("prompts", "samples_per_prompt"):  # one sample per prompt: not part of PPO's work record
@@ -288,7 +290,7 @@ def run_group(s: Settings, task: str) -> dict:
     )
     per_step, step_phases, work = instrument(module, cls)
     meter = Meter(count_batch_tokens=False)
-    tr = trainer([meter, step_phases], plan.iterations)
+    tr = trainer([meter, step_phases], plan.iterations, s)
     L.seed_everything(s.seed, verbose=False)
     tr.fit(module, datamodule=prompt_data(s, tok, plan.prompts, plan.iterations))
     seconds = meter.clock.timed_seconds(plan.warmup_steps)
@@ -329,9 +331,8 @@ def prompt_tokens(s: Settings) -> int:
 
 
 def main() -> None:
-    task, size = sys.argv[1:3]
+    task, s = Settings.from_argv(sys.argv[1:])
     quiet_transformers()
-    s = Settings.load(size)
     setup_threads(s.threads)
     import warnings  # noqa: PLC0415
 

@@ -26,7 +26,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HERE, MODELS, SIZES, Settings, log, median, parse_result, runs_dir  # noqa: E402
+from common import (  # noqa: E402
+    HERE,
+    MODELS,
+    PRECISIONS,
+    SIZES,
+    Settings,
+    log,
+    median,
+    parse_result,
+    runs_dir,
+)
 from group import GROUP_TASKS, lit_group_kwargs, trl_group_config  # noqa: E402
 from work import (  # noqa: E402
     UnequalWork,
@@ -44,6 +54,10 @@ DESCRIPTION = {
     "toy": "GPT-2, 4 layers x 256 dims, the embedded world's word-level tokenizer and data",
     "smollm2": "Llama with SmolLM2-135M's shapes (30 layers x 576, 9 heads / 3 KV heads, tied 49,152-token "
     "vocabulary), a word-level tokenizer of that size, random-word prompts and responses",
+}
+PRECISION_TEXT = {
+    "fp32": "fp32",
+    "bf16": 'fp32 weights with bf16 autocast (lit_rlhf `Trainer(precision="bf16-mixed")`, TRL `bf16=True`)',
 }
 PEER_NAME = {
     "rm": "TRL 1.16.0 RewardTrainer",
@@ -65,6 +79,12 @@ def peer_python(task: str, here: Path = HERE) -> Path:
     return here / ".venvs" / PEER_VENV[task] / "bin" / "python"
 
 
+def results_name(size: str, precision: str) -> str:
+    """``results.md`` (toy, fp32), else ``results[-SIZE][-bf16].md``."""
+    parts = [x for x, default in ((size, "toy"), (precision, "fp32")) if x != default]
+    return "-".join(["results", *parts]) + ".md"
+
+
 def expected_work(task: str, s: Settings) -> dict:
     """What the settings ask both sides to do, counted from the data ``prepare.py`` wrote."""
     data = runs_dir(s.size) / "data"
@@ -81,7 +101,7 @@ PEAK_SNIPPET = """
 import time, torch
 torch.set_num_threads({threads})
 n = 4096
-a, b = torch.randn(n, n), torch.randn(n, n)
+a, b = torch.randn(n, n, dtype=torch.{dtype}), torch.randn(n, n, dtype=torch.{dtype})
 for _ in range(2): torch.mm(a, b)
 best = 0.0
 for _ in range(5):
@@ -121,9 +141,11 @@ def wait_quiet(max_wait: float, threshold: float = 0.3) -> float:
     return busy
 
 
-def run_side(python: str | Path, script: str, task: str, size: str, max_wait: float) -> dict:
+def run_side(
+    python: str | Path, script: str, task: str, size: str, max_wait: float, precision: str = "fp32"
+) -> dict:
     busy = wait_quiet(max_wait)
-    cmd = [str(python), str(HERE / script), task, size]
+    cmd = [str(python), str(HERE / script), task, size, precision]
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
     p = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
@@ -137,9 +159,14 @@ def run_side(python: str | Path, script: str, task: str, size: str, max_wait: fl
     return r
 
 
-def matmul_peak(python: str, threads: int) -> float:
+def matmul_peak(python: str, threads: int, precision: str = "fp32") -> float:
+    """Best of 5 ``torch.mm`` 4096² in the precision's matmul dtype (GFLOP/s), in a fresh process."""
+    dtype = {"fp32": "float32", "bf16": "bfloat16"}[precision]
     out = subprocess.run(
-        [python, "-c", PEAK_SNIPPET.format(threads=threads)], capture_output=True, text=True, check=True
+        [python, "-c", PEAK_SNIPPET.format(threads=threads, dtype=dtype)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return float(out.stdout.strip())
 
@@ -204,9 +231,10 @@ def report(s: Settings, peak: float, rows: list[dict], raw: dict, repeats: int, 
         f"Regenerate: `{cmd}`",
         "",
         f"Model ({s.size}): {DESCRIPTION[s.size]}, random weights from one config "
-        f"(`{json.dumps(MODELS[s.size])}`); fp32, torch.set_num_threads({s.threads}); medians of {repeats} "
-        "alternating runs, each side in its own subprocess.",
-        f"Machine matmul peak (fp32 torch.mm 4096², {s.threads} threads): **{peak:.1f} GFLOP/s**. "
+        f"(`{json.dumps(MODELS[s.size])}`); {PRECISION_TEXT[s.precision]}, "
+        f"torch.set_num_threads({s.threads}); "
+        f"medians of {repeats} alternating runs, each side in its own subprocess.",
+        f"Machine matmul peak ({s.precision} torch.mm 4096², {s.threads} threads): **{peak:.1f} GFLOP/s**. "
         "MFU = model FLOPs (6·N·tokens train, 2·N·tokens forward; N = all weights but the embedding "
         "tables, head included) / time / peak.",
         "",
@@ -260,6 +288,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating lit/peer runs per task")
     ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated: {', '.join(TASKS)}")
     ap.add_argument("--out", default=None, help="markdown report (default benchmarks/results[-SIZE].md)")
+    ap.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help="bf16: bf16 autocast on both sides"
+    )
     ap.add_argument("--max-wait", type=float, default=600, help="seconds to wait for a quiet machine per run")
     a = ap.parse_args()
     tasks = a.tasks.split(",")
@@ -270,17 +301,18 @@ def main() -> None:
     for t in tasks:
         if not peer_python(t).exists():
             raise SystemExit(f"{peer_python(t)} missing: run `bash benchmarks/setup_peers.sh {lit_py}` first")
-    out = Path(a.out or HERE / ("results.md" if a.size == "toy" else f"results-{a.size}.md"))
+    out = Path(a.out or HERE / results_name(a.size, a.precision))
     subprocess.run([lit_py, str(HERE / "prepare.py"), "--size", a.size], check=True, env=ENV)
-    s = Settings.load(a.size)
+    s = Settings.load(a.size, a.precision)
     wait_quiet(a.max_wait)
-    peak = matmul_peak(lit_py, s.threads)
+    peak = matmul_peak(lit_py, s.threads, s.precision)
     log(f"[run] {lit_py}; matmul peak {peak:.1f} GFLOP/s, load average {os.getloadavg()[0]:.1f}")
     cmd = "bash benchmarks/setup_peers.sh && .venv/bin/python benchmarks/run.py"
     for flag, value, default in (
         ("size", a.size, "toy"),
         ("repeats", a.repeats, 3),
-        ("tasks", a.tasks, "rm,ppo"),
+        ("tasks", a.tasks, ",".join(TASKS)),
+        ("precision", a.precision, "fp32"),
     ):
         if value != default:
             cmd += f" --{flag} {value}"
@@ -292,7 +324,7 @@ def main() -> None:
             if i % 2:
                 order.reverse()  # alternate who goes first
             for who, py, script in order:
-                r = run_side(py, script, task, a.size, a.max_wait)
+                r = run_side(py, script, task, a.size, a.max_wait, s.precision)
                 (lit if who == "lit" else peer).append(r)
                 log(
                     f"[run] {task} #{i} {who}: {r['throughput']:.3f} {r['unit']}, "

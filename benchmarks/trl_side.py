@@ -34,6 +34,7 @@ from common import (  # noqa: E402
     setup_threads,
     step_seconds,
     train_flops,
+    trl_precision,
 )
 from datasets import Dataset  # noqa: E402
 from torch.utils.data import SequentialSampler  # noqa: E402
@@ -83,6 +84,7 @@ def common_args(s: Settings, out: str) -> dict:
         "adam_beta2": 0.95,
         "weight_decay": 0.0,
         "dataloader_num_workers": 0,
+        **trl_precision(s),
     }
 
 
@@ -277,8 +279,7 @@ def run_ppo(s: Settings, out: str) -> dict:
 def main(runners: dict | None = None) -> None:
     """``python trl_side.py TASK SIZE``; ``runners`` maps task → ``run(settings, output_dir)``."""
     runners = runners or {"rm": run_rm, "ppo": run_ppo}
-    task, size = sys.argv[1:3]
-    s = Settings.load(size)
+    task, s = Settings.from_argv(sys.argv[1:])
     setup_threads(s.threads)
     import warnings  # noqa: PLC0415
 

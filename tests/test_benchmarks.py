@@ -32,6 +32,7 @@ from common import (  # noqa: E402
     matmul_params,
     ppo_step_flops,
     train_flops,
+    trl_precision,
 )
 from group import LIT_LOSS, TRL_LOSS_TYPE, group_plan, lit_group_kwargs, trl_group_config  # noqa: E402
 from sizes import model_config, synthetic_pairs, synthetic_prompts, word_tokenizer  # noqa: E402
@@ -356,7 +357,7 @@ def test_trl_group_config_does_the_plan():
     assert g["per_device_train_batch_size"] * g["steps_per_generation"] == 32
     assert (g["steps_per_generation"], g["num_iterations"], g["max_steps"]) == (2, 1, 20)
     assert (g["loss_type"], g["scale_rewards"], g["beta"], g["epsilon"]) == ("grpo", "group", 0.05, 0.2)
-    assert g["bf16"] is False and g["gradient_checkpointing"] is False and g["use_vllm"] is False
+    assert g["gradient_checkpointing"] is False and g["use_vllm"] is False  # bf16: common.trl_precision
     assert g["logging_steps"] > g["max_steps"] and g["max_completion_length"] == 24
     r = trl_group_config(SIZES["toy"], "rloo")
     assert (r["num_iterations"], r["max_steps"], r["normalize_advantages"]) == (2, 40, False)
@@ -403,7 +404,9 @@ for task, cls in (("grpo", trl.GRPOConfig), ("rloo", trl.RLOOConfig)):
     out[task] = [c.generation_batch_size, c.steps_per_generation, c.num_iterations, c.bf16]
 print(json.dumps(out))
 """
-    cfg = json.dumps({t: trl_group_config(SIZES["toy"], t) for t in ("grpo", "rloo")})
+    cfg = json.dumps(
+        {t: trl_group_config(SIZES["toy"], t) | trl_precision(SIZES["toy"]) for t in ("grpo", "rloo")}
+    )
     p = subprocess.run(
         [str(run.peer_python("grpo")), "-c", snippet, str(tmp_path), cfg], capture_output=True, text=True
     )

@@ -1,0 +1,69 @@
+"""The benchmark's ``--precision`` choice reaches both sides alike: fp32 keeps TRL off its bf16 default,
+bf16 turns on lit_rlhf's ``bf16-mixed`` and TRL's ``bf16=True`` together, and the report is named by it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import run  # noqa: E402
+from common import SIZES, Settings, lit_precision, runs_dir, trl_precision  # noqa: E402
+
+
+def test_each_precision_maps_to_both_sides_switches():
+    fp32, bf16 = SIZES["toy"], Settings(precision="bf16")
+    assert (lit_precision(fp32), trl_precision(fp32)) == ("32-true", {"bf16": False, "fp16": False})
+    assert (lit_precision(bf16), trl_precision(bf16)) == ("bf16-mixed", {"bf16": True, "fp16": False})
+
+
+def test_a_side_reads_the_precision_from_its_arguments(tmp_path, monkeypatch):
+    import common  # noqa: PLC0415
+
+    monkeypatch.setattr(common, "HERE", tmp_path)
+    (tmp_path / "runs" / "toy").mkdir(parents=True)
+    assert runs_dir("toy") == tmp_path / "runs" / "toy"
+    SIZES["toy"].dump()
+    task, s = Settings.from_argv(["grpo", "toy", "bf16"])
+    assert (task, s.precision, s.group_size) == ("grpo", "bf16", SIZES["toy"].group_size)
+    assert Settings.from_argv(["rm", "toy"])[1].precision == "fp32"  # the settings file's default
+    with pytest.raises(SystemExit, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
+        Settings.from_argv(["rm", "toy", "fp16"])
+
+
+@pytest.mark.parametrize(
+    ("size", "precision", "name"),
+    [("toy", "fp32", "results.md"), ("smollm2", "fp32", "results-smollm2.md")]
+    + [("toy", "bf16", "results-bf16.md"), ("smollm2", "bf16", "results-smollm2-bf16.md")],
+)
+def test_report_file_is_named_by_size_and_precision(size, precision, name):
+    assert run.results_name(size, precision) == name
+
+
+def test_peak_is_measured_in_the_precision_s_dtype():
+    snippet = run.PEAK_SNIPPET.format(threads=1, dtype="bfloat16").replace("n = 4096", "n = 64")
+    assert "dtype=torch.bfloat16" in snippet
+    out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, check=True)
+    assert float(out.stdout) > 0
+
+
+@pytest.mark.skipif(not run.peer_python("grpo").exists(), reason="benchmarks/setup_peers.sh not run")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_trl_takes_the_precision_as_planned(tmp_path, precision):
+    snippet = (
+        "import json, sys, trl\n"
+        "kw = json.loads(sys.argv[2])\n"
+        "c = trl.GRPOConfig(output_dir=sys.argv[1], use_cpu=True, report_to='none', **kw)\n"
+        "print(json.dumps([c.bf16, c.fp16]))\n"
+    )
+    kw = json.dumps(trl_precision(Settings(precision=precision)))
+    p = subprocess.run(
+        [str(run.peer_python("grpo")), "-c", snippet, str(tmp_path), kw], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == [precision == "bf16", False]
