@@ -88,7 +88,11 @@ def trainer(callbacks: list, max_steps: int, s: Settings) -> L.Trainer:
 
 
 def optimizer():
-    return functools.partial(torch.optim.AdamW, betas=(0.9, 0.95), weight_decay=0.0)
+    """The shipped ``conf/optimizer/adamw.yaml`` (fused AdamW), as ``python train.py`` builds it."""
+    from hydra.utils import instantiate  # noqa: PLC0415
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    return instantiate(OmegaConf.load(HERE.parent / "conf" / "optimizer" / "adamw.yaml"))
 
 
 def run_rm(s: Settings) -> dict:

@@ -67,3 +67,17 @@ def test_trl_takes_the_precision_as_planned(tmp_path, precision):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout.strip().splitlines()[-1]) == [precision == "bf16", False]
+
+
+def test_lit_side_optimizer_is_the_shipped_fused_adamw():
+    import torch  # noqa: PLC0415
+    from lit_side import optimizer  # noqa: PLC0415
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = optimizer()([p], lr=1e-3)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert (opt.defaults["fused"], opt.defaults["betas"], opt.defaults["weight_decay"]) == (
+        True,
+        (0.9, 0.95),
+        0.0,
+    )

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_ppo import ppo, sft_and_rm_paths
 
 from lit_rlhf.models.heads import score_head
+from lit_rlhf.tasks.clipping import FusedClipping
 
 
 class DtypeSpy(L.Callback):
@@ -68,3 +69,33 @@ def test_bf16_mixed_on_cpu_computes_in_bf16_and_the_first_ratio_is_exactly_one(
         assert len(values) == 2 and values == [0.0, 0.0], (tag, values)
     kl = [e.value for e in acc.Scalars(f"{task}/kl")]
     assert all(torch.isfinite(torch.tensor(kl))), kl
+
+
+class _Tiny(FusedClipping):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 8)
+        self.norms: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        return (self.layer(batch[0]) * 100).pow(2).mean()  # gradients far above the clip value
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=1e-3, fused=True)
+        norm = lambda: torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.parameters()]))  # noqa: E731
+        opt.register_step_post_hook(lambda *_: self.norms.append(float(norm())))  # closure ran: clipped grads
+        return opt
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_a_fused_optimizer_clips_under_bf16_mixed_as_in_fp32(tmp_path: Path, precision: str) -> None:
+    # Lightning's MixedPrecision refuses clipping with fused optimizers (a guard for fp16's scaler)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 8)), batch_size=4)
+    module = _Tiny()
+    trainer = L.Trainer(
+        accelerator="cpu", precision=precision, gradient_clip_val=0.5, max_epochs=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, data)
+    assert len(module.norms) == 3 and all(n == pytest.approx(0.5, rel=1e-4) for n in module.norms)

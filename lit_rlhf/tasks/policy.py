@@ -24,7 +24,6 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
@@ -33,6 +32,7 @@ from lit_rlhf.models import lora
 from lit_rlhf.models.scoring import reward_scores
 from lit_rlhf.optim import warmup_schedule
 from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, kl_penalty, masked_mean
+from lit_rlhf.tasks.clipping import FusedClipping
 from lit_rlhf.tasks.evaluation import evaluate
 from lit_rlhf.tasks.faults import FaultPolicy
 from lit_rlhf.tasks.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
@@ -55,7 +55,7 @@ def disable_dropout(model: nn.Module) -> None:
             m.p = 0.0
 
 
-class PolicyModule(DataParallel, FaultPolicy, L.LightningModule):
+class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
     """Rollouts, scoring, evaluation, fault policy and state of a policy against frozen reward models.
 
     Args:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import lightning as L
 import torch
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel
@@ -16,9 +15,10 @@ from transformers import PreTrainedModel
 from lit_rlhf.models.scoring import reward_scores
 from lit_rlhf.optim import warmup_schedule
 from lit_rlhf.rlhf import bradley_terry_loss
+from lit_rlhf.tasks.clipping import FusedClipping
 
 
-class RewardModelModule(L.LightningModule):
+class RewardModelModule(FusedClipping):
     """Trains a scalar reward head on preference pairs.
 
     Batches come from ``PreferenceCollator``: 2B rows, the first B chosen, the last B rejected.

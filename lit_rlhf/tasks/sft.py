@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import lightning as L
 import torch
 from transformers import PreTrainedModel
 
 from lit_rlhf.optim import warmup_schedule
+from lit_rlhf.tasks.clipping import FusedClipping
 
 
-class SFTModule(L.LightningModule):
+class SFTModule(FusedClipping):
     """Fine-tunes a causal LM on (prompt, response) demonstrations.
 
     The collator puts ``-100`` on prompt and padding labels, so the loss
