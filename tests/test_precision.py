@@ -5,16 +5,19 @@ optimizer state stay fp32, and PPO's invariant holds — π/π_old is exactly 1 
 from __future__ import annotations
 
 import glob
+from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_ppo import ppo, sft_and_rm_paths
 
 from lit_rlhf.models.heads import score_head
-from lit_rlhf.tasks.clipping import FusedClipping
+from lit_rlhf.tasks.precision import FusedClipping, cached_casts
 
 
 class DtypeSpy(L.Callback):
@@ -99,3 +102,37 @@ def test_a_fused_optimizer_clips_under_bf16_mixed_as_in_fp32(tmp_path: Path, pre
     )  # fmt: skip
     trainer.fit(module, data)
     assert len(module.norms) == 3 and all(n == pytest.approx(0.5, rel=1e-4) for n in module.norms)
+
+
+def _casts(fn) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+
+
+def test_cached_casts_cast_each_weight_once_and_never_serve_a_stale_copy() -> None:
+    trainer = SimpleNamespace(precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+    lin, x = torch.nn.Linear(16, 16), torch.randn(4, 16)
+
+    def three_forwards(cached: bool):
+        with cached_casts(trainer) if cached else nullcontext():
+            return [lin(x) for _ in range(3)]
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False), torch.no_grad():  # as Lightning's
+        uncached = _casts(lambda: three_forwards(False))  # weight, bias and input cast at every call: 9
+        cached = _casts(lambda: three_forwards(True))  # weight and bias once, the input at every call: 5
+        assert (uncached, cached) == (9, 5)
+        before = three_forwards(True)[0]
+        lin.weight.add_(1.0)  # an optimizer step between two rollouts
+        after = three_forwards(True)[0]
+        assert after.dtype == torch.bfloat16
+        assert torch.equal(after, lin(x))  # the new weights, not the copy cached by the first rollout
+        assert not torch.equal(after, before)
+
+
+def test_cached_casts_is_a_no_op_without_mixed_precision() -> None:
+    trainer = SimpleNamespace(precision_plugin=Precision())
+    with cached_casts(trainer):
+        assert not torch.is_autocast_enabled("cpu")
+    with cached_casts(None):
+        assert not torch.is_autocast_enabled("cpu")

@@ -32,9 +32,9 @@ from lit_rlhf.models import lora
 from lit_rlhf.models.scoring import reward_scores
 from lit_rlhf.optim import warmup_schedule
 from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, kl_penalty, masked_mean
-from lit_rlhf.tasks.clipping import FusedClipping
 from lit_rlhf.tasks.evaluation import evaluate
 from lit_rlhf.tasks.faults import FaultPolicy
+from lit_rlhf.tasks.precision import FusedClipping, cached_casts
 from lit_rlhf.tasks.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
 from lit_rlhf.tasks.sampling import row_seeds
 from lit_rlhf.tasks.sharding import ROLLOUT, DataParallel
@@ -260,7 +260,8 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
         # global row) and minibatches (per iteration) draw from their own keyed generators; the global
         # stream, seeded per rank, is left to anything else
         torch.manual_seed(self.seed * 1_000_003 + self.iteration * 7919 + self.global_rank)
-        ro = self.rollout(batch)
+        with cached_casts(self.trainer):  # bf16-mixed: each weight cast once per rollout, not per token
+            ro = self.rollout(batch)
         mask = ro.response_mask.float()
 
         # 0. numerical faults: a batch with NaN/inf scores, log-probs or values is skipped, not learned from
@@ -315,7 +316,8 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG stream
             torch.manual_seed(batch_idx)
-            return evaluate(self, batch)
+            with cached_casts(self.trainer):
+                return evaluate(self, batch)
 
     # ---------------------------------------------------------------- optimisation and state
     @staticmethod

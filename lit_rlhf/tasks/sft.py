@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedModel
 
 from lit_rlhf.optim import warmup_schedule
-from lit_rlhf.tasks.clipping import FusedClipping
+from lit_rlhf.tasks.precision import FusedClipping
 
 
 class SFTModule(FusedClipping):
