@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The reward-shaping leaderboard of issue #18 in one command: its four sweeps (scripts/study.sh, two jobs at
+# a time, one thread each), then scripts/leaderboard.py over all of them into docs/results/leaderboard/
+# (leaderboard.md, leaderboard.png, single_vs_kl.png, combination_vs_kl.png). Prints the wall time.
+#
+#   bash scripts/leaderboard.sh                 # extra arguments go to leaderboard.py, e.g. --at-kl 0.5
+#
+# Sweeps (conf/experiment/, seeds 0, 1, 2; each header gives its grid, job count and the pairs left out):
+#   leaderboard                          PPO × 8 one-reward methods × β {0.2, 0.5}       48 jobs
+#   leaderboard_critic_free              GRPO, RLOO × 5 one-reward methods × β 0.2       30 jobs
+#   leaderboard_combination              PPO × 4 two-reward methods × β {0.2, 0.5}       24 jobs
+#   leaderboard_combination_critic_free  GRPO, RLOO × 4 two-reward methods × β 0.2       24 jobs
+# Estimate: 126 jobs × 1.2 min (study 3's wall time per job with two at a time on 2 cores) = 151 min, or
+# ≈ 147 min weighting PPO 1.16×, GRPO 0.84×, RLOO 1.0× and the combination jobs' measured 0.94 min/job;
+# plus on an empty cache the stages (SFT policy, helpful and harmless reward models, helpful ensemble
+# members 1 and 2: ≈ 2 min each, ≈ 10 min) and the four per-sweep analyses and this table (≈ 5 min):
+# ≈ 165 min in all, under the 3-hour budget. Re-running resumes: finished jobs are skipped, interrupted
+# ones continue from their last checkpoint (delete multirun/study/leaderboard* for a fresh leaderboard).
+# Python: $PYTHON, else the checkout's .venv, else `python` (as scripts/study.sh).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python)}
+start=$(date +%s)
+sweeps=(leaderboard leaderboard_critic_free leaderboard_combination leaderboard_combination_critic_free)
+for name in "${sweeps[@]}"; do
+    STUDY_DIR=multirun/study/$name bash "$here/scripts/study.sh" "$name"
+done
+minutes=$(( ($(date +%s) - start + 30) / 60 ))
+"$py" "$here/scripts/leaderboard.py" "${sweeps[@]/#/multirun/study/}" --out docs/results/leaderboard \
+    --wall-time "$minutes" "$@"
+echo "leaderboard: wall time $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
