@@ -151,7 +151,24 @@ def method_of(cfg: dict) -> str:
             statistic, q = ref.get("statistic", "quantile"), ref.get("q", DEFAULT_Q)
             if statistic != "quantile" or float(q) != DEFAULT_Q:
                 name += f"@{reward}=" + (f"q{float(q):g}" if statistic == "quantile" else statistic)
-    return name
+    return with_ensembles(name, cfg)
+
+
+def with_ensembles(name: str, cfg: dict) -> str:
+    """``name`` with a reward ensemble's aggregate: ``ens_min``, ``ens_mean-1std``, ``ens_mean-0.5var``
+    (``logsigmoid(ens_min)`` with a transform; ``[reward]`` when several reward models)."""
+    parts = []
+    for reward, spec in (cfg.get("reward") or {}).items():
+        ens = spec.get("ensemble") if isinstance(spec, dict) else None
+        if not ens:
+            continue
+        agg, k = ens.get("aggregate", "mean_minus_std"), float(ens.get("k", 1.0))
+        text = {"mean_minus_std": f"mean-{k:g}std", "mean_minus_var": f"mean-{k:g}var"}.get(agg, agg)
+        parts.append("ens_" + text + ("" if len(cfg["reward"]) == 1 else f"[{reward}]"))
+    if not parts:
+        return name
+    ens = ",".join(parts)
+    return ens if name == "raw" else f"{name}({ens})"
 
 
 def read_scalars(job: Path) -> dict[str, list[tuple[int, float]]]:

@@ -105,21 +105,8 @@ class Entry:
 
 # ---------------------------------------------------------------------------------------------- naming
 def method_label(cfg: dict) -> str:
-    """``analyze_sweep.method_of`` plus a reward ensemble's aggregate, which ``method_of`` does not see:
-    ``ens_min``, ``ens_mean-1std``, ``ens_mean-0.5var`` (``logsigmoid(ens_min)`` with a transform)."""
-    name = method_of(cfg)
-    parts = []
-    for reward, spec in (cfg.get("reward") or {}).items():
-        ens = spec.get("ensemble") if isinstance(spec, dict) else None
-        if not ens:
-            continue
-        agg, k = ens.get("aggregate", "mean_minus_std"), float(ens.get("k", 1.0))
-        text = {"mean_minus_std": f"mean-{k:g}std", "mean_minus_var": f"mean-{k:g}var"}.get(agg, agg)
-        parts.append("ens_" + text + ("" if len(cfg["reward"]) == 1 else f"[{reward}]"))
-    if not parts:
-        return name
-    ens = ",".join(parts)
-    return ens if name == "raw" else f"{name}({ens})"
+    """``analyze_sweep.method_of``: the transform, aggregator, non-default r_ref and reward ensemble."""
+    return method_of(cfg)
 
 
 def study_of(cfg: dict) -> str:
