@@ -85,6 +85,9 @@ def common_args(s: Settings, out: str) -> dict:
         "weight_decay": 0.0,
         "dataloader_num_workers": 0,
         **trl_precision(s),
+        # RewardConfig (like GRPOConfig) defaults to True: a second forward in every backward, which
+        # lit_rlhf does not do (less memory, more work). Off, so both sides do the same work.
+        "gradient_checkpointing": False,
     }
 
 

@@ -81,3 +81,23 @@ def test_lit_side_optimizer_is_the_shipped_fused_adamw():
         (0.9, 0.95),
         0.0,
     )
+
+
+@pytest.mark.skipif(not run.peer_python("rm").exists(), reason="benchmarks/setup_peers.sh not run")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_trl_reward_config_does_lit_rlhf_s_work(tmp_path, precision):
+    # RewardConfig defaults to gradient checkpointing (a second forward per backward) and to bf16
+    snippet = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(BENCH)!r})\n"
+        "from common import Settings\n"
+        "from trl import RewardConfig\n"
+        "from trl_side import common_args\n"
+        "c = RewardConfig(**common_args(Settings(precision=sys.argv[2]), sys.argv[1]))\n"
+        "print(json.dumps([c.gradient_checkpointing, c.bf16, c.optim]))\n"
+    )
+    p = subprocess.run(
+        [str(run.peer_python("rm")), "-c", snippet, str(tmp_path), precision], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == [False, precision == "bf16", "adamw_torch"]
