@@ -87,12 +87,17 @@ def trainer(callbacks: list, max_steps: int, s: Settings) -> L.Trainer:
     )
 
 
-def optimizer():
-    """The shipped ``conf/optimizer/adamw.yaml`` (fused AdamW), as ``python train.py`` builds it."""
+def optimizer(s: Settings):
+    """The shipped ``conf/optimizer/adamw.yaml`` (fused AdamW), as ``python train.py`` builds it for the
+    side's ``trainer.precision``."""
     from hydra.utils import instantiate  # noqa: PLC0415
     from omegaconf import OmegaConf  # noqa: PLC0415
 
-    return instantiate(OmegaConf.load(HERE.parent / "conf" / "optimizer" / "adamw.yaml"))
+    import lit_rlhf  # noqa: F401, PLC0415  (its config resolvers)
+
+    cfg = OmegaConf.create({"trainer": {"precision": lit_precision(s)}})
+    cfg.optimizer = OmegaConf.load(HERE.parent / "conf" / "optimizer" / "adamw.yaml")
+    return instantiate(cfg.optimizer)
 
 
 def run_rm(s: Settings) -> dict:
@@ -108,7 +113,7 @@ def run_rm(s: Settings) -> dict:
         max_prompt_tokens=s.rm_max_prompt_tokens,
         max_length=s.rm_max_length,
     )
-    module = RewardModelModule(model, optimizer(), lr=s.lr)
+    module = RewardModelModule(model, optimizer(s), lr=s.lr)
     meter = Meter(count_batch_tokens=True)
     steps = s.rm_warmup_steps + s.rm_steps
     tr = trainer([meter], steps, s)
@@ -247,7 +252,7 @@ def run_ppo(s: Settings) -> dict:
         ref=ref,
         reward_models={"helpful": rm},
         tokenizer=tok,
-        optimizer=optimizer(),
+        optimizer=optimizer(s),
         lr=s.lr,
         value_lr=s.lr,
         kl_coef=s.kl_coef,
@@ -289,7 +294,7 @@ def run_group(s: Settings, task: str) -> dict:
         ref=ref,
         reward_models={"helpful": rm},
         tokenizer=tok,
-        optimizer=optimizer(),
+        optimizer=optimizer(s),
         **lit_group_kwargs(s, task),
     )
     per_step, step_phases, work = instrument(module, cls)

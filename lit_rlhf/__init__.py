@@ -21,5 +21,13 @@ def run_name(overrides: str, default: str = "default", max_len: int = 100) -> st
 
 if not OmegaConf.has_resolver("run_name"):
     OmegaConf.register_new_resolver("run_name", run_name)
+def fused_ok(precision) -> bool:
+    """Whether a fused optimizer suits ``trainer.precision``: not under fp16 mixed precision, where it
+    unscales fp16 gradients inside its step and Lightning therefore refuses to clip them before it."""
+    return str(precision) not in ("16", "16-mixed")
+
+
+if not OmegaConf.has_resolver("fused_ok"):
+    OmegaConf.register_new_resolver("fused_ok", fused_ok)
 if not OmegaConf.has_resolver("min"):
     OmegaConf.register_new_resolver("min", lambda *values: min(values))

@@ -74,7 +74,7 @@ def test_lit_side_optimizer_is_the_shipped_fused_adamw():
     from lit_side import optimizer  # noqa: PLC0415
 
     p = torch.nn.Parameter(torch.ones(3))
-    opt = optimizer()([p], lr=1e-3)
+    opt = optimizer(SIZES["toy"])([p], lr=1e-3)
     assert isinstance(opt, torch.optim.AdamW)
     assert (opt.defaults["fused"], opt.defaults["betas"], opt.defaults["weight_decay"]) == (
         True,

@@ -16,6 +16,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_ppo import ppo, sft_and_rm_paths
 
+from conftest import hydra_cfg
 from lit_rlhf.models.heads import score_head
 from lit_rlhf.tasks.precision import FusedClipping, cached_casts
 
@@ -136,3 +137,15 @@ def test_cached_casts_is_a_no_op_without_mixed_precision() -> None:
         assert not torch.is_autocast_enabled("cpu")
     with cached_casts(None):
         assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize(
+    ("precision", "fused"),
+    [("32-true", True), ("bf16-mixed", True), ("bf16-true", True), ("16-mixed", False)],
+)
+def test_the_shipped_adamw_is_fused_except_under_fp16_loss_scaling(tmp_path: Path, precision, fused) -> None:
+    from hydra.utils import instantiate
+
+    with hydra_cfg(tmp_path, [f"trainer.precision={precision}"]) as cfg:
+        opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.ones(2))], lr=1e-3)
+    assert opt.defaults["fused"] is fused
