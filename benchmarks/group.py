@@ -141,7 +141,6 @@ def trl_group_config(s: Settings, task: str) -> dict:
         "max_grad_norm": MAX_GRAD_NORM,
         "mask_truncated_completions": False,
         "disable_dropout": True,
-        "gradient_checkpointing": False,  # TRL's default is True: recomputation lit_rlhf does not do
         "use_vllm": False,
         "log_completions": False,
         "logging_steps": max_steps + 1,  # no logging call in the timed window

@@ -101,3 +101,25 @@ def test_trl_reward_config_does_lit_rlhf_s_work(tmp_path, precision):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout.strip().splitlines()[-1]) == [False, precision == "bf16", "adamw_torch"]
+
+
+@pytest.mark.skipif(not run.peer_python("grpo").exists(), reason="benchmarks/setup_peers.sh not run")
+def test_trl_group_configs_build_with_the_common_arguments(tmp_path):
+    # the exact keywords trl_group.py passes: a key in both would be a TypeError at run time
+    snippet = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(BENCH)!r})\n"
+        "from common import Settings\n"
+        "from group import trl_group_config\n"
+        "from trl import GRPOConfig, RLOOConfig\n"
+        "from trl_side import common_args\n"
+        "s = Settings()\n"
+        "out = [C(**common_args(s, sys.argv[1]), **trl_group_config(s, t)).gradient_checkpointing\n"
+        "       for C, t in ((GRPOConfig, 'grpo'), (RLOOConfig, 'rloo'))]\n"
+        "print(json.dumps(out))\n"
+    )
+    p = subprocess.run(
+        [str(run.peer_python("grpo")), "-c", snippet, str(tmp_path)], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == [False, False]

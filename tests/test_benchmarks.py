@@ -357,7 +357,8 @@ def test_trl_group_config_does_the_plan():
     assert g["per_device_train_batch_size"] * g["steps_per_generation"] == 32
     assert (g["steps_per_generation"], g["num_iterations"], g["max_steps"]) == (2, 1, 20)
     assert (g["loss_type"], g["scale_rewards"], g["beta"], g["epsilon"]) == ("grpo", "group", 0.05, 0.2)
-    assert g["gradient_checkpointing"] is False and g["use_vllm"] is False  # bf16: common.trl_precision
+    assert g["use_vllm"] is False  # bf16 and gradient checkpointing: trl_side.common_args (both off)
+    assert "gradient_checkpointing" not in g  # set once, for every TRL trainer, in common_args
     assert g["logging_steps"] > g["max_steps"] and g["max_completion_length"] == 24
     r = trl_group_config(SIZES["toy"], "rloo")
     assert (r["num_iterations"], r["max_steps"], r["normalize_advantages"]) == (2, 40, False)
