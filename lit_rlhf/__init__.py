@@ -21,6 +21,8 @@ def run_name(overrides: str, default: str = "default", max_len: int = 100) -> st
 
 if not OmegaConf.has_resolver("run_name"):
     OmegaConf.register_new_resolver("run_name", run_name)
+
+
 def fused_ok(precision) -> bool:
     """Whether a fused optimizer suits ``trainer.precision``: not under fp16 mixed precision, where it
     unscales fp16 gradients inside its step and Lightning therefore refuses to clip them before it."""
