@@ -149,3 +149,33 @@ def test_the_shipped_adamw_is_fused_except_under_fp16_loss_scaling(tmp_path: Pat
     with hydra_cfg(tmp_path, [f"trainer.precision={precision}"]) as cfg:
         opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.ones(2))], lr=1e-3)
     assert opt.defaults["fused"] is fused
+
+
+def test_cached_casts_change_nothing_a_llama_rollout_computes(tmp_path: Path) -> None:
+    """A tiny random Llama (pad = eos, chat template): under bf16 autocast the cached casts sample the same
+    responses and give the same log-probs as casting at every call (what Lightning's autocast does)."""
+    from tiny_hf import make_model_folder
+    from transformers import AutoModelForCausalLM
+
+    from lit_rlhf.models import load_tokenizer
+    from lit_rlhf.tasks.rollout import eos_token_ids, generate, sampling_config, token_logprobs
+
+    folder = make_model_folder("llama", tmp_path / "llama")
+    tok, model = load_tokenizer(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert tok.pad_token_id == tok.eos_token_id
+    config = sampling_config(tok, eos_token_ids(tok, [model]), max_new_tokens=8, temperature=1.0)
+    chat = [[{"role": "user", "content": "hi there"}]] * 3
+    text = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids  # (3, P)
+    mask, seeds = torch.ones_like(ids), torch.tensor([1, 2, 3])
+    trainer = SimpleNamespace(precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+
+    def rollout(cached: bool):
+        lightning_autocast = torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False)
+        with lightning_autocast, cached_casts(trainer) if cached else nullcontext():
+            seq, _, _ = generate(model, ids, mask, config, tok.pad_token_id, seeds)
+            return seq, token_logprobs(model, seq, torch.ones_like(seq), ids.shape[1], 1.0)
+
+    (seq_a, lp_a), (seq_b, lp_b) = rollout(False), rollout(True)
+    assert torch.equal(seq_a, seq_b) and torch.equal(lp_a, lp_b)
+    assert _casts(lambda: rollout(True)) < _casts(lambda: rollout(False))
