@@ -526,13 +526,19 @@ def analyse(multirun_dir: str | Path, out: str | Path | None = None, at_kl: floa
     return rows
 
 
+def one_line_warnings() -> None:
+    """Print each warning as one ``warning: …`` line (the scripts' CLI), every SweepWarning shown."""
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    warnings.simplefilter("always", SweepWarning)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("multirun_dir", help="a Hydra multirun folder, e.g. multirun/ppo/<date>")
     parser.add_argument("--out", default=None, help="output folder (default: MULTIRUN_DIR/analysis)")
     parser.add_argument("--at-kl", type=float, default=None, help="compare methods at this matched KL")
     args = parser.parse_args(argv)
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    one_line_warnings()
     analyse(args.multirun_dir, args.out, args.at_kl)
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from analyze_sweep import (  # noqa: E402
     mean_se,
     method_key,
     method_of,
+    one_line_warnings,
     per_seed_at_kl,
     plot_metric_vs_kl,
     summarise,
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--wall-time", type=float, default=None, help="minutes the command took (stated)")
     args = parser.parse_args(argv)
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    one_line_warnings()
     build(args.dirs, args.out, parse_at_kl(args.at_kl), args.wall_time)
 
 

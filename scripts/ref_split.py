@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import sys
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,17 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from analyze_sweep import Run, SweepWarning, fmt, interpolate, mean_se, method_key, method_of, warn  # noqa: E402
+from analyze_sweep import (  # noqa: E402
+    Run,
+    SweepWarning,  # noqa: E402, F401  (re-exported: callers catch it from here)
+    fmt,
+    interpolate,
+    mean_se,
+    method_key,
+    method_of,
+    one_line_warnings,
+    warn,
+)
 
 TOL = 1e-4  # logits: r_ref recovered from different rows / jobs must agree this closely
 GROUPS = ("all", "easy", "hard")
@@ -426,8 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: MULTIRUN_DIR/analysis)")
     parser.add_argument("--reward", default="helpful", help="reward model to split by (reward.<name>)")
     args = parser.parse_args(argv)
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
-    warnings.simplefilter("always", SweepWarning)
+    one_line_warnings()
     analyse(args.multirun_dir, args.out, args.reward)
 
 

@@ -25,7 +25,6 @@ import argparse
 import importlib.util
 import math
 import sys
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ if "analyze_sweep" not in sys.modules:  # shared loading and statistics
     _spec = importlib.util.spec_from_file_location("analyze_sweep", _here / "analyze_sweep.py")
     sys.modules["analyze_sweep"] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(sys.modules["analyze_sweep"])
-from analyze_sweep import Run, load_runs, mean_se, per_seed_at_kl, warn  # noqa: E402
+from analyze_sweep import Run, load_runs, mean_se, one_line_warnings, per_seed_at_kl, warn  # noqa: E402
 
 METHODS = ("raw", "logsigmoid")
 WIN, KL = "gold/win_rate_helpful", "gold/kl_to_sft"
@@ -211,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: FIRST_DIR/analysis)")
     parser.add_argument("--at-kl", type=float, default=None, help="matched KL (default: per variant)")
     args = parser.parse_args(argv)
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    one_line_warnings()
     analyse(args.multirun_dirs, args.out, args.at_kl)
 
 
