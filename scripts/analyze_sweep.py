@@ -26,25 +26,35 @@ seed) — the second works when the methods' final KLs do not overlap. Gains are
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 
-TRANSFORMS = {"identity": "raw", "logsigmoid": "logsigmoid", "center": "center", "whiten": "whiten"}
-TRANSFORMS |= {"clip": "clip"}
-AGGREGATORS = {"sum": "sum", "weightedsum": "weighted_sum", "min": "min"}
-DEFAULT_Q = 0.85  # conf/reward/*.yaml reference.q: a method is named by its reference only when it differs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep_runs import (  # noqa: E402, F401  (re-exported: the scripts and tests import them from here)
+    AGGREGATORS,
+    DEFAULT_Q,
+    TRANSFORMS,
+    Run,
+    SweepWarning,
+    interpolate,
+    load_runs,
+    method_of,
+    read_prompts,
+    read_scalars,
+    warn,
+    with_ensembles,
+)
+
 METHOD_ORDER = ["raw", "logsigmoid", "center", "whiten", "clip"]
 AGG_ORDER = ["sum", "weighted_sum", "min"]
 # table columns: (header, key in Row.stats)
@@ -66,49 +76,6 @@ COLUMNS = [
 ALGORITHM_ORDER = ["ppo", "grpo", "rloo", "reinforce_pp"]
 
 
-class SweepWarning(UserWarning):
-    """A job or a tag the analysis had to leave out."""
-
-
-@dataclass
-class Run:
-    """One finished job of the sweep.
-
-    Attributes:
-        path: the job folder (``multirun/ppo/<date>/<num>``).
-        method: transform name, plus ``+aggregator`` with ≥ 2 reward models (``logsigmoid+sum``); prefixed
-            with the algorithm (``grpo:logsigmoid``) when the sweep spans several ``task.name``.
-        beta: KL coefficient ``task.module.kl_coef``.
-        seed: ``seed``.
-        scalars: tag → [(step, value)] sorted by step.
-        prompts: per-sample rows of the last evaluation (``gold_eval.jsonl``).
-    """
-
-    path: Path
-    method: str
-    beta: float
-    seed: int
-    scalars: dict[str, list[tuple[int, float]]]
-    prompts: list[dict] = field(default_factory=list)
-    algorithm: str = "ppo"
-
-    def final(self, tag: str) -> float:
-        """Last logged value of ``tag`` (NaN when the tag is missing); ``first:<tag>`` gives the first."""
-        first = tag.startswith("first:")
-        points = self.scalars.get(tag.removeprefix("first:"))
-        return (points[0][1] if first else points[-1][1]) if points else math.nan
-
-    def trajectory(self, tag: str) -> list[tuple[float, float]]:
-        """(KL to SFT, ``tag``) at each evaluation that logged both, in step order."""
-        kl = dict(self.scalars.get("gold/kl_to_sft", []))
-        return [(kl[step], v) for step, v in self.scalars.get(tag, []) if step in kl]
-
-    def at_kl(self, kl: float, tag: str = "gold/win_rate_helpful") -> float:
-        """``tag`` where this run's training passed KL = ``kl``: linear between the two evaluations that
-        bracket it (the first such pair); NaN if its evaluations never bracket ``kl``."""
-        return interpolate(self.trajectory(tag), kl)
-
-
 @dataclass
 class Row:
     """One (method, β): ``stats`` maps a metric to (mean, standard error) over the group's seeds.
@@ -121,111 +88,6 @@ class Row:
     n: int
     stats: dict[str, tuple[float, float]]
     runs: list[Run]
-
-
-def interpolate(points: list[tuple[float, float]], kl: float) -> float:
-    """y at x = ``kl`` on a path of (x, y) points: linear within the first consecutive pair that brackets
-    ``kl``; NaN if none does."""
-    for (k0, y0), (k1, y1) in zip(points, points[1:]):
-        if min(k0, k1) <= kl <= max(k0, k1):
-            return y0 if k0 == k1 else y0 + (y1 - y0) * (kl - k0) / (k1 - k0)
-    return math.nan
-
-
-def warn(msg: str) -> None:
-    warnings.warn(msg, SweepWarning, stacklevel=2)
-
-
-# ---------------------------------------------------------------------------------------------- loading
-def method_of(cfg: dict) -> str:
-    """Method name from a job's composed config (``transform._target_``, ``aggregator._target_``)."""
-    target = ((cfg.get("transform") or {}).get("_target_") or "Identity").rsplit(".", 1)[-1].lower()
-    name = TRANSFORMS.get(target, target)
-    rewards = [k for k, v in (cfg.get("reward") or {}).items() if isinstance(v, dict)]
-    if len(rewards) >= 2:
-        agg = ((cfg.get("aggregator") or {}).get("_target_") or "Sum").rsplit(".", 1)[-1].lower()
-        name += "+" + AGGREGATORS.get(agg, agg)
-    if name != "raw" and not name.startswith("raw+"):  # r_ref matters: name a non-default reference
-        for reward in rewards:
-            ref = cfg["reward"][reward].get("reference") or {}
-            statistic, q = ref.get("statistic", "quantile"), ref.get("q", DEFAULT_Q)
-            if statistic != "quantile" or float(q) != DEFAULT_Q:
-                name += f"@{reward}=" + (f"q{float(q):g}" if statistic == "quantile" else statistic)
-    return with_ensembles(name, cfg)
-
-
-def with_ensembles(name: str, cfg: dict) -> str:
-    """``name`` with a reward ensemble's aggregate: ``ens_min``, ``ens_mean-1std``, ``ens_mean-0.5var``
-    (``logsigmoid(ens_min)`` with a transform; ``[reward]`` when several reward models)."""
-    parts = []
-    for reward, spec in (cfg.get("reward") or {}).items():
-        ens = spec.get("ensemble") if isinstance(spec, dict) else None
-        if not ens:
-            continue
-        agg, k = ens.get("aggregate", "mean_minus_std"), float(ens.get("k", 1.0))
-        text = {"mean_minus_std": f"mean-{k:g}std", "mean_minus_var": f"mean-{k:g}var"}.get(agg, agg)
-        parts.append("ens_" + text + ("" if len(cfg["reward"]) == 1 else f"[{reward}]"))
-    if not parts:
-        return name
-    ens = ",".join(parts)
-    return ens if name == "raw" else f"{name}({ens})"
-
-
-def read_scalars(job: Path) -> dict[str, list[tuple[int, float]]]:
-    """All scalars of the event files under ``job`` (a resumed run's repeated steps keep the last value)."""
-    out: dict[str, dict[int, float]] = defaultdict(dict)
-    for folder in sorted({p.parent for p in job.rglob("events.out.tfevents.*")}):
-        acc = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.SCALARS: 0})
-        try:
-            acc.Reload()
-        except Exception as e:  # a truncated or corrupt file: keep what was read
-            warn(f"{folder}: could not read all events ({e})")
-        for tag in acc.Tags()["scalars"]:
-            for ev in acc.Scalars(tag):
-                out[tag][ev.step] = ev.value
-    return {tag: sorted(points.items()) for tag, points in out.items()}
-
-
-def read_prompts(job: Path) -> list[dict]:
-    """Rows of ``gold_eval.jsonl`` (empty when the job wrote none)."""
-    files = sorted(job.rglob("gold_eval.jsonl"))
-    try:
-        lines = files[-1].read_text().splitlines() if files else []
-        return [json.loads(line) for line in lines if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        warn(f"{files[-1]}: unreadable ({e}); no per-prompt analysis for this job")
-        return []
-
-
-def load_runs(multirun_dir: str | Path) -> list[Run]:
-    """Every job folder under ``multirun_dir`` with TensorBoard events; others are skipped with a warning."""
-    runs = []
-    for cfg_file in sorted(Path(multirun_dir).rglob(".hydra/config.yaml")):
-        job = cfg_file.parent.parent
-        try:
-            cfg = yaml.safe_load(cfg_file.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            warn(f"skipping {job}: unreadable {cfg_file} ({e})")
-            continue
-        scalars = read_scalars(job)
-        if not scalars:
-            warn(f"skipping {job}: no TensorBoard scalars (failed or unfinished job?)")
-            continue
-        beta = float(cfg.get("task", {}).get("module", {}).get("kl_coef", math.nan))
-        algorithm = str(cfg.get("task", {}).get("name", "ppo"))
-        run = Run(job, method_of(cfg), beta, int(cfg.get("seed", 0)), scalars, read_prompts(job), algorithm)
-        for tag in ("gold/kl_to_sft", "gold/win_rate_helpful"):
-            if tag not in scalars:
-                warn(f"{job}: no {tag} logged")
-        if not run.prompts:
-            warn(f"{job}: no gold_eval.jsonl; no per-prompt analysis for it")
-        runs.append(run)
-    if not runs:
-        warn(f"no job with TensorBoard events under {multirun_dir}")
-    if len({run.algorithm for run in runs}) > 1:  # a multi-algorithm study: a method per algorithm
-        for run in runs:
-            run.method = f"{run.algorithm}:{run.method}"
-    return runs
 
 
 # -------------------------------------------------------------------------------------------- summaries

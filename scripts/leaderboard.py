@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -123,7 +122,7 @@ def load_studies(dirs: list[str | Path]) -> dict[str, list[Run]]:
     seen: dict[tuple, Path] = {}
     for d in dirs:
         for run in load_runs(d):
-            cfg = yaml.safe_load((run.path / ".hydra" / "config.yaml").read_text()) or {}
+            cfg = run.config
             run.method = f"{run.algorithm}:{method_label(cfg)}"
             key = (study_of(cfg), run.method, run.beta, run.seed)
             if key in seen:
@@ -384,7 +383,9 @@ def _seeds(runs: list[Run]) -> dict[str, set[int]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dirs", nargs="+", help="Hydra multirun folders, e.g. multirun/study/leaderboard")
+    parser.add_argument(
+        "dirs", nargs="+", help="sweep folders (multirun/study/leaderboard) or archives (runs.jsonl.gz)"
+    )
     parser.add_argument("--out", default="docs/results/leaderboard", help="output folder")
     parser.add_argument(
         "--at-kl", nargs="+", default=None, metavar="X", help="matched KL: X for every study, or STUDY=X"
