@@ -10,12 +10,10 @@
 #   leaderboard_critic_free              GRPO, RLOO × 5 one-reward methods × β 0.2       30 jobs
 #   leaderboard_combination              PPO × 4 two-reward methods × β {0.2, 0.5}       24 jobs
 #   leaderboard_combination_critic_free  GRPO, RLOO × 4 two-reward methods × β 0.2       24 jobs
-# Estimate: 126 jobs × 1.2 min (study 3's wall time per job with two at a time on 2 cores) = 151 min, or
-# ≈ 147 min weighting PPO 1.16×, GRPO 0.84×, RLOO 1.0× and the combination jobs' measured 0.94 min/job;
-# plus on an empty cache the stages (SFT policy, helpful and harmless reward models, helpful ensemble
-# members 1 and 2: ≈ 2 min each, ≈ 10 min) and the four per-sweep analyses and this table (≈ 5 min):
-# ≈ 165 min in all, under the 3-hour budget. Re-running resumes: finished jobs are skipped, interrupted
-# ones continue from their last checkpoint (delete multirun/study/leaderboard* for a fresh leaderboard).
+# Jobs: 126. Measured: 78 min on the idle 2-core machine from an empty stage cache (sweeps 35, 16, 14 and
+# 12 min; the ranking 18 s; estimated beforehand at ≈ 165 min from study 3's time per job).
+# Re-running resumes: finished jobs are skipped, interrupted ones continue from their last checkpoint
+# (delete multirun/study/leaderboard* for a fresh leaderboard).
 # Python: $PYTHON, else the checkout's .venv, else `python` (as scripts/study.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,4 +26,7 @@ done
 minutes=$(( ($(date +%s) - start + 30) / 60 ))
 "$py" "$here/scripts/leaderboard.py" "${sweeps[@]/#/multirun/study/}" --out docs/results/leaderboard \
     --wall-time "$minutes" "$@"
+# every job's scalars and per-prompt results, kept in git (multirun/ is not): re-rank with leaderboard.py
+"$py" "$here/scripts/sweep_runs.py" archive "${sweeps[@]/#/multirun/study/}" \
+    --out docs/results/leaderboard/runs.jsonl.gz
 echo "leaderboard: wall time $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"

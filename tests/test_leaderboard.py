@@ -71,8 +71,7 @@ def test_job_counts_match_the_headers_and_the_command_runs_every_sweep() -> None
         total += len(jobs)
     sh = (ROOT / "scripts" / "leaderboard.sh").read_text()
     assert sorted(re.search(r"^sweeps=\((.*)\)", sh, re.M).group(1).split()) == EXPERIMENTS
-    assert total == 126 and f"Estimate: {total} jobs × 1.2 min" in sh
-    assert f"= {round(total * 1.2)} min" in sh
+    assert total == 126 and f"# Jobs: {total}. Measured:" in sh
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
