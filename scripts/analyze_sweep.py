@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from sweep_runs import (  # noqa: E402, F401  (re-exported: the scripts and test
     interpolate,
     load_runs,
     method_of,
+    one_line_warnings,
     read_prompts,
     read_scalars,
     warn,
@@ -386,12 +386,6 @@ def analyse(multirun_dir: str | Path, out: str | Path | None = None, at_kl: floa
     print("\n".join(text[4:]))
     print(f"\nwrote {out}")
     return rows
-
-
-def one_line_warnings() -> None:
-    """Print each warning as one ``warning: …`` line (the scripts' CLI), every SweepWarning shown."""
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
-    warnings.simplefilter("always", SweepWarning)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -275,6 +275,12 @@ def load_archive(path: Path) -> list[Run]:
     return runs
 
 
+def one_line_warnings() -> None:
+    """Print each warning as one ``warning: …`` line (the scripts' CLI), every SweepWarning shown."""
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    warnings.simplefilter("always", SweepWarning)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,8 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         "--out", required=True, help="archive to write, e.g. docs/results/leaderboard/runs.jsonl.gz"
     )
     args = parser.parse_args(argv)
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
-    warnings.simplefilter("always", SweepWarning)
+    one_line_warnings()
     n = archive_runs(args.sources, args.out)
     print(f"archived {n} jobs to {args.out}")
     if n == 0:
