@@ -95,6 +95,25 @@ class Settings:
         task, size, *rest = argv
         return task, cls.load(size, rest[0] if rest else None)
 
+    def override(self, assignments: list[str]) -> Settings:
+        """These settings with ``KEY=VALUE`` assignments (``run.py --set``), each value parsed as the
+        field's type; an unknown key or a value of the wrong type is refused, naming the key."""
+        fields = asdict(self)
+        changes = {}
+        for item in assignments:
+            key, sep, value = item.partition("=")
+            if not sep or key not in fields:
+                known = ", ".join(k for k in fields if k not in ("size", "precision"))
+                raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {known}")
+            kind = type(fields[key]) if fields[key] is not None else int  # prompt_tokens: int or None
+            try:
+                changes[key] = None if value == "none" and fields[key] is None else kind(value)
+            except ValueError:
+                raise SystemExit(f"--set {key}={value!r}: expected a {kind.__name__}") from None
+        if {"size", "precision"} & set(changes):
+            raise SystemExit("--set: choose size and precision with --size and --precision")
+        return replace(self, **changes)
+
     def dump(self) -> None:
         runs_dir(self.size).mkdir(parents=True, exist_ok=True)
         (runs_dir(self.size) / "settings.json").write_text(json.dumps(asdict(self), indent=1))

@@ -57,7 +57,9 @@ def world_data(s: Settings, runs: Path) -> tuple[Path, list[dict], list[dict]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="toy")
-    s = SIZES[ap.parse_args().size]
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    a = ap.parse_args()
+    s = SIZES[a.size].override(a.set)
     quiet_transformers()
     runs = runs_dir(s.size)
     s.dump()
@@ -71,15 +73,16 @@ def main() -> None:
         prompts, pairs = synthetic_prompts(s, len(tok)), synthetic_pairs(s, len(tok))
     tok.save_pretrained(models / "tokenizer")
 
-    # models: one config, random weights, saved once (rebuilt every time: seconds for toy, ~1 min smollm2)
-    config = model_config(s.size, tok)
-    for auto, name in ((AutoModelForCausalLM, "policy"), (AutoModelForSequenceClassification, "reward")):
-        torch.manual_seed(s.seed)
-        auto.from_config(config).save_pretrained(models / name)
-
     lengths = {len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in prompts}
     if len(lengths) != 1:
         raise RuntimeError(f"prompts of several token lengths {sorted(lengths)}: batches would need padding")
+
+    # models: one config, random weights, saved once (rebuilt every time: seconds for toy, ~1 min smollm2)
+    longest = max(min(lengths) + s.ppo_max_new_tokens, s.rm_max_length)
+    config = model_config(s.size, tok, min_positions=longest)
+    for auto, name in ((AutoModelForCausalLM, "policy"), (AutoModelForSequenceClassification, "reward")):
+        torch.manual_seed(s.seed)
+        auto.from_config(config).save_pretrained(models / name)
     write_jsonl(data / "prompts.jsonl", prompts)
     meta = {"prompt_tokens": lengths.pop(), "n_prompts": len(prompts)}
     (data / "prompts_meta.json").write_text(json.dumps(meta))

@@ -292,7 +292,21 @@ def main() -> None:
         "--precision", choices=PRECISIONS, default="fp32", help="bf16: bf16 autocast on both sides"
     )
     ap.add_argument("--max-wait", type=float, default=600, help="seconds to wait for a quiet machine per run")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one of the size's settings (common.Settings), e.g. ppo_max_new_tokens=256; repeatable",
+    )
+    ap.add_argument(
+        "--sampled-tolerance",
+        type=float,
+        default=None,
+        help="allowed relative difference of the sampled response-token counts (default work.SAMPLED's 15%%)",
+    )
     a = ap.parse_args()
+    SIZES[a.size].override(a.set)  # refuses an unknown key before anything runs
     tasks = a.tasks.split(",")
     unknown = sorted(set(tasks) - set(PEER_VENV))
     if unknown:
@@ -302,7 +316,8 @@ def main() -> None:
         if not peer_python(t).exists():
             raise SystemExit(f"{peer_python(t)} missing: run `bash benchmarks/setup_peers.sh {lit_py}` first")
     out = Path(a.out or HERE / results_name(a.size, a.precision))
-    subprocess.run([lit_py, str(HERE / "prepare.py"), "--size", a.size], check=True, env=ENV)
+    sets = [arg for item in a.set for arg in ("--set", item)]
+    subprocess.run([lit_py, str(HERE / "prepare.py"), "--size", a.size, *sets], check=True, env=ENV)
     s = Settings.load(a.size, a.precision)
     wait_quiet(a.max_wait)
     peak = matmul_peak(lit_py, s.threads, s.precision)
@@ -316,6 +331,7 @@ def main() -> None:
     ):
         if value != default:
             cmd += f" --{flag} {value}"
+    cmd += "".join(f" --set {item}" for item in a.set)
     rows, raw = [], {}
     for task in tasks:
         lit, peer = [], []
@@ -335,7 +351,7 @@ def main() -> None:
         try:
             for l_run, p_run in zip(lit, peer):
                 check_versions(l_run["versions"], p_run["versions"])
-                verify_work(task, l_run["work"], p_run["work"], expected)
+                verify_work(task, l_run["work"], p_run["work"], expected, a.sampled_tolerance)
         except UnequalWork as e:
             raise SystemExit(str(e)) from None
         raw[task] = {"lit": lit, "peer": peer}

@@ -46,8 +46,11 @@ def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     )
 
 
-def model_config(size: str, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+def model_config(size: str, tokenizer: PreTrainedTokenizerBase, min_positions: int = 0) -> PretrainedConfig:
     """The size's config (:data:`common.MODELS`) with the tokenizer's special ids and one score label.
+
+    A GPT-2's position table (``n_positions``) grows to ``min_positions`` when the run's sequences are
+    longer (``run.py --set ppo_max_new_tokens=256``); the table is a lookup, so FLOPs do not change.
 
     Raises:
         ValueError: the size fixes a vocabulary the tokenizer does not have, or the size is unknown.
@@ -61,6 +64,8 @@ def model_config(size: str, tokenizer: PreTrainedTokenizerBase) -> PretrainedCon
         raise ValueError(
             f"--size {size} has vocab_size {vocab} but the tokenizer has {len(tokenizer)} tokens"
         )
+    if "n_positions" in shape:
+        shape["n_positions"] = max(shape["n_positions"], min_positions)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     return AutoConfig.for_model(
         model_type,

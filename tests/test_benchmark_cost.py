@@ -1,0 +1,107 @@
+"""benchmarks/cost.py and the ``run.py --set`` overrides it runs with: pure pieces, nothing benchmarked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import cost  # noqa: E402
+from common import SIZES  # noqa: E402
+from sizes import model_config, word_tokenizer  # noqa: E402
+from work import UnequalWork, ppo_expected_work, verify_work  # noqa: E402
+
+
+def test_override_parses_each_field_as_its_type():
+    s = SIZES["toy"].override(["ppo_max_new_tokens=256", "lr=3e-5", "prompt_tokens=12"])
+    assert (s.ppo_max_new_tokens, s.lr, s.prompt_tokens) == (256, 3e-5, 12)
+    assert isinstance(s.lr, float) and isinstance(s.ppo_max_new_tokens, int)
+    assert s.ppo_batch_prompts == SIZES["toy"].ppo_batch_prompts  # untouched fields keep the size's value
+    assert SIZES["toy"].ppo_max_new_tokens == 24  # the size itself is not changed
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("ppo_max_tokens=5", "KEY one of .*ppo_max_new_tokens"),
+        ("ppo_steps", "expected KEY=VALUE"),
+        ("ppo_steps=two", "ppo_steps='two': expected a int"),
+        ("precision=bf16", "with --size and --precision"),
+    ],
+)
+def test_override_refuses_unknown_keys_and_bad_values(item, message):
+    with pytest.raises(SystemExit, match=message):
+        SIZES["toy"].override([item])
+
+
+def test_run_refuses_an_unknown_set_key_before_running_anything():
+    p = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--set", "nope=1"], capture_output=True, text=True
+    )
+    assert p.returncode != 0 and "--set 'nope=1'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_gpt2_position_table_grows_to_the_longest_sequence_only():
+    tok = word_tokenizer(100)
+    assert model_config("toy", tok).n_positions == 128  # default settings: the documented toy model
+    assert model_config("toy", tok, min_positions=100).n_positions == 128
+    assert model_config("toy", tok, min_positions=266).n_positions == 266
+    llama = model_config("smollm2", word_tokenizer(49152), min_positions=10_000)
+    assert llama.max_position_embeddings == 8192  # rope: no table to grow
+
+
+def test_phase_shares_by_hand():
+    lit = {
+        "rollout: generation": 2.0,
+        "rollout: policy log-prob forward": 0.5,
+        "rollout: reference forward": 0.5,
+        "update: policy forward": 1.0,
+        "update: backward + optimizer + loss maths": 0.8,
+        "step total": 5.0,
+    }
+    assert cost.phase_shares(lit) == pytest.approx(
+        {"generation": 0.4, "rollout forwards": 0.2, "update forwards": 0.2, "backward, optimizer, rest": 0.2}
+    )
+    # TRL's names: generation with logits kept, combined forwards, a "rest" phase with no "forward"
+    trl = {
+        "rollout: generation (logits kept)": 1.0,
+        "rollout: value + reward forwards": 1.0,
+        "update: policy+value forward": 2.0,
+        "rollout: log-softmax, masks, rewards, GAE (rest)": 3.0,
+        "step total": 10.0,
+    }
+    shares = cost.phase_shares(trl)
+    assert shares == pytest.approx(
+        {"generation": 0.1, "rollout forwards": 0.1, "update forwards": 0.2, "backward, optimizer, rest": 0.6}
+    )
+    assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_sampled_tolerance_widens_only_the_sampled_counts():
+    expected = ppo_expected_work(SIZES["toy"], prompt_tokens=5)
+    work = {
+        "ppo_iterations": 10,
+        "minibatch_updates": 40,
+        "critic_steps": 40,
+        "prompt_tokens": 800,
+        "generated_positions": 3840,
+        "rollouts": 160,
+    }
+    lit = {**work, "response_tokens": 3000, "tokens": 3800}
+    peer = {**work, "response_tokens": 2200, "tokens": 3000}  # 27 % fewer sampled tokens
+    with pytest.raises(UnequalWork, match="response_tokens"):
+        verify_work("ppo", lit, peer, expected)
+    verify_work("ppo", lit, peer, expected, sampled_tolerance=0.4)
+    with pytest.raises(UnequalWork, match="rollouts: lit=160 peer=144"):  # exact counts stay exact
+        verify_work("ppo", lit, {**peer, "rollouts": 144}, expected, sampled_tolerance=0.4)
+
+
+def test_cost_refuses_unknown_cells():
+    p = subprocess.run(
+        [sys.executable, str(BENCH / "cost.py"), "--cells", "8x16,7x7"], capture_output=True, text=True
+    )
+    assert p.returncode != 0 and "unknown ['7x7']" in p.stderr and "8x16" in p.stderr
