@@ -1,17 +1,21 @@
-"""benchmarks/cost.py and the ``run.py --set`` overrides it runs with: pure pieces, nothing benchmarked."""
+"""benchmarks/cost.py, ceiling.py and the ``run.py --set`` overrides: pure pieces, nothing timed."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
+import ceiling  # noqa: E402
 import cost  # noqa: E402
-from common import SIZES  # noqa: E402
+from common import SIZES, Settings  # noqa: E402
 from sizes import model_config, word_tokenizer  # noqa: E402
 from work import UnequalWork, ppo_expected_work, verify_work  # noqa: E402
 
@@ -105,3 +109,52 @@ def test_cost_refuses_unknown_cells():
         [sys.executable, str(BENCH / "cost.py"), "--cells", "8x16,7x7"], capture_output=True, text=True
     )
     assert p.returncode != 0 and "unknown ['7x7']" in p.stderr and "8x16" in p.stderr
+
+
+@pytest.mark.parametrize("size, vocab", [("toy", 100), ("smollm2", 49152)])
+def test_layer_shapes_are_the_models_weight_matrices(size, vocab, monkeypatch):
+    # every 2-D weight of the body (Linear in Llama, Conv1D in GPT-2) and the head, counted from the model
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config(size, word_tokenizer(vocab)))
+    if size == "toy":
+        monkeypatch.setitem(ceiling.MODELS, "toy", {**ceiling.MODELS["toy"], "vocab_size": vocab})
+    body, head = ceiling.layer_shapes(size)
+    body_weights = sum(a * b * n for (a, b), n in body.items())
+    embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    all_2d = sum(p.numel() for p in model.parameters() if p.dim() == 2)  # tied head counted once
+    assert body_weights == all_2d - embeddings
+    assert head == (model.config.hidden_size, vocab)
+
+
+def _flop_clock(rows, shape, train, dtype, reps=5):
+    """matmul_seconds replaced by the matmul's FLOPs: 2·rows·in·out per product, 3 products when training."""
+    return 2 * rows * shape[0] * shape[1] * (3 if train else 1)
+
+
+def test_step_bound_counts_each_phase_by_hand(tmp_path, monkeypatch):
+    monkeypatch.setattr(ceiling, "matmul_seconds", _flop_clock)
+    monkeypatch.setattr(ceiling, "runs_dir", lambda size: tmp_path)
+    monkeypatch.setitem(ceiling.MODELS, "toy", {**ceiling.MODELS["toy"], "vocab_size": 100})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/prompts_meta.json").write_text('{"prompt_tokens": 5}')
+    pairs = [
+        {"chosen_ids": [1] * 7, "rejected_ids": [1] * 9},
+        {"chosen_ids": [1] * 3, "rejected_ids": [1] * 4},
+    ]
+    (tmp_path / "data/pairs_ids.jsonl").write_text("".join(f"{p}\n".replace("'", '"') for p in pairs))
+    s = Settings(rm_batch_pairs=2, ppo_batch_prompts=4, ppo_max_new_tokens=3, ppo_epochs=2, ppo_minibatches=2)
+    body = 4 * (256 * 768 + 256 * 256 + 2 * 256 * 1024)  # 4 GPT-2 blocks: qkv, proj, MLP in and out
+    head = 256 * 100
+    # reward model: one step of 2 pairs = 4 sequences padded to 9 tokens, forward + backward, no LM head
+    assert ceiling.step_bound("rm", s) == {"update": 6 * body * 4 * 9}
+    ppo = ceiling.step_bound("ppo", s)
+    assert (
+        ppo["generation"] == 2 * body * 4 * 5 + 3 * 2 * (body + head) * 4
+    )  # prefill, then 3 tokens × 4 rows
+    # reference (with head), reward and value (without) over 4 × 8 positions
+    assert ppo["rollout forwards"] == 2 * (body + head) * 32 + 2 * 2 * body * 32
+    # 2 epochs × 2 minibatches of 2 sequences: policy (with head) and critic, forward + backward
+    assert ppo["update"] == 4 * 6 * ((body + head) * 16 + body * 16)
+    grpo = ceiling.step_bound("grpo", replace(s, group_batch_prompts=2, group_size=4, grpo_epochs=1))
+    assert grpo["rollout forwards"] == 2 * (body + head) * 64 + 2 * body * 64  # no critic
+    assert grpo["update"] == 2 * 6 * (body + head) * 32  # 1 epoch × 2 minibatches of 4 rollouts × 8

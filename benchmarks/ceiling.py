@@ -1,0 +1,150 @@
+"""The fastest any implementation could run each benchmark step on this machine: a lower bound on its time.
+
+    .venv/bin/python benchmarks/run.py ...              # first: writes benchmarks/runs/<size>/ (prepare.py)
+    .venv/bin/python benchmarks/ceiling.py --size smollm2
+
+Equal work fixes the matmuls of a step: every Linear layer of the model (and the LM head where logits are
+needed) over the step's rows — generation's prefill over the prompts and one row per sequence per decoded
+token, the reference / critic / reward forwards over every position, and the update's forward + backward
+(three matmuls per layer: y = xW, dx, dW) over each minibatch. This script times exactly those matmuls,
+each shape at the row count the step gives it, on this machine's cores, and sums them: a step cannot take
+less, whatever the framework, since attention, softmax, sampling, norms, the optimizer and any bookkeeping
+only add to it. The rollout's extra policy log-prob forward is left out (an implementation may reuse the
+sampling logits). Dividing a peer's measured step time by this bound gives the largest speed-up over it
+that equal work allows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import MODELS, PRECISIONS, Settings, runs_dir  # noqa: E402
+from group import GROUP_TASKS, group_plan  # noqa: E402
+
+
+def layer_shapes(size: str) -> tuple[Counter, tuple[int, int]]:
+    """(in, out) of every Linear of the transformer body with its count, and the LM head's (in, out)."""
+    m = MODELS[size]
+    if m["model_type"] == "gpt2":
+        d, n = m["n_embd"], m["n_layer"]
+        body = Counter({(d, 3 * d): n, (d, d): n, (d, 4 * d): n, (4 * d, d): n})
+    elif m["model_type"] == "llama":
+        d, f, n = m["hidden_size"], m["intermediate_size"], m["num_hidden_layers"]
+        q, kv = m["num_attention_heads"] * m["head_dim"], m["num_key_value_heads"] * m["head_dim"]
+        body = Counter()
+        for shape in ((d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)):
+            body[shape] += n
+    else:
+        raise ValueError(f"no layer shapes for model_type {m['model_type']!r}")
+    vocab = (
+        m.get("vocab_size")
+        or json.loads((runs_dir(size) / "models/policy/config.json").read_text())["vocab_size"]
+    )
+    return body, (d, vocab)
+
+
+def matmul_seconds(
+    rows: int, shape: tuple[int, int], train: bool, dtype: torch.dtype, reps: int = 5
+) -> float:
+    """Best time of ``x @ W`` for ``x`` (rows, in), plus ``dx`` and ``dW`` when ``train``."""
+    x, w = torch.randn(rows, shape[0], dtype=dtype), torch.randn(shape[0], shape[1], dtype=dtype)
+    g = torch.randn(rows, shape[1], dtype=dtype)
+
+    def once() -> None:
+        torch.mm(x, w)
+        if train:
+            torch.mm(g, w.t())  # dx
+            torch.mm(x.t(), g)  # dW
+
+    once()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+class Bound:
+    """Sums the measured matmul time of the model's layers over the phases of one step."""
+
+    def __init__(self, size: str, dtype: torch.dtype):
+        self.body, self.head = layer_shapes(size)
+        self.dtype, self.cache, self.phases = dtype, {}, Counter()
+
+    def add(self, phase: str, rows: int, train: bool = False, head: bool = True, times: int = 1) -> None:
+        shapes = Counter(self.body)
+        if head:
+            shapes[self.head] += 1
+        for shape, count in shapes.items():
+            key = (rows, shape, train)
+            if key not in self.cache:
+                self.cache[key] = matmul_seconds(rows, shape, train, self.dtype)
+            self.phases[phase] += times * count * self.cache[key]
+
+
+def step_bound(task: str, s: Settings) -> Counter:
+    """Lower bound (s) of one step of ``task`` under settings ``s``, by phase."""
+    dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
+    b = Bound(s.size, dtype)
+    data = runs_dir(s.size) / "data"
+    if task == "rm":  # one optimizer step: forward + backward over 2B padded sequences, a 1-output score head
+        pairs = [json.loads(x) for x in (data / "pairs_ids.jsonl").read_text().splitlines()]
+        steps = [pairs[i : i + s.rm_batch_pairs] for i in range(0, len(pairs), s.rm_batch_pairs)]
+        rows = sorted(2 * len(p) * max(len(x) for r in p for x in r.values()) for p in steps)[len(steps) // 2]
+        b.add("update", rows, train=True, head=False)
+        return b.phases
+    prompt = json.loads((data / "prompts_meta.json").read_text())["prompt_tokens"]
+    if task == "ppo":
+        seqs, epochs, minibatches, critic = s.ppo_batch_prompts, s.ppo_epochs, s.ppo_minibatches, True
+    elif task in GROUP_TASKS:
+        plan = group_plan(s, task)
+        seqs, epochs, minibatches, critic = plan.rollouts, plan.epochs, plan.minibatches, False
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    length = prompt + s.ppo_max_new_tokens
+    b.add("generation", seqs * prompt, head=False)  # prefill: logits of the last position only
+    b.add("generation", seqs, times=s.ppo_max_new_tokens)  # one row per sequence per token
+    b.add("rollout forwards", seqs * length)  # reference log-probs
+    b.add("rollout forwards", seqs * length, head=False, times=2 if critic else 1)  # reward (+ value)
+    mb_rows = seqs // minibatches * length
+    b.add("update", mb_rows, train=True, times=epochs * minibatches)
+    if critic:
+        b.add("update", mb_rows, train=True, head=False, times=epochs * minibatches)
+    return b.phases
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="toy", choices=sorted(MODELS))
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    ap.add_argument("--tasks", default="rm,ppo,grpo,rloo")
+    a = ap.parse_args()
+    s = Settings.load(a.size, a.precision)
+    torch.set_num_threads(s.threads)
+    print(
+        f"| task ({a.size}, {a.precision}) | lower bound s / step | generation | rollout forwards | update "
+        "| most units/s equal work allows |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for task in a.tasks.split(","):
+        ph = step_bound(task, s)
+        units = {"rm": (s.rm_batch_pairs, "pairs/s"), "ppo": (s.ppo_batch_prompts, "rollouts/s")}.get(task)
+        if units is None:
+            units = (group_plan(s, task).rollouts, "rollouts/s")
+        cells = " | ".join(f"{ph.get(k, 0.0):.3f}" for k in ("generation", "rollout forwards", "update"))
+        total = sum(ph.values())
+        print(f"| {task} | {total:.3f} | {cells} | {units[0] / total:.2f} {units[1]} |")
+
+
+if __name__ == "__main__":
+    main()
