@@ -1,7 +1,8 @@
 """``python train.py`` in a subprocess, and the faults tests/test_failure_table.py injects into it.
 
 :func:`train_py` runs the command line and :func:`expect` checks how it ended; :class:`World` holds the
-folders, files and command lines of the failure table's cases. The CLI takes any
+folders, files and command lines of the failure table's cases, :class:`Cases` a module's list of them
+(``tests/failure_table_inputs.py``, ``tests/failure_table_training.py``). The CLI takes any
 Lightning callback from the config (``+callbacks.<name>._target_=…``), so a test adds the fault callbacks
 below with ``PYTHONPATH=tests`` and the command line alone. :class:`Fault` is inert unless the environment
 variable :data:`FAULT_ENV` asks for a fault: the crashed run and its re-run then have the same command
@@ -26,6 +27,8 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from safetensors.torch import load_file
+
+from lit_rlhf.errors import EXIT_USER_ERROR
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACEBACK = "Traceback (most recent call last)"
@@ -114,6 +117,38 @@ def same_result(a: Path, b: Path) -> None:
     assert ca["kl_controller"] == cb["kl_controller"] and ca["kl_controller"]["value"] != 0.05  # β moved
     critic = [k for k in ca["state_dict"] if k.startswith("critic.")]
     assert critic and all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in critic)
+
+
+# ------------------------------------------------------------------ the cases
+@dataclass(frozen=True)
+class Case:
+    row: str  # a key of test_failure_table.ROWS
+    name: str
+    check: Callable[..., None]  # check(w, tmp, *args)
+    args: tuple = ()
+
+
+class Cases(list[Case]):
+    """A module's cases in order, test ids ``<row>-<name>``; :meth:`case` and :meth:`refused` add one."""
+
+    def case(self, row: str, name: str, *args):
+        """Register the decorated ``check(w, tmp, *args)`` as the case ``<row>-<name>``."""
+
+        def register(check: Callable[..., None]) -> Callable[..., None]:
+            self.append(Case(row, name, check, args))
+            return check
+
+        return register
+
+    def refused(
+        self, row: str, name: str, overrides: Callable[[World, Path], list[str]], *fragments: str
+    ) -> None:
+        """A case that must stop with exit status 2 and ``lit_rlhf: error: …`` holding every fragment."""
+
+        def check(w: World, tmp: Path) -> None:
+            expect(w.train_py(tmp, *overrides(w, tmp)), EXIT_USER_ERROR, "lit_rlhf: error: ", *fragments)
+
+        self.append(Case(row, name, check))
 
 
 # ------------------------------------------------------------------ the world of the cases

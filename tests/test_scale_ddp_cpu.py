@@ -1,252 +1,24 @@
-"""Scaling out: 8-bit optimizers (bitsandbytes), the `trainer/` group's strategies, DDP on CPU."""
+"""Scaling out, DDP on CPU (2 gloo processes of ``python train.py`` against 1 process with the same global
+batch): a reward model, PPO and REINFORCE++ (the same computation up to rounding), GRPO / RLOO, a ``-m``
+sweep writing one folder per job, and prompt batches sharded over ranks. 8-bit optimizers:
+``test_scale_8bit_adamw.py``; the trainer group's configs: ``test_scale_trainers.py``."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
-import inspect
 import json
 import os
 import shutil
 import subprocess
 import sys
-from contextlib import nullcontext
 from pathlib import Path
-from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader
-from transformers import (
-    GPT2Config,
-    GPT2ForSequenceClassification,
-    GPT2LMHeadModel,
-    GPT2Model,
-)
 
 from conftest import ROOT, TINY_STAGES, TINY_WORLD, hydra_cfg
 
-VOCAB = 512  # wte has VOCAB·32 = 16384 elements: above bitsandbytes' min_8bit_size (4096)
-TRAINERS = sorted(p.stem for p in (ROOT / "conf" / "trainer").glob("*.yaml"))
-
-
-def tiny_gpt2(cls: type, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=1, n_head=2, num_labels=1, pad_token_id=0
-    )
-    return cls(config)
-
-
-def fit_steps(module: L.LightningModule, batches: list[dict], **trainer_kw) -> None:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=len(batches),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        **trainer_kw,
-    )
-    trainer.fit(module, DataLoader(batches, batch_size=None))
-
-
-def optimizer_from_config(tmp_path: Path, name: str):
-    with hydra_cfg(tmp_path, [f"optimizer={name}"]) as cfg:
-        return instantiate(cfg.optimizer)
-
-
-# ------------------------------------------------------------------ 1. 8-bit AdamW
-def test_adamw8bit_without_bitsandbytes_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lit_rlhf import optim
-
-    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` now raises ImportError
-    p = torch.nn.Parameter(torch.zeros(2))
-    for factory in (optim.adamw8bit, optim.paged_adamw8bit):
-        with pytest.raises(ImportError, match=r"lit_rlhf\[bnb\]"):
-            factory([p], lr=1e-3)
-
-
-@pytest.mark.slow  # a fresh interpreter importing torch and bitsandbytes: ~10 s
-def test_bitsandbytes_import_is_quiet() -> None:
-    pytest.importorskip("bitsandbytes")
-    code = "import logging; logging.basicConfig(); from lit_rlhf.optim import _bitsandbytes; _bitsandbytes()"
-    out = subprocess.run(
-        [sys.executable, "-W", "always", "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert "bitsandbytes" not in out.stdout + out.stderr, out.stderr
-
-
-def assert_8bit_state(opt: torch.optim.Optimizer, big: torch.Tensor, small: torch.Tensor) -> None:
-    state = opt.state[big]
-    assert state["state1"].dtype == torch.uint8 and state["state2"].dtype == torch.uint8
-    assert state["state1"].shape == big.shape
-    # bitsandbytes keeps tensors below min_8bit_size (4096 elements) in 32-bit: the check above is real
-    assert opt.state[small]["state1"].dtype == torch.float32
-
-
-@pytest.mark.parametrize("name", ["adamw8bit", "paged_adamw8bit"])
-def test_reward_model_step_with_8bit_adamw(tmp_path: Path, name: str) -> None:
-    pytest.importorskip("bitsandbytes")
-    from lit_rlhf.tasks.reward_model import RewardModelModule
-
-    model = tiny_gpt2(GPT2ForSequenceClassification)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    module = RewardModelModule(model, optimizer_from_config(tmp_path, name), lr=1e-2, warmup_steps=0)
-    B, T = 4, 12
-    gen = torch.Generator().manual_seed(0)
-    batch = {
-        "input_ids": torch.randint(1, VOCAB, (2 * B, T), generator=gen),  # B chosen rows, then B rejected
-        "attention_mask": torch.ones(2 * B, T, dtype=torch.long),
-    }
-    with pytest.warns(UserWarning, match="Paged") if name.startswith("paged") else nullcontext():
-        fit_steps(module, [batch, batch])
-
-    wte = model.transformer.wte.weight
-    assert not torch.equal(wte, before["transformer.wte.weight"])
-    assert not torch.equal(model.score.weight, before["score.weight"])
-    assert_8bit_state(module.optimizers().optimizer, wte, model.transformer.ln_f.bias)
-
-
-def test_ppo_step_with_8bit_adamw(tmp_path: Path) -> None:
-    pytest.importorskip("bitsandbytes")
-    from lit_rlhf.models import ValueModel
-    from lit_rlhf.tasks.ppo import PPOModule
-
-    actor, ref = tiny_gpt2(GPT2LMHeadModel), tiny_gpt2(GPT2LMHeadModel)
-    critic = ValueModel(tiny_gpt2(GPT2Model))
-    rm = tiny_gpt2(GPT2ForSequenceClassification, seed=1)
-    actor_before, critic_before = actor.transformer.wte.weight.clone(), critic.backbone.wte.weight.clone()
-    module = PPOModule(
-        actor=actor,
-        critic=critic,
-        ref=ref,
-        reward_models={"helpful": rm},
-        tokenizer=SimpleNamespace(pad_token_id=0, eos_token_id=1),
-        optimizer=optimizer_from_config(tmp_path, "adamw8bit"),
-        lr=1e-2,
-        value_lr=1e-2,
-        max_new_tokens=4,
-        ppo_epochs=1,
-        num_minibatches=1,
-    )
-    B, P = 4, 6
-    batch = {
-        "input_ids": torch.randint(2, VOCAB, (B, P), generator=torch.Generator().manual_seed(0)),
-        "attention_mask": torch.ones(B, P, dtype=torch.long),
-        "prompt_ids": torch.arange(B),
-    }
-    fit_steps(module, [batch])
-
-    assert not torch.equal(actor.transformer.wte.weight, actor_before)
-    assert not torch.equal(critic.backbone.wte.weight, critic_before)
-    opt_actor, opt_critic = (o.optimizer for o in module.optimizers())
-    assert_8bit_state(opt_actor, actor.transformer.wte.weight, actor.transformer.ln_f.bias)
-    assert_8bit_state(opt_critic, critic.backbone.wte.weight, critic.backbone.ln_f.bias)
-
-
-# ------------------------------------------------------------------ 2. the trainer group
-def trainer_cfg(tmp_path: Path, name: str, *overrides: str):
-    with hydra_cfg(tmp_path, [f"trainer={name}", *overrides]) as cfg:
-        return cfg.trainer
-
-
-# strategies pass their **kwargs on to the wrapper they build
-WRAPPED = {
-    "lightning.pytorch.strategies.DDPStrategy": "torch.nn.parallel.DistributedDataParallel",
-    "lightning.pytorch.strategies.FSDPStrategy": "torch.distributed.fsdp.FullyShardedDataParallel",
-}
-
-
-def params(target: str) -> set[str]:
-    module, _, name = target.rpartition(".")
-    names = set(inspect.signature(getattr(importlib.import_module(module), name).__init__).parameters)
-    return names | (params(WRAPPED[target]) if target in WRAPPED else set())
-
-
-@pytest.mark.parametrize("name", TRAINERS)
-def test_trainer_config_keys_are_constructor_arguments(tmp_path: Path, name: str) -> None:
-    cfg = trainer_cfg(tmp_path, name)
-    assert {"num_nodes", "devices", "precision"} <= set(cfg)
-    assert set(cfg) - {"_target_"} <= params(cfg._target_), "a trainer key Trainer() does not take"
-    if isinstance(cfg.strategy, str):
-        return
-    strategy_keys = set(cfg.strategy) - {"_target_"}
-    assert strategy_keys <= params(cfg.strategy._target_), f"a key {cfg.strategy._target_} does not take"
-    assert cfg.precision == "bf16-mixed"  # every multi-GPU config defaults to bf16 mixed precision
-
-
-def test_cpu_and_gpu_trainers(tmp_path: Path) -> None:
-    cpu = instantiate(trainer_cfg(tmp_path, "cpu"), logger=False)
-    assert isinstance(cpu, L.Trainer) and cpu.accelerator.__class__.__name__ == "CPUAccelerator"
-    gpu = trainer_cfg(tmp_path, "gpu")
-    assert (gpu.accelerator, gpu.devices, gpu.precision) == ("gpu", 1, "bf16-mixed")
-    assert gpu.max_epochs == cpu.max_epochs  # the rest comes from cpu.yaml
-    if not torch.cuda.is_available():
-        pytest.skip("trainer=gpu needs CUDA to instantiate")
-    assert instantiate(gpu, logger=False).precision == "bf16-mixed"
-
-
-def test_ddp_trainer_on_cpu_uses_gloo(tmp_path: Path) -> None:
-    from lightning.pytorch.strategies import DDPStrategy
-
-    cfg = trainer_cfg(tmp_path, "ddp", "trainer.accelerator=cpu", "trainer.devices=2")
-    trainer = instantiate(cfg, logger=False)
-    assert isinstance(trainer.strategy, DDPStrategy)
-    assert trainer.num_devices == 2 and trainer.world_size == 2
-    assert trainer.strategy._get_process_group_backend() == "gloo"
-    assert trainer.precision == "bf16-mixed"  # from gpu.yaml; CPU runs usually want 32-true
-
-
-def test_fsdp_strategy_wraps_each_block(tmp_path: Path) -> None:
-    from lightning.pytorch.strategies import FSDPStrategy
-    from torch.distributed.fsdp import ShardingStrategy
-    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
-
-    cfg = trainer_cfg(tmp_path, "fsdp")
-    strategy = instantiate(cfg.strategy)  # the strategy object builds on CPU; the Trainer does not
-    assert isinstance(strategy, FSDPStrategy)
-    assert strategy.sharding_strategy == ShardingStrategy.FULL_SHARD
-    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {GPT2Block}
-    if not torch.cuda.is_available():
-        with pytest.raises(InstantiationException, match="requires a GPU"):
-            instantiate(cfg, accelerator="cpu", logger=False)
-        pytest.skip("trainer=fsdp needs CUDA to instantiate a Trainer")
-    assert isinstance(instantiate(cfg, logger=False).strategy, FSDPStrategy)
-
-
-def test_fsdp_wraps_the_decoder_layer_of_a_llama_folder(tmp_path: Path) -> None:
-    """model=hf: the wrap unit comes from the folder's architecture (`_no_split_modules`), not from a
-    class named in the config."""
-    from tiny_hf import make_model_folder
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-
-    folder = make_model_folder("llama", tmp_path / "llama")
-    cfg = trainer_cfg(tmp_path, "fsdp", "model=hf", f"model.name_or_path={folder}")
-    strategy = instantiate(cfg.strategy)
-    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
-
-
-@pytest.mark.parametrize(
-    ("name", "overrides", "stage"),
-    [("deepspeed", [], 2), ("deepspeed", ["trainer.strategy.stage=3"], 3), ("deepspeed_zero3", [], 3)],
-)
-def test_deepspeed_stages(tmp_path: Path, name: str, overrides: list[str], stage: int) -> None:
-    cfg = trainer_cfg(tmp_path, name, *overrides)
-    assert cfg.strategy._target_ == "lightning.pytorch.strategies.DeepSpeedStrategy"
-    assert cfg.strategy.stage == stage
-    if importlib.util.find_spec("deepspeed") is None:
-        pytest.skip("trainer=deepspeed needs the deepspeed package (and CUDA)")
-    strategy = instantiate(cfg.strategy)
-    assert strategy.config["zero_optimization"]["stage"] == stage
-
-
-# ------------------------------------------------------------------ 3. DDP on CPU (subprocesses)
 TINY_MODEL = [o for o in TINY_STAGES if not o.startswith("pipeline.")]
 RM_RUN = [
     "task=reward_model",
@@ -475,16 +247,6 @@ def test_prompt_batches_are_sharded_over_ranks() -> None:
     assert resumed == ranks[1][5:]
     with pytest.raises(ValueError, match="batch_size"):
         CycledBatchSampler(10, 8, num_batches=1, seed=0, rank=0, world_size=2)
-
-
-# ------------------------------------------------------------------ 5. SLURM launcher config
-def test_submitit_slurm_launcher_follows_the_trainer(tmp_path: Path) -> None:
-    overrides = ["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"]
-    with hydra_cfg(tmp_path, overrides) as cfg:
-        launcher = cfg.hydra.launcher
-        assert launcher._target_.endswith("hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
-        # one SLURM task per GPU: Lightning's SLURM environment then spawns nothing itself
-        assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (8, 8, 2)
 
 
 @pytest.mark.slow  # ~40 s
