@@ -79,7 +79,7 @@ class Bound:
 
     def __init__(self, size: str, dtype: torch.dtype):
         self.body, self.head = layer_shapes(size)
-        self.dtype, self.cache, self.phases = dtype, {}, Counter()
+        self.dtype, self.cache, self.phases, self.flops = dtype, {}, Counter(), 0.0
 
     def add(self, phase: str, rows: int, train: bool = False, head: bool = True, times: int = 1) -> None:
         shapes = Counter(self.body)
@@ -90,10 +90,16 @@ class Bound:
             if key not in self.cache:
                 self.cache[key] = matmul_seconds(rows, shape, train, self.dtype)
             self.phases[phase] += times * count * self.cache[key]
+            self.flops += times * count * 2 * rows * shape[0] * shape[1] * (3 if train else 1)
 
 
 def step_bound(task: str, s: Settings) -> Counter:
-    """Lower bound (s) of one step of ``task`` under settings ``s``, by phase."""
+    """Lower bound (s) of one step of ``task`` under settings ``s``, by phase (:func:`step_bound_flops`)."""
+    return step_bound_flops(task, s)[0]
+
+
+def step_bound_flops(task: str, s: Settings) -> tuple[Counter, float]:
+    """Lower bound (s) of one step by phase, and the FLOPs of the matmuls it timed."""
     dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
     b = Bound(s.size, dtype)
     data = runs_dir(s.size) / "data"
@@ -102,7 +108,7 @@ def step_bound(task: str, s: Settings) -> Counter:
         steps = [pairs[i : i + s.rm_batch_pairs] for i in range(0, len(pairs), s.rm_batch_pairs)]
         rows = sorted(2 * len(p) * max(len(x) for r in p for x in r.values()) for p in steps)[len(steps) // 2]
         b.add("update", rows, train=True, head=False)
-        return b.phases
+        return b.phases, b.flops
     prompt = json.loads((data / "prompts_meta.json").read_text())["prompt_tokens"]
     if task == "ppo":
         seqs, epochs, minibatches, critic = s.ppo_batch_prompts, s.ppo_epochs, s.ppo_minibatches, True
@@ -120,7 +126,7 @@ def step_bound(task: str, s: Settings) -> Counter:
     b.add("update", mb_rows, train=True, times=epochs * minibatches)
     if critic:
         b.add("update", mb_rows, train=True, head=False, times=epochs * minibatches)
-    return b.phases
+    return b.phases, b.flops
 
 
 def main() -> None:
@@ -131,19 +137,26 @@ def main() -> None:
     a = ap.parse_args()
     s = Settings.load(a.size, a.precision)
     torch.set_num_threads(s.threads)
+    dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
+    peak = 2 * 4096**3 / matmul_seconds(4096, (4096, 4096), False, dtype) / 1e9
+    print(f"{a.precision} matmul peak (torch.mm 4096², {s.threads} threads, best of 5): {peak:.1f} GFLOP/s\n")
     print(
         f"| task ({a.size}, {a.precision}) | lower bound s / step | generation | rollout forwards | update "
-        "| most units/s equal work allows |"
+        "| most units/s equal work allows | the bound's matmul rate, share of peak |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for task in a.tasks.split(","):
-        ph = step_bound(task, s)
+        ph, flops = step_bound_flops(task, s)
         units = {"rm": (s.rm_batch_pairs, "pairs/s"), "ppo": (s.ppo_batch_prompts, "rollouts/s")}.get(task)
         if units is None:
             units = (group_plan(s, task).rollouts, "rollouts/s")
         cells = " | ".join(f"{ph.get(k, 0.0):.3f}" for k in ("generation", "rollout forwards", "update"))
         total = sum(ph.values())
-        print(f"| {task} | {total:.3f} | {cells} | {units[0] / total:.2f} {units[1]} |")
+        rate = flops / total / 1e9
+        print(
+            f"| {task} | {total:.3f} | {cells} | {units[0] / total:.2f} {units[1]} "
+            f"| {rate:.0f} GFLOP/s, {rate / peak:.0%} |"
+        )
 
 
 if __name__ == "__main__":

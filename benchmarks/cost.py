@@ -89,7 +89,10 @@ def report() -> str:
         for p in PROMPTS:
             for n in RESPONSE_TOKENS:
                 f = CELLS_DIR / f"{size}-{p}x{n}.json"
-                if f.exists():
+                failed = f.with_suffix(".failed")
+                if failed.exists():
+                    rows.append(f"| {size} | {p} | {n} | not measured: {failed.read_text().strip()} |||||")
+                elif f.exists():
                     rows.append(cell_row(size, p, n, json.loads(f.read_text())))
     return "\n".join(
         [
@@ -140,7 +143,16 @@ def main() -> None:
                 "--out",
                 str(CELLS_DIR / f"{size}-{cell}.md"),
             ]
-            subprocess.run(cmd + [arg for s in sets for arg in ("--set", s)], check=True)
+            p = subprocess.run(
+                cmd + [arg for s in sets for arg in ("--set", s)], stderr=subprocess.PIPE, text=True
+            )
+            sys.stderr.write(p.stderr)
+            failed = CELLS_DIR / f"{size}-{cell}.failed"
+            if p.returncode:  # e.g. unequal work: recorded, and the other cells still run
+                lines = [x for x in p.stderr.splitlines() if x.strip() and not x.startswith("WARNING")]
+                failed.write_text((lines or [f"exit code {p.returncode}"])[-1] + "\n")
+                continue
+            failed.unlink(missing_ok=True)
             shutil.copy(runs_dir(size) / "raw.json", CELLS_DIR / f"{size}-{cell}.json")
             (HERE / "cost.md").write_text(report())
     (HERE / "cost.md").write_text(report())

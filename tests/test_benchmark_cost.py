@@ -158,3 +158,5 @@ def test_step_bound_counts_each_phase_by_hand(tmp_path, monkeypatch):
     grpo = ceiling.step_bound("grpo", replace(s, group_batch_prompts=2, group_size=4, grpo_epochs=1))
     assert grpo["rollout forwards"] == 2 * (body + head) * 64 + 2 * body * 64  # no critic
     assert grpo["update"] == 2 * 6 * (body + head) * 32  # 1 epoch × 2 minibatches of 4 rollouts × 8
+    phases, flops = ceiling.step_bound_flops("ppo", s)  # the FLOPs it reports are those it timed
+    assert flops == sum(phases.values()) == sum(ppo.values())
