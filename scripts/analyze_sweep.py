@@ -47,6 +47,7 @@ from sweep_runs import (  # noqa: E402, F401  (re-exported: the scripts and test
     SweepWarning,
     interpolate,
     load_runs,
+    mean_se,
     method_of,
     one_line_warnings,
     read_prompts,
@@ -91,15 +92,6 @@ class Row:
 
 
 # -------------------------------------------------------------------------------------------- summaries
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error (sample std / √n) of the non-NaN values; s.e. is NaN for n < 2."""
-    x = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan
-    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
-    return float(x.mean()), se
-
-
 def per_prompt_improvement(rows: list[dict], prop: str = "helpful") -> dict[int, tuple[float, str]]:
     """prompt_id → (mean over its samples of gold_<prop> − gold_<prop>_sft, difficulty)."""
     diffs: dict[int, list[float]] = defaultdict(list)

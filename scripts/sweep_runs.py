@@ -275,6 +275,38 @@ def load_archive(path: Path) -> list[Run]:
     return runs
 
 
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (sample std / √n) of the non-NaN values; s.e. is NaN for n < 2."""
+    x = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan
+    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
+    return float(x.mean()), se
+
+
+def paired_final_gains(runs: list[Run], baseline: str, metrics: list[str]) -> list[dict]:
+    """Each (method, β)'s last-evaluation gain over ``baseline`` at the same β, paired by seed.
+
+    Returns one row per (method, β) other than the baseline with a seed in common: ``method``, ``beta``,
+    ``n`` (seeds paired), ``kl`` and ``kl_baseline`` (mean final KL to SFT) and, per metric, (mean, s.e.)
+    of the per-seed differences.
+    """
+    by = {(r.method, r.beta, r.seed): r for r in runs}
+    rows = []
+    for method, beta in sorted({(r.method, r.beta) for r in runs if r.method != baseline}, key=str):
+        seeds = sorted(s for m, b, s in by if (m, b) == (method, beta) and (baseline, beta, s) in by)
+        if not seeds:
+            continue
+        pairs = [(by[(method, beta, s)], by[(baseline, beta, s)]) for s in seeds]
+        row = {"method": method, "beta": beta, "n": len(seeds)}
+        row["kl"] = float(np.mean([a.final("gold/kl_to_sft") for a, _ in pairs]))
+        row["kl_baseline"] = float(np.mean([b.final("gold/kl_to_sft") for _, b in pairs]))
+        for m in metrics:
+            row[m] = mean_se([a.final(m) - b.final(m) for a, b in pairs])
+        rows.append(row)
+    return rows
+
+
 def one_line_warnings() -> None:
     """Print each warning as one ``warning: …`` line (the scripts' CLI), every SweepWarning shown."""
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
@@ -289,8 +321,30 @@ def main(argv: list[str] | None = None) -> None:
     arch.add_argument(
         "--out", required=True, help="archive to write, e.g. docs/results/leaderboard/runs.jsonl.gz"
     )
+    gain = sub.add_parser("gains", help="last-evaluation gains over a baseline method, paired by seed")
+    gain.add_argument("source", help="a sweep folder or an archive")
+    gain.add_argument("--baseline", required=True, help="the method to subtract, e.g. raw+sum")
+    gain.add_argument(
+        "--metrics",
+        default="gold/win_rate_both,gold/win_rate_helpful,gold/win_rate_harmless",
+        help="comma-separated scalar tags",
+    )
     args = parser.parse_args(argv)
     one_line_warnings()
+    if args.command == "gains":
+        metrics = args.metrics.split(",")
+        rows = paired_final_gains(load_runs(args.source), args.baseline, metrics)
+        if not rows:
+            sys.exit(f"{args.source}: no run shares a β and a seed with method {args.baseline!r}")
+        print(f"| method | β | n | KL / {args.baseline} | " + " | ".join(metrics) + " |")
+        print("| --- " * (4 + len(metrics)) + "|")
+        for r in rows:
+            cells = " | ".join(f"{r[m][0]:+.3f} ± {r[m][1]:.3f}" for m in metrics)
+            print(
+                f"| {r['method']} | {r['beta']} | {r['n']} "
+                f"| {r['kl']:.2f} / {r['kl_baseline']:.2f} | {cells} |"
+            )
+        return
     n = archive_runs(args.sources, args.out)
     print(f"archived {n} jobs to {args.out}")
     if n == 0:

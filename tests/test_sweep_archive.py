@@ -91,3 +91,29 @@ def test_the_archive_cli_refuses_an_empty_result(tmp_path: Path, capsys: pytest.
         sweep_runs.main(["archive", str(tmp_path / "empty"), "--out", str(tmp_path / "a.jsonl.gz")])
     assert e.value.code == 1
     assert "archived 0 jobs" in capsys.readouterr().out
+
+
+def _run(method: str, beta: float, seed: int, both: float, kl: float):
+    scalars = {"gold/win_rate_both": [(0, 0.0), (10, both)], "gold/kl_to_sft": [(10, kl)]}
+    return sweep_runs.Run(Path(f"{method}-{beta}-{seed}"), method, beta, seed, scalars)
+
+
+def test_paired_final_gains_by_hand():
+    runs = [
+        _run("raw+sum", 0.2, 0, 0.30, 0.4),
+        _run("raw+sum", 0.2, 1, 0.28, 0.6),
+        _run("ls+sum", 0.2, 0, 0.27, 1.0),  # −0.03
+        _run("ls+sum", 0.2, 1, 0.27, 0.8),  # −0.01
+        _run("ls+sum", 0.2, 2, 0.99, 0.8),  # seed 2 has no baseline: left out
+        _run("ls+sum", 0.5, 0, 0.20, 0.3),  # β 0.5 has no baseline: no row
+    ]
+    (row,) = sweep_runs.paired_final_gains(runs, "raw+sum", ["gold/win_rate_both"])
+    assert (row["method"], row["beta"], row["n"]) == ("ls+sum", 0.2, 2)
+    assert row["kl"] == pytest.approx(0.9) and row["kl_baseline"] == pytest.approx(0.5)
+    mean, se = row["gold/win_rate_both"]
+    assert mean == pytest.approx(-0.02) and se == pytest.approx(0.01)  # std(−0.03, −0.01) = 0.01414 / √2
+
+
+def test_gains_cli_refuses_an_unknown_baseline(folder, capsys):
+    with pytest.raises(SystemExit, match="no run shares a β and a seed with method 'nope'"):
+        sweep_runs.main(["gains", str(folder), "--baseline", "nope"])
