@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import MODELS, PRECISIONS, Settings, runs_dir  # noqa: E402
 from group import GROUP_TASKS, group_plan  # noqa: E402
+from run import matmul_peak  # noqa: E402
 
 
 def layer_shapes(size: str) -> tuple[Counter, tuple[int, int]]:
@@ -137,8 +138,7 @@ def main() -> None:
     a = ap.parse_args()
     s = Settings.load(a.size, a.precision)
     torch.set_num_threads(s.threads)
-    dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
-    peak = 2 * 4096**3 / matmul_seconds(4096, (4096, 4096), False, dtype) / 1e9
+    peak = matmul_peak(sys.executable, s.threads, s.precision)  # the driver's own measurement
     print(f"{a.precision} matmul peak (torch.mm 4096², {s.threads} threads, best of 5): {peak:.1f} GFLOP/s\n")
     print(
         f"| task ({a.size}, {a.precision}) | lower bound s / step | generation | rollout forwards | update "

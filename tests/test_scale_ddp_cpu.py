@@ -73,6 +73,26 @@ def csv_metrics(run_dir: Path) -> dict[str, float]:
     return last
 
 
+def one_and_ddp(
+    tmp_path: Path, world: Path, overrides: list[str], batches: tuple[int, int], loggers: list[str] = ()
+) -> dict[str, tuple[Path, subprocess.Popen]]:
+    """Run ``train.py`` once in one process and once under DDP(2, gloo) with the per-rank batch, both at
+    once, each in its own folder with its own copy of the stage cache and a CSV logger; wait for both."""
+    runs = {}
+    for name, batch, extra in (("one", batches[0], []), ("ddp", batches[1], DDP_CPU)):
+        root = tmp_path / name
+        root.mkdir()
+        csv_logger = [*loggers, "+logger.csv._target_=lightning.pytorch.loggers.CSVLogger"]
+        csv_logger += [f"+logger.csv.save_dir={root}/run"]
+        args = [*overrides, *extra, *csv_logger, f"task.datamodule.batch_size={batch}"]
+        cache = root / "cache"  # own stages and r_ref cache: the two runs share no files
+        shutil.copytree(world, cache)
+        runs[name] = (root, train_py(root, cache, *args, f"hydra.run.dir={root}/run"))
+    for root, proc in runs.values():
+        wait(proc, root)
+    return runs
+
+
 @pytest.mark.slow
 def test_ddp_on_cpu_matches_one_process_with_the_same_global_batch(tmp_path: Path, world: Path) -> None:
     """2 processes × 16 pairs ≈ 1 process × 32 pairs: the same steps, the same data, another order.
@@ -81,18 +101,7 @@ def test_ddp_on_cpu_matches_one_process_with_the_same_global_batch(tmp_path: Pat
     shuffles with its own generator, so the order differs: after one epoch the metrics agree to within
     what the order changes (|Δ val/rm_acc| ≤ 0.08 on 200 held-out pairs, |Δ val/loss| ≤ 0.04).
     """
-    runs = {}
-    for name, batch, extra in (("one", 32, []), ("ddp", 16, DDP_CPU)):
-        root = tmp_path / name
-        root.mkdir()
-        csv_logger = ["logger=none", "+logger.csv._target_=lightning.pytorch.loggers.CSVLogger"]
-        csv_logger += [f"+logger.csv.save_dir={root}/run"]
-        overrides = [*RM_RUN, *extra, *csv_logger, f"task.datamodule.batch_size={batch}"]
-        cache = root / "cache"  # own stages and r_ref cache: the two runs share no files
-        shutil.copytree(world, cache)
-        runs[name] = (root, train_py(root, cache, *overrides, f"hydra.run.dir={root}/run"))
-    for root, proc in runs.values():
-        wait(proc, root)
+    runs = one_and_ddp(tmp_path, world, RM_RUN, batches=(32, 16), loggers=["logger=none"])
 
     one, ddp = (csv_metrics(root / "run") for root, _ in runs.values())
     assert ddp["step"] == one["step"] == 56  # 57 steps (logged at index 56); unsharded DDP: 113
@@ -182,20 +191,7 @@ def test_ppo_ddp_on_cpu_matches_one_process_with_the_same_global_batch(
     scores of a row came within the logits' rounding (~1e-6) of each other; none of the 1920 responses
     (~2e4 tokens: 128 rollouts and 2 × 256 evaluation samples per run) of the measured runs did.
     """
-    runs = {}
-    for name, batch, extra in (("one", 16, []), ("ddp", 8, DDP_CPU)):
-        root = tmp_path / name
-        root.mkdir()
-        csv_logger = [
-            "+logger.csv._target_=lightning.pytorch.loggers.CSVLogger",
-            f"+logger.csv.save_dir={root}/run",
-        ]
-        overrides = [*PPO_RUN, *extra, *csv_logger, f"task={task}", f"task.datamodule.batch_size={batch}"]
-        cache = root / "cache"  # own stages and r_ref cache: the two runs share no files
-        shutil.copytree(world, cache)
-        runs[name] = (root, train_py(root, cache, *overrides, f"hydra.run.dir={root}/run"))
-    for root, proc in runs.values():
-        wait(proc, root)
+    runs = one_and_ddp(tmp_path, world, [*PPO_RUN, f"task={task}"], batches=(16, 8))
 
     one, ddp = (csv_metrics(root / "run") for root, _ in runs.values())
     assert ddp["step"] == one["step"]  # the same number of iterations and optimizer steps
