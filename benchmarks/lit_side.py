@@ -71,6 +71,7 @@ class Meter(L.Callback):
 
 
 def trainer(callbacks: list, max_steps: int, s: Settings) -> L.Trainer:
+    """A CPU Trainer with the shipped ``callbacks.cpu_tuning`` (what ``python train.py`` runs with)."""
     return L.Trainer(
         precision=lit_precision(s),
         accelerator="cpu",
@@ -83,8 +84,17 @@ def trainer(callbacks: list, max_steps: int, s: Settings) -> L.Trainer:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=callbacks,
+        callbacks=[*callbacks, cpu_tuning()],
     )
+
+
+def cpu_tuning() -> L.Callback:
+    """The shipped ``conf/callbacks/default.yaml: cpu_tuning`` (glibc keeps freed memory; eager attention
+    under bf16), instantiated as ``python train.py`` does."""
+    from hydra.utils import instantiate  # noqa: PLC0415
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    return instantiate(OmegaConf.load(HERE.parent / "conf" / "callbacks" / "default.yaml").cpu_tuning)
 
 
 def optimizer(s: Settings):

@@ -141,14 +141,30 @@ def wait_quiet(max_wait: float, threshold: float = 0.3) -> float:
     return busy
 
 
+def peer_cpu_tuning_env(precision: str) -> dict[str, str]:
+    """``--peer-cpu-tuning``: what lit_rlhf's ``callbacks.cpu_tuning`` does, given to the peer process —
+    glibc's mmap / trim thresholds at 2 GiB (the same ``mallopt`` values, read by glibc at start-up) and,
+    under bf16, eager attention on its models (``trl_side.peer_attention``)."""
+    env = {"MALLOC_MMAP_THRESHOLD_": str(2**31 - 1), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+    if precision == "bf16":
+        env["LIT_BENCH_PEER_ATTN"] = "eager"
+    return env
+
+
 def run_side(
-    python: str | Path, script: str, task: str, size: str, max_wait: float, precision: str = "fp32"
+    python: str | Path,
+    script: str,
+    task: str,
+    size: str,
+    max_wait: float,
+    precision: str = "fp32",
+    extra_env: dict[str, str] | None = None,
 ) -> dict:
     busy = wait_quiet(max_wait)
     cmd = [str(python), str(HERE / script), task, size, precision]
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, **(extra_env or {})})
     if p.returncode != 0:
         log(p.stdout[-3000:], p.stderr[-6000:])
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {p.returncode}")
@@ -237,6 +253,14 @@ def report(s: Settings, peak: float, rows: list[dict], raw: dict, repeats: int, 
         f"Machine matmul peak ({s.precision} torch.mm 4096², {s.threads} threads): **{peak:.1f} GFLOP/s**. "
         "MFU = model FLOPs (6·N·tokens train, 2·N·tokens forward; N = all weights but the embedding "
         "tables, head included) / time / peak.",
+        *(
+            [
+                "TRL ran with lit_rlhf's CPU settings (`--peer-cpu-tuning`: glibc mmap / trim thresholds "
+                "2 GiB; eager attention under bf16), not as its users get it."
+            ]
+            if "--peer-cpu-tuning" in cmd
+            else []
+        ),
         "",
         "| task | lit_rlhf | TRL | ratio (lit/TRL) | from median step time: lit / TRL (ratio) "
         "| per CPU-second: lit / TRL (ratio) | peak RSS MB lit / TRL "
@@ -300,6 +324,12 @@ def main() -> None:
         help="override one of the size's settings (common.Settings), e.g. ppo_max_new_tokens=256; repeatable",
     )
     ap.add_argument(
+        "--peer-cpu-tuning",
+        action="store_true",
+        help="give the peer lit_rlhf's CPU settings (glibc thresholds; eager attention under bf16): how much "
+        "of the lead they are",
+    )
+    ap.add_argument(
         "--sampled-tolerance",
         type=float,
         default=None,
@@ -332,6 +362,9 @@ def main() -> None:
         if value != default:
             cmd += f" --{flag} {value}"
     cmd += "".join(f" --set {item}" for item in a.set)
+    peer_env = peer_cpu_tuning_env(s.precision) if a.peer_cpu_tuning else {}
+    if a.peer_cpu_tuning:
+        cmd += " --peer-cpu-tuning"
     rows, raw = [], {}
     for task in tasks:
         lit, peer = [], []
@@ -340,7 +373,8 @@ def main() -> None:
             if i % 2:
                 order.reverse()  # alternate who goes first
             for who, py, script in order:
-                r = run_side(py, script, task, a.size, a.max_wait, s.precision)
+                env = peer_env if who == "peer" else None
+                r = run_side(py, script, task, a.size, a.max_wait, s.precision, env)
                 (lit if who == "lit" else peer).append(r)
                 log(
                     f"[run] {task} #{i} {who}: {r['throughput']:.3f} {r['unit']}, "

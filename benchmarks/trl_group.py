@@ -38,7 +38,7 @@ from transformers import (  # noqa: E402
     AutoTokenizer,
     TrainerCallback,
 )
-from trl_side import Meter, common_args, main  # noqa: E402
+from trl_side import Meter, common_args, main, peer_attention  # noqa: E402
 
 
 def run_group(s, out: str, task: str) -> dict:
@@ -50,6 +50,7 @@ def run_group(s, out: str, task: str) -> dict:
     tok.padding_side = "left"  # TRL's generation pads prompts on the left (ours need no padding anyway)
     policy = AutoModelForCausalLM.from_pretrained(models / "policy")
     rm = AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
+    peer_attention(policy, rm)  # TRL builds the reference with the policy's attn_implementation
     records = [
         json.loads(line) for line in (runs_dir(s.size) / "data" / "prompts.jsonl").read_text().splitlines()
     ]

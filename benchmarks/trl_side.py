@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -69,6 +70,14 @@ class Meter(TrainerCallback):
             self.clock.tick()
 
 
+def peer_attention(*models) -> None:
+    """``run.py --peer-cpu-tuning`` (``LIT_BENCH_PEER_ATTN``): give TRL's models lit_rlhf's bf16 CPU attention
+    choice, to measure how much of a lead that choice is (never set in the default comparison)."""
+    attn = os.environ.get("LIT_BENCH_PEER_ATTN")
+    for m in models if attn else ():
+        m.set_attn_implementation(attn)
+
+
 def common_args(s: Settings, out: str) -> dict:
     return {
         "output_dir": out,
@@ -97,6 +106,7 @@ def run_rm(s: Settings, out: str) -> dict:
     runs = runs_dir(s.size)
     tok = AutoTokenizer.from_pretrained(runs / "models" / "tokenizer")
     model = AutoModelForSequenceClassification.from_pretrained(runs / "models" / "reward", num_labels=1)
+    peer_attention(model)
     rows = [json.loads(line) for line in (runs / "data" / "pairs_ids.jsonl").read_text().splitlines()]
     ds = Dataset.from_list(rows)
     count = {"tokens": 0, "positions": 0, "rows": 0}
@@ -158,6 +168,7 @@ def run_ppo(s: Settings, out: str) -> dict:
     ref = AutoModelForCausalLM.from_pretrained(models / "policy")
     value = AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
     rm = AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
+    peer_attention(policy, ref, value, rm)
     prompts = [
         json.loads(line)["prompt"]
         for line in (runs_dir(s.size) / "data" / "prompts.jsonl").read_text().splitlines()

@@ -1,7 +1,8 @@
-"""Lightning callbacks: the reward transform injected into PPO, and gold-reward evaluation."""
+"""Lightning callbacks: the reward transform injected into PPO, gold-reward evaluation, CPU tuning."""
 
+from lit_rlhf.callbacks.cpu_tuning import CPUTuning
 from lit_rlhf.callbacks.dashboard import TensorBoardLayout
 from lit_rlhf.callbacks.gold_eval import GoldEvalCallback
 from lit_rlhf.callbacks.reward_transform import RewardTransformCallback
 
-__all__ = ["GoldEvalCallback", "RewardTransformCallback", "TensorBoardLayout"]
+__all__ = ["CPUTuning", "GoldEvalCallback", "RewardTransformCallback", "TensorBoardLayout"]

@@ -147,6 +147,19 @@ class TinyGPT2:
         return model
 
 
+_PINNED = "_lit_attn_pinned"
+
+
+def pin_attention(model: nn.Module) -> nn.Module:
+    """Mark ``model``'s attention implementation as the user's choice (``callbacks.cpu_tuning`` keeps it)."""
+    setattr(model, _PINNED, True)
+    return model
+
+
+def attention_pinned(model: nn.Module) -> bool:
+    return bool(getattr(model, _PINNED, False))
+
+
 class Pretrained:
     """A local Hugging Face model folder (``model=hf model.name_or_path=/local/folder``).
 
@@ -240,6 +253,8 @@ class Pretrained:
         model = _AUTO[head].from_pretrained(str(path), **self.load_kwargs(), **kwargs)
         if tokenizer is not None and model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
+        if self.attn_implementation:
+            pin_attention(model)
         if self.gradient_checkpointing and trainable:
             enable_gradient_checkpointing(model)
         return model
