@@ -9,7 +9,10 @@ token, the reference / critic / reward forwards over every position, and the upd
 (three matmuls per layer: y = xW, dx, dW) over each minibatch. This script times exactly those matmuls,
 each shape at the row count the step gives it, on this machine's cores, and sums them: a step cannot take
 less, whatever the framework, since attention, softmax, sampling, norms, the optimizer and any bookkeeping
-only add to it. The rollout's extra policy log-prob forward is left out (an implementation may reuse the
+only add to it. Attention is timed apart, at its own shapes, with the faster of PyTorch's two CPU kernels
+(SDPA or matmul-softmax-matmul): the last two columns add it, a bound on what those kernels allow (a
+faster attention kernel would lower it; the matmul-only bound holds whatever the kernel). The rollout's
+extra policy log-prob forward is left out (an implementation may reuse the
 sampling logits). Dividing a peer's measured step time by this bound gives the largest speed-up over it
 that equal work allows.
 """
@@ -24,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -75,15 +79,83 @@ def matmul_seconds(
     return best
 
 
+def attention_shape(size: str) -> tuple[int, int, int, int]:
+    """(layers, query heads, key/value heads, head dim) of the model's attention."""
+    m = MODELS[size]
+    if m["model_type"] == "gpt2":
+        return m["n_layer"], m["n_head"], m["n_head"], m["n_embd"] // m["n_head"]
+    return m["num_hidden_layers"], m["num_attention_heads"], m["num_key_value_heads"], m["head_dim"]
+
+
+def attention_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> tuple:
+    """PyTorch's two CPU attention kernels over (B, H, Q, D) queries and (B, KV, K, D) keys / values:
+    SDPA (grouped-query natively) and matmul-softmax-matmul (keys repeated per group, fp32 softmax)."""
+    h, kv, d, q_len, kv_len = q.shape[1], k.shape[1], q.shape[-1], q.shape[2], k.shape[2]
+
+    def sdpa() -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=kv != h)
+
+    def plain() -> torch.Tensor:
+        kr, vr = k.repeat_interleave(h // kv, 1), v.repeat_interleave(h // kv, 1)
+        s = q @ kr.transpose(-1, -2) / d**0.5
+        if causal:
+            s = s.masked_fill(torch.ones(q_len, kv_len, dtype=torch.bool).triu(1), float("-inf"))
+        return torch.softmax(s.float(), -1).to(q.dtype) @ vr
+
+    return sdpa, plain
+
+
+def attention_seconds(
+    batch: int, q_len: int, kv_len: int, heads: tuple[int, int, int], train: bool, dtype: torch.dtype
+) -> float:
+    """Best time of one attention layer (QKᵀ, causal softmax, PV; + backward when ``train``) with the
+    faster of PyTorch's two CPU kernels at these shapes: SDPA, or matmul-softmax-matmul."""
+    h, kv, d = heads
+    q = torch.randn(batch, h, q_len, d, dtype=dtype, requires_grad=train)
+    k = torch.randn(batch, kv, kv_len, d, dtype=dtype, requires_grad=train)
+    v = torch.randn(batch, kv, kv_len, d, dtype=dtype, requires_grad=train)
+    sdpa, plain = attention_kernels(q, k, v, causal=q_len > 1)
+
+    def timed(fn) -> float:
+        def once() -> None:
+            out = fn()
+            if train:
+                out.backward(torch.ones_like(out))
+
+        once()
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            once()
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    with torch.set_grad_enabled(train):
+        return min(timed(sdpa), timed(plain))
+
+
 class Bound:
     """Sums the measured matmul time of the model's layers over the phases of one step."""
 
     def __init__(self, size: str, dtype: torch.dtype):
-        self.body, self.head = layer_shapes(size)
+        self.size, (self.body, self.head) = size, layer_shapes(size)
         self.dtype, self.cache, self.phases, self.flops = dtype, {}, Counter(), 0.0
+        self.attention: Counter = Counter()  # attention's own time by phase (not in ``phases``)
 
-    def add(self, phase: str, rows: int, train: bool = False, head: bool = True, times: int = 1) -> None:
-        shapes = Counter(self.body)
+    def add_attention(
+        self, phase: str, batch: int, q_len: int, kv_len: int, train: bool = False, times: int = 1
+    ) -> None:
+        """Attention of every layer over ``batch`` sequences, kept apart from the matmul-only bound."""
+        layers, *heads = attention_shape(self.size)
+        key = ("attention", batch, q_len, kv_len, train)
+        if key not in self.cache:
+            self.cache[key] = attention_seconds(batch, q_len, kv_len, tuple(heads), train, self.dtype)
+        self.attention[phase] += times * layers * self.cache[key]
+
+    def add(
+        self, phase: str, rows: int, train: bool = False, head: bool = True, times: int = 1, body: bool = True
+    ) -> None:
+        shapes = Counter(self.body) if body else Counter()
         if head:
             shapes[self.head] += 1
         for shape, count in shapes.items():
@@ -101,6 +173,12 @@ def step_bound(task: str, s: Settings) -> Counter:
 
 def step_bound_flops(task: str, s: Settings) -> tuple[Counter, float]:
     """Lower bound (s) of one step by phase, and the FLOPs of the matmuls it timed."""
+    b = step_bounds(task, s)
+    return b.phases, b.flops
+
+
+def step_bounds(task: str, s: Settings) -> Bound:
+    """The step's matmul-only bound by phase (``phases``), and its attention time by phase (``attention``)."""
     dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
     b = Bound(s.size, dtype)
     data = runs_dir(s.size) / "data"
@@ -109,7 +187,7 @@ def step_bound_flops(task: str, s: Settings) -> tuple[Counter, float]:
         steps = [pairs[i : i + s.rm_batch_pairs] for i in range(0, len(pairs), s.rm_batch_pairs)]
         rows = sorted(2 * len(p) * max(len(x) for r in p for x in r.values()) for p in steps)[len(steps) // 2]
         b.add("update", rows, train=True, head=False)
-        return b.phases, b.flops
+        return b
     prompt = json.loads((data / "prompts_meta.json").read_text())["prompt_tokens"]
     if task == "ppo":
         seqs, epochs, minibatches, critic = s.ppo_batch_prompts, s.ppo_epochs, s.ppo_minibatches, True
@@ -119,15 +197,28 @@ def step_bound_flops(task: str, s: Settings) -> tuple[Counter, float]:
     else:
         raise ValueError(f"unknown task {task!r}")
     length = prompt + s.ppo_max_new_tokens
-    b.add("generation", seqs * prompt, head=False)  # prefill: logits of the last position only
-    b.add("generation", seqs, times=s.ppo_max_new_tokens)  # one row per sequence per token
+    R, forwards, updates = (
+        s.ppo_max_new_tokens,
+        3 if critic else 2,
+        epochs * minibatches * (2 if critic else 1),
+    )
+    b.add("generation", seqs * prompt, head=False)  # prefill over the prompts,
+    b.add("generation", seqs, body=False)  # the logits of its last position (the first token),
+    b.add("generation", seqs, times=R - 1)  # then one row per sequence per further token
     b.add("rollout forwards", seqs * length)  # reference log-probs
-    b.add("rollout forwards", seqs * length, head=False, times=2 if critic else 1)  # reward (+ value)
+    b.add("rollout forwards", seqs * length, head=False, times=forwards - 1)  # reward (+ value)
     mb_rows = seqs // minibatches * length
     b.add("update", mb_rows, train=True, times=epochs * minibatches)
     if critic:
         b.add("update", mb_rows, train=True, head=False, times=epochs * minibatches)
-    return b.phases, b.flops
+    # attention: prefill, R − 1 decoding steps over P + 1 … P + R − 1 keys (cost linear in the keys: R − 1
+    # times the middle step's),
+    # the rollout forwards, and the update's forward + backward per minibatch (policy, and critic)
+    b.add_attention("generation", seqs, prompt, prompt)
+    b.add_attention("generation", seqs, 1, prompt + R // 2, times=R - 1)
+    b.add_attention("rollout forwards", seqs, length, length, times=forwards)
+    b.add_attention("update", seqs // minibatches, length, length, train=True, times=updates)
+    return b
 
 
 def main() -> None:
@@ -142,20 +233,23 @@ def main() -> None:
     print(f"{a.precision} matmul peak (torch.mm 4096², {s.threads} threads, best of 5): {peak:.1f} GFLOP/s\n")
     print(
         f"| task ({a.size}, {a.precision}) | lower bound s / step | generation | rollout forwards | update "
-        "| most units/s equal work allows | the bound's matmul rate, share of peak |"
+        "| most units/s equal work allows | the bound's matmul rate, share of peak "
+        "| + attention, fastest kernel (s) | most units/s with attention |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for task in a.tasks.split(","):
-        ph, flops = step_bound_flops(task, s)
+        b = step_bounds(task, s)
+        ph, flops = b.phases, b.flops
         units = {"rm": (s.rm_batch_pairs, "pairs/s"), "ppo": (s.ppo_batch_prompts, "rollouts/s")}.get(task)
         if units is None:
             units = (group_plan(s, task).rollouts, "rollouts/s")
         cells = " | ".join(f"{ph.get(k, 0.0):.3f}" for k in ("generation", "rollout forwards", "update"))
-        total = sum(ph.values())
+        total, attention = sum(ph.values()), sum(b.attention.values())
         rate = flops / total / 1e9
+        with_attention = f"{units[0] / (total + attention):.2f} {units[1]}" if attention else "–"
         print(
             f"| {task} | {total:.3f} | {cells} | {units[0] / total:.2f} {units[1]} "
-            f"| {rate:.0f} GFLOP/s, {rate / peak:.0%} |"
+            f"| {rate:.0f} GFLOP/s, {rate / peak:.0%} | {attention:.3f} | {with_attention} |"
         )
 
 

@@ -148,9 +148,8 @@ def test_step_bound_counts_each_phase_by_hand(tmp_path, monkeypatch):
     # reward model: one step of 2 pairs = 4 sequences padded to 9 tokens, forward + backward, no LM head
     assert ceiling.step_bound("rm", s) == {"update": 6 * body * 4 * 9}
     ppo = ceiling.step_bound("ppo", s)
-    assert (
-        ppo["generation"] == 2 * body * 4 * 5 + 3 * 2 * (body + head) * 4
-    )  # prefill, then 3 tokens × 4 rows
+    # prefill (4 × 5 rows, the first token's logits from its last position), then 2 more tokens × 4 rows
+    assert ppo["generation"] == 2 * body * 4 * 5 + 2 * head * 4 + 2 * 2 * (body + head) * 4
     # reference (with head), reward and value (without) over 4 × 8 positions
     assert ppo["rollout forwards"] == 2 * (body + head) * 32 + 2 * 2 * body * 32
     # 2 epochs × 2 minibatches of 2 sequences: policy (with head) and critic, forward + backward
@@ -160,3 +159,39 @@ def test_step_bound_counts_each_phase_by_hand(tmp_path, monkeypatch):
     assert grpo["update"] == 2 * 6 * (body + head) * 32  # 1 epoch × 2 minibatches of 4 rollouts × 8
     phases, flops = ceiling.step_bound_flops("ppo", s)  # the FLOPs it reports are those it timed
     assert flops == sum(phases.values()) == sum(ppo.values())
+
+
+def _attention_clock(batch, q_len, kv_len, heads, train, dtype):
+    """attention_seconds replaced by its score count: batch · queries · keys, × 3 with the backward."""
+    return batch * q_len * kv_len * (3 if train else 1)
+
+
+def test_attention_is_counted_apart_from_the_matmul_bound_by_hand(tmp_path, monkeypatch):
+    monkeypatch.setattr(ceiling, "matmul_seconds", _flop_clock)
+    monkeypatch.setattr(ceiling, "attention_seconds", _attention_clock)
+    monkeypatch.setattr(ceiling, "runs_dir", lambda size: tmp_path)
+    monkeypatch.setitem(ceiling.MODELS, "toy", {**ceiling.MODELS["toy"], "vocab_size": 100})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/prompts_meta.json").write_text('{"prompt_tokens": 5}')
+    s = Settings(ppo_batch_prompts=4, ppo_max_new_tokens=3, ppo_epochs=2, ppo_minibatches=2)
+    b = ceiling.step_bounds("ppo", s)
+    layers = 4
+    # prefill 4 × 5 queries × 5 keys; 2 decoding steps over 6 and 7 keys = 2 × the middle (5 + 3 // 2 = 6)
+    assert b.attention["generation"] == layers * (4 * 5 * 5 + 2 * 4 * 1 * 6)
+    assert b.attention["rollout forwards"] == layers * 3 * 4 * 8 * 8  # reference, reward, value
+    # 2 epochs × 2 minibatches × (policy + critic) of 2 sequences × 8 tokens, forward + backward
+    assert b.attention["update"] == layers * 8 * 2 * 8 * 8 * 3
+    assert b.phases == ceiling.step_bound("ppo", s)  # the matmul-only bound leaves attention out
+    assert ceiling.attention_shape("smollm2") == (30, 9, 3, 64)
+
+
+def test_the_two_timed_attention_kernels_compute_the_same_attention():
+    """Timing the plain kernel times a real attention: it equals SDPA's, causal and at a decoding step."""
+    torch.manual_seed(0)
+    for q_len, causal in ((6, True), (1, False)):
+        q, k, v = torch.randn(2, 4, q_len, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
+        sdpa, plain = ceiling.attention_kernels(q, k, v, causal)
+        torch.testing.assert_close(plain(), sdpa(), rtol=1e-5, atol=1e-5)
+    q, k, v = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)
+    sdpa, plain = ceiling.attention_kernels(q, k, v, causal=True)
+    assert not torch.allclose(plain(), ceiling.attention_kernels(q, k, v, causal=False)[1]())  # mask matters

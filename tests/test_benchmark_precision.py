@@ -123,3 +123,30 @@ def test_trl_group_configs_build_with_the_common_arguments(tmp_path):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout.strip().splitlines()[-1]) == [False, False]
+
+
+def test_peer_cpu_tuning_gives_the_peer_the_values_lit_rlhf_sets(tmp_path):
+    """``--peer-cpu-tuning`` hands TRL the same glibc thresholds lit_rlhf's callback passes to mallopt, and
+    eager attention only under bf16 (in fp32 neither side switches)."""
+    from lit_rlhf.callbacks import cpu_tuning  # noqa: PLC0415
+
+    keep = str(cpu_tuning._KEEP_BYTES)
+    bf16, fp32 = run.peer_cpu_tuning_env("bf16"), run.peer_cpu_tuning_env("fp32")
+    assert bf16 == {
+        "MALLOC_MMAP_THRESHOLD_": keep,
+        "MALLOC_TRIM_THRESHOLD_": keep,
+        "LIT_BENCH_PEER_ATTN": "eager",
+    }
+    assert fp32 == {"MALLOC_MMAP_THRESHOLD_": keep, "MALLOC_TRIM_THRESHOLD_": keep}
+    assert cpu_tuning.attention_for("cpu", "32-true", "sdpa", "eager") is None
+    # glibc reads the two variables at start-up: a freed 256 MiB block stays mapped, as under mallopt
+    script = (
+        "import torch\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20\n"
+        "b = rss(); x = torch.ones(256, 2**18); del x; print(round(rss() - b))\n"
+    )
+    if sys.platform.startswith("linux"):
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env={**run.ENV, **fp32}
+        )
+        assert int(out.stdout) >= 250, out.stderr
