@@ -5,15 +5,16 @@
   dynamic mmap threshold (at most 32 MiB) to the kernel and trims the heap's top, so the next step
   page-faults the same memory back in and the kernel zeroes it again. Raising the mmap and trim thresholds
   to 2 GiB keeps those pages mapped: at SmolLM2-135M's shapes a bf16 update step (4 × 192 tokens) took
-  1.4–2.8 s before and 1.3–1.6 s after on 2 cores (``benchmarks/README.md``). The process keeps its peak
-  heap instead of shrinking between steps; resident memory at the peak does not change. It is what
-  PyTorch's CPU performance guide gets with jemalloc or tcmalloc, without a preloaded library.
-* **Eager attention under bf16 on CPU.** PyTorch's CPU SDPA kernel in bf16 (no AMX) was 6x slower than
-  the plain matmul-softmax-matmul at a decoding step (B 8, 9 heads over 3 KV heads, 192 keys: 703 µs
-  against 118 µs) and 1.8x slower in a training backward; in fp32 SDPA is the faster one, so only bf16
-  runs switch. Models whose ``attn_implementation`` the user set (``model.attn_implementation``,
-  ``task.roles.<role>.attn_implementation``) keep it: the model factory marks them
-  (:func:`lit_rlhf.models.factory.pin_attention`).
+  median 1.64 s (1.25–2.87) before and 1.25 s (1.15–1.56) after on 2 cores (``benchmarks/cpu_tuning.md``).
+  The process keeps its peak heap instead of shrinking between steps (peak RSS in the GRPO benchmark: about
+  0.6 GB more). It is what PyTorch's CPU performance guide gets with jemalloc or tcmalloc, without a
+  preloaded library.
+* **Eager attention under bf16 on CPU.** PyTorch's CPU SDPA kernel in bf16 (no AMX) took 589 µs per layer
+  at a decoding step (8 sequences, 9 heads over 3 KV heads, 192 keys) against 154 µs for the plain
+  matmul-softmax-matmul, and 8.3 against 4.9 ms in a training forward + backward; in fp32 SDPA is the faster
+  one, so only bf16 runs switch. Models whose ``attn_implementation`` the user set
+  (``model.attn_implementation``, ``task.roles.<role>.attn_implementation``) keep it: the model factory
+  marks them (:func:`lit_rlhf.models.factory.pin_attention`).
 
 Both act only when the trainer's root device is the CPU; GPU runs are unchanged.
 """
