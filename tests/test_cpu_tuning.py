@@ -36,6 +36,11 @@ def test_attention_for_switches_only_sdpa_under_bf16_on_cpu(device, precision, c
     assert attention_for(device, precision, current, wanted) == expected
 
 
+def test_an_unknown_attention_name_is_refused_naming_the_key() -> None:
+    with pytest.raises(ValueError, match=r"callbacks\.cpu_tuning\.bf16_attention='eagr'.*'eager'"):
+        CPUTuning(bf16_attention="eagr")
+
+
 class Holder(L.LightningModule):
     def __init__(self, **models) -> None:
         super().__init__()

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 _KEEP_BYTES = 2**31 - 1  # mallopt takes an int: the largest threshold it can be given
 BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16")
+ATTENTIONS = ("eager", "sdpa")  # what a CPU run can switch to (flash attention needs a GPU)
 
 
 def keep_freed_memory() -> bool:
@@ -92,6 +93,11 @@ class CPUTuning(L.Callback):
     """
 
     def __init__(self, keep_freed_memory: bool = True, bf16_attention: str | None = "eager") -> None:
+        if bf16_attention not in (None, *ATTENTIONS):
+            raise ValueError(
+                f"callbacks.cpu_tuning.bf16_attention={bf16_attention!r}: expected one of "
+                f"{ATTENTIONS} or null"
+            )
         self.keep_freed_memory, self.bf16_attention = keep_freed_memory, bf16_attention
         self.switched: list[str] = []  # class names of the models switched (telemetry and tests)
 
