@@ -138,3 +138,37 @@ def test_keep_freed_memory_keeps_a_freed_buffer_mapped() -> None:
     )  # glibc unmaps a 256 MiB block at free: the next step faults it in again
     held, after = run("keep")
     assert held >= 250 and after >= 250  # kept mapped for the next allocation
+
+
+TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from lit_rlhf.callbacks.cpu_tuning import keep_freed_memory
+    if sys.argv[1] == "keep":
+        assert keep_freed_memory()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    from transformers import GPT2Config, GPT2LMHeadModel
+    m = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=500, n_positions=64))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True)
+    for _ in range(10):
+        x = torch.randint(0, 500, (16, 48))
+        churn = torch.empty(40_000_000)  # a 160 MB buffer freed every step: unmapped, or kept
+        del churn
+        loss = m(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    print(loss.item().hex(), sum(p.double().sum().item() for p in m.parameters()).hex())
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keeping_freed_memory_leaves_fp32_training_bit_identical() -> None:
+    outs = []
+    for mode in ("default", "keep"):
+        out = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, mode], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        outs.append(out.stdout.split())
+    assert outs[0] == outs[1] and len(outs[0]) == 2
