@@ -172,3 +172,44 @@ def test_keeping_freed_memory_leaves_fp32_training_bit_identical() -> None:
         assert out.returncode == 0, out.stderr
         outs.append(out.stdout.split())
     assert outs[0] == outs[1] and len(outs[0]) == 2
+
+
+def test_a_bf16_reward_model_on_a_llama_folder_trains_with_eager_attention(tmp_path, monkeypatch) -> None:
+    """``model=hf`` on a SmolLM2-like folder (ChatML template, pad = eos), conversational pairs, bf16 on the
+    CPU: the shipped callback switches the loaded model to eager attention, and training moves its weights."""
+    from test_families import run_task, write_data  # noqa: PLC0415
+    from tiny_hf import make_model_folder  # noqa: PLC0415
+    from transformers import AutoModelForSequenceClassification  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    base = make_model_folder("llama", tmp_path / "base")
+    data = write_data(tmp_path, chat=True)
+    seen: list[tuple[list[str], str]] = []
+    real_setup = CPUTuning.setup
+
+    def spy(self, trainer, pl_module, stage):
+        real_setup(self, trainer, pl_module, stage)
+        seen.append((list(self.switched), pl_module.model.config._attn_implementation))
+
+    monkeypatch.setattr(CPUTuning, "setup", spy)
+    out = run_task(
+        tmp_path,
+        "rm",
+        [
+            "model=hf",
+            f"model.name_or_path={base}",
+            "task=reward_model",
+            "reward=helpful",
+            "data=jsonl",
+            f"data.path={data['pairs']}",
+            f"data.preference.helpful={data['pairs']}",
+            "task.max_epochs=1",
+            "task.datamodule.max_length=256",
+            "task.module.lr=3e-3",
+            "trainer.precision=bf16-mixed",
+        ],
+    )
+    assert seen and seen[0] == (["LlamaForSequenceClassification"], "eager")
+    before = AutoModelForCausalLM.from_pretrained(base).model.state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(out).model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "training did not move the weights"
