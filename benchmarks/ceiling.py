@@ -57,6 +57,17 @@ def layer_shapes(size: str) -> tuple[Counter, tuple[int, int]]:
     return body, (d, vocab)
 
 
+def best_seconds(fn, reps: int) -> float:
+    """Shortest of ``reps`` timed calls of ``fn`` after one warm-up call (a busy core only adds time)."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def matmul_seconds(
     rows: int, shape: tuple[int, int], train: bool, dtype: torch.dtype, reps: int = 5
 ) -> float:
@@ -70,13 +81,7 @@ def matmul_seconds(
             torch.mm(g, w.t())  # dx
             torch.mm(x.t(), g)  # dW
 
-    once()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        once()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_seconds(once, reps)
 
 
 def attention_shape(size: str) -> tuple[int, int, int, int]:
@@ -105,35 +110,42 @@ def attention_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     return sdpa, plain
 
 
-def attention_seconds(
-    batch: int, q_len: int, kv_len: int, heads: tuple[int, int, int], train: bool, dtype: torch.dtype
-) -> float:
-    """Best time of one attention layer (QKᵀ, causal softmax, PV; + backward when ``train``) with the
-    faster of PyTorch's two CPU kernels at these shapes: SDPA, or matmul-softmax-matmul."""
+def attention_times(
+    batch: int,
+    q_len: int,
+    kv_len: int,
+    heads: tuple[int, int, int],
+    train: bool,
+    dtype: torch.dtype,
+    reps: int = 3,
+) -> dict[str, float]:
+    """Best time of one attention layer (QKᵀ, causal softmax when ``q_len`` > 1, PV; + backward when
+    ``train``) per kernel: ``{"eager": matmul-softmax-matmul, "sdpa": …}``."""
     h, kv, d = heads
     q = torch.randn(batch, h, q_len, d, dtype=dtype, requires_grad=train)
     k = torch.randn(batch, kv, kv_len, d, dtype=dtype, requires_grad=train)
     v = torch.randn(batch, kv, kv_len, d, dtype=dtype, requires_grad=train)
     sdpa, plain = attention_kernels(q, k, v, causal=q_len > 1)
+    out = {}
+    # plain first: in a process where SDPA ran first, the fp32 plain kernel at a decoding step was
+    # measured 10x slower (1.8 ms against 0.17), a state that an earlier plain call avoids
+    for name, fn in (("eager", plain), ("sdpa", sdpa)):
 
-    def timed(fn) -> float:
-        def once() -> None:
-            out = fn()
+        def once(fn=fn) -> None:
+            o = fn()
             if train:
-                out.backward(torch.ones_like(out))
+                o.backward(torch.ones_like(o))
 
-        once()
-        best = float("inf")
-        for _ in range(3):
-            t = time.perf_counter()
-            once()
-            best = min(best, time.perf_counter() - t)
-        return best
+        with torch.set_grad_enabled(train):
+            out[name] = best_seconds(once, reps)
+    return out
 
-    with torch.set_grad_enabled(train):
-        # plain first: in a process where SDPA ran first, the fp32 plain kernel at a decoding step was
-        # measured 10x slower (1.8 ms against 0.17), a state that an earlier plain call avoids
-        return min(timed(plain), timed(sdpa))
+
+def attention_seconds(
+    batch: int, q_len: int, kv_len: int, heads: tuple[int, int, int], train: bool, dtype: torch.dtype
+) -> float:
+    """Best time of one attention layer with the faster of PyTorch's two CPU kernels at these shapes."""
+    return min(attention_times(batch, q_len, kv_len, heads, train, dtype).values())
 
 
 class Bound:

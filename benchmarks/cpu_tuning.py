@@ -25,42 +25,18 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from ceiling import attention_kernels  # noqa: E402
+from ceiling import attention_shape, attention_times  # noqa: E402
 from common import runs_dir  # noqa: E402
 
 B, P, R = 8, 128, 64
 
 
-def best(fn, reps: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def attention_layer(dtype: torch.dtype, train: bool) -> dict[str, float]:
-    """µs of one layer, per kernel."""
+    """µs of one layer, per kernel (``ceiling.attention_times`` at the 135M attention shapes)."""
+    _, *heads = attention_shape("smollm2")
     b, q_len = (4, P + R) if train else (B, 1)
-    q = torch.randn(b, 9, q_len, 64, dtype=dtype, requires_grad=train)
-    k = torch.randn(b, 3, P + R, 64, dtype=dtype, requires_grad=train)
-    v = torch.randn(b, 3, P + R, 64, dtype=dtype, requires_grad=train)
-    out = {}
-    sdpa, plain = attention_kernels(q, k, v, causal=train)
-    # plain first: after SDPA has run in a process, the fp32 plain kernel at a decoding step measured 10x
-    # slower (1.8 ms against 0.17, best of 50) — a state an earlier plain call avoids
-    for name, fn in (("eager", plain), ("sdpa", sdpa)):
-
-        def once(fn=fn) -> None:
-            o = fn()
-            if train:
-                o.backward(torch.ones_like(o))
-
-        with torch.set_grad_enabled(train):
-            out[name] = best(once, 5 if train else 50) * 1e6
-    return out
+    t = attention_times(b, q_len, P + R, tuple(heads), train, dtype, reps=5 if train else 50)
+    return {k: v * 1e6 for k, v in t.items()}
 
 
 def generation(repeats: int) -> dict[str, list[float]]:
