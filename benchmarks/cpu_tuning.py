@@ -42,8 +42,8 @@ def attention_layer(dtype: torch.dtype, train: bool) -> dict[str, float]:
 def generation(repeats: int) -> dict[str, list[float]]:
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
-    from lit_rlhf.tasks.rollout import generate, sampling_config  # noqa: PLC0415
-    from lit_rlhf.tasks.sampling import row_seeds  # noqa: PLC0415
+    from lit_rlhf.rollout.decoding import row_seeds  # noqa: PLC0415
+    from lit_rlhf.rollout.rollout import generate, sampling_config  # noqa: PLC0415
 
     model = AutoModelForCausalLM.from_pretrained(runs_dir("smollm2") / "models" / "policy").eval()
     ids = torch.randint(3, model.config.vocab_size, (B, P), generator=torch.Generator().manual_seed(0))
@@ -67,7 +67,7 @@ def update_steps(keep: bool, steps: int = 6) -> list[float]:
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
     from lit_rlhf.callbacks.cpu_tuning import keep_freed_memory  # noqa: PLC0415
-    from lit_rlhf.tasks.rollout import token_logprobs  # noqa: PLC0415
+    from lit_rlhf.rollout.rollout import token_logprobs  # noqa: PLC0415
 
     if keep and not keep_freed_memory():
         raise SystemExit("keep_freed_memory() needs glibc")

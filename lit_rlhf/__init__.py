@@ -1,35 +1,64 @@
-"""lit_rlhf: RLHF with transformed and combined Bradley–Terry rewards on Lightning + Hydra."""
+"""lit_rlhf: RLHF with transformed and combined rewards (Wang et al., 2024) on Lightning + Hydra.
 
-import hashlib
+The public names import from here:
+``from lit_rlhf import PPOModule, RewardTransformCallback, LogSigmoid``.
+They load on first use (PEP 562), so ``import lit_rlhf`` stays cheap; importing it registers the config
+resolvers ``conf/`` uses. Where each lives: ``tasks/`` (LightningModules), ``callbacks/``, ``data/``
+(datamodules), ``rewards/`` (transforms, aggregators, r_ref, ensembles), ``models/``, ``rlhf/`` (the maths).
+"""
 
-from omegaconf import OmegaConf
+from importlib import import_module
+
+from lit_rlhf.run import resolvers  # noqa: F401  (registers ${run_name:…}, ${fused_ok:…}, …)
+
+_PUBLIC = {
+    # LightningModules (conf/task/*)
+    "SFTModule": "lit_rlhf.tasks.sft",
+    "RewardModelModule": "lit_rlhf.tasks.reward_model",
+    "PolicyModule": "lit_rlhf.tasks.policy",
+    "PPOModule": "lit_rlhf.tasks.ppo",
+    "GRPOModule": "lit_rlhf.tasks.grpo",
+    "RLOOModule": "lit_rlhf.tasks.rloo",
+    "ReinforcePPModule": "lit_rlhf.tasks.reinforce_pp",
+    # datamodules (conf/data, conf/task/*)
+    "SFTDataModule": "lit_rlhf.data",
+    "PreferenceDataModule": "lit_rlhf.data",
+    "PromptDataModule": "lit_rlhf.data",
+    # callbacks (conf/callbacks)
+    "RewardTransformCallback": "lit_rlhf.callbacks",
+    "GoldEvalCallback": "lit_rlhf.callbacks",
+    "CPUTuning": "lit_rlhf.callbacks",
+    # reward transforms (conf/transform) and aggregators (conf/aggregator)
+    "RewardTransform": "lit_rlhf.rewards.transforms",
+    "Identity": "lit_rlhf.rewards.transforms",
+    "LogSigmoid": "lit_rlhf.rewards.transforms",
+    "Sigmoid": "lit_rlhf.rewards.transforms",
+    "Center": "lit_rlhf.rewards.transforms",
+    "Whiten": "lit_rlhf.rewards.transforms",
+    "Clip": "lit_rlhf.rewards.transforms",
+    "Sum": "lit_rlhf.rewards.aggregators",
+    "WeightedSum": "lit_rlhf.rewards.aggregators",
+    "Min": "lit_rlhf.rewards.aggregators",
+    "SoftMin": "lit_rlhf.rewards.aggregators",
+    "Mean": "lit_rlhf.rewards.aggregators",
+    "MeanMinusStd": "lit_rlhf.rewards.aggregators",
+    "MeanMinusVar": "lit_rlhf.rewards.aggregators",
+    # models (conf/model)
+    "TinyGPT2": "lit_rlhf.models",
+    "Pretrained": "lit_rlhf.models",
+    "load_tokenizer": "lit_rlhf.models",
+}
+
+__all__ = sorted(_PUBLIC)
 
 
-def run_name(overrides: str, default: str = "default", max_len: int = 100) -> str:
-    """A folder name for a run from its overrides: the same command finds (and resumes) the same folder.
-
-    Slashes are replaced (a path in an override must not nest folders) and a long name is cut and suffixed
-    with a hash of the whole, so it stays unique and within file-name limits.
-    """
-    if not overrides:
-        return default
-    name = overrides.replace("/", "_")
-    if len(name) > max_len:
-        name = f"{name[: max_len - 13]}-{hashlib.sha1(overrides.encode()).hexdigest()[:12]}"
-    return name
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module 'lit_rlhf' has no attribute {name!r}")
 
 
-if not OmegaConf.has_resolver("run_name"):
-    OmegaConf.register_new_resolver("run_name", run_name)
-
-
-def fused_ok(precision) -> bool:
-    """Whether a fused optimizer suits ``trainer.precision``: not under fp16 mixed precision, where it
-    unscales fp16 gradients inside its step and Lightning therefore refuses to clip them before it."""
-    return str(precision) not in ("16", "16-mixed")
-
-
-if not OmegaConf.has_resolver("fused_ok"):
-    OmegaConf.register_new_resolver("fused_ok", fused_ok)
-if not OmegaConf.has_resolver("min"):
-    OmegaConf.register_new_resolver("min", lambda *values: min(values))
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

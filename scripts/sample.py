@@ -22,7 +22,7 @@ from lit_rlhf.data.chat import check_chat_template, prompt_text, render_prompts 
 from lit_rlhf.data.jsonl import DataFormatError, load_prompts  # noqa: E402
 from lit_rlhf.data.tokenize import pad_batch  # noqa: E402
 from lit_rlhf.models import Pretrained, quiet_transformers  # noqa: E402
-from lit_rlhf.tasks.rollout import eos_token_ids, generate, sampling_config  # noqa: E402
+from lit_rlhf.rollout.rollout import eos_token_ids, generate, sampling_config  # noqa: E402
 
 
 def sample(

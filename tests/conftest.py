@@ -58,7 +58,7 @@ def hydra_cfg(tmp: Path, overrides: Sequence[str] = (), cache: Path | None = Non
 @pytest.fixture(scope="session")
 def stage_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache dir with a tiny world, SFT policy and both reward models, built once per test session."""
-    from lit_rlhf.pipeline import ensure_stage, prepare_data
+    from lit_rlhf.run.pipeline import ensure_stage, prepare_data
 
     tmp = tmp_path_factory.mktemp("stages")
     with hydra_cfg(tmp, [*TINY_WORLD, *TINY_STAGES]) as cfg:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from train_cli import ROOT, Cases, World, expect, sha, write_jsonl
 
-from lit_rlhf.errors import EXIT_USER_ERROR
+from lit_rlhf.run.errors import EXIT_USER_ERROR
 
 BAD = ROOT / "tests" / "bad_inputs"
 

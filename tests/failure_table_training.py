@@ -33,7 +33,7 @@ from train_cli import (
     write_jsonl,
 )
 
-from lit_rlhf.errors import EXIT_USER_ERROR
+from lit_rlhf.run.errors import EXIT_USER_ERROR
 
 CASES = Cases()
 case, refused = CASES.case, CASES.refused

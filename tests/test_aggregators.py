@@ -1,5 +1,5 @@
-"""The conservative ensemble aggregates of Coste et al. (2024) in ``lit_rlhf.aggregators``: hand values and
-properties (mean − k·std, mean − k·var, mean; min is tested with the other aggregators)."""
+"""The conservative ensemble aggregates of Coste et al. (2024) in ``lit_rlhf.rewards.aggregators``: hand
+values and properties (mean − k·std, mean − k·var, mean; min is tested with the other aggregators)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lit_rlhf.aggregators import Mean, MeanMinusStd, MeanMinusVar, Min
+from lit_rlhf.rewards.aggregators import Mean, MeanMinusStd, MeanMinusVar, Min
 
 fast = settings(max_examples=40, deadline=None)
 SEEDS = ["0", "1", "2"]

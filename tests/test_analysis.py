@@ -1,4 +1,4 @@
-"""``scripts/analyze_sweep.py`` on a synthetic multirun folder, against hand-computed means and s.e."""
+"""``studies/analyze_sweep.py`` on a synthetic multirun folder, against hand-computed means and s.e."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 from torch.utils.tensorboard import SummaryWriter
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("analyze_sweep", ROOT / "scripts" / "analyze_sweep.py")
+_spec = importlib.util.spec_from_file_location("analyze_sweep", ROOT / "studies" / "analyze_sweep.py")
 sweep = importlib.util.module_from_spec(_spec)
 sys.modules["analyze_sweep"] = sweep  # dataclasses look their module up
 _spec.loader.exec_module(sweep)
@@ -42,8 +42,8 @@ def write_job(
     cfg = {
         "seed": seed,
         "reward": {"helpful": {"path": None}},
-        "aggregator": {"_target_": "lit_rlhf.aggregators.Sum"},
-        "transform": {"_target_": f"lit_rlhf.transforms.{TARGETS[transform]}"},
+        "aggregator": {"_target_": "lit_rlhf.rewards.aggregators.Sum"},
+        "transform": {"_target_": f"lit_rlhf.rewards.transforms.{TARGETS[transform]}"},
         "task": {"module": {"kl_coef": beta}} | ({"name": algorithm} if algorithm else {}),
     }
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -171,10 +171,10 @@ def test_a_multi_algorithm_study_compares_each_transform_with_its_own_algorithms
 
 def test_method_names_of_combination_configs() -> None:
     two = {"helpful": {}, "harmless": {}}
-    cfg = {"reward": two, "aggregator": {"_target_": "lit_rlhf.aggregators.WeightedSum"}}
+    cfg = {"reward": two, "aggregator": {"_target_": "lit_rlhf.rewards.aggregators.WeightedSum"}}
     assert sweep.method_of(cfg) == "raw+weighted_sum"
-    cfg["transform"] = {"_target_": "lit_rlhf.transforms.LogSigmoid"}
-    cfg["aggregator"] = {"_target_": "lit_rlhf.aggregators.Sum"}
+    cfg["transform"] = {"_target_": "lit_rlhf.rewards.transforms.LogSigmoid"}
+    cfg["aggregator"] = {"_target_": "lit_rlhf.rewards.aggregators.Sum"}
     assert sweep.method_of(cfg) == "logsigmoid+sum"
     assert sweep.method_of({"reward": {"helpful": {}}, "transform": {"_target_": "x.Whiten"}}) == "whiten"
 
@@ -183,7 +183,7 @@ def test_a_non_default_reference_names_its_own_method_and_keeps_the_raw_baseline
     ref = lambda **r: {"reference": {"statistic": "quantile", "q": 0.85} | r}  # noqa: E731
     cfg = {"reward": {"helpful": ref(), "harmless": ref(q=0.5)}, "aggregator": {"_target_": "x.Sum"}}
     assert sweep.method_of(cfg) == "raw+sum"  # the raw reward ignores r_ref: one baseline for all
-    cfg["transform"] = {"_target_": "lit_rlhf.transforms.LogSigmoid"}
+    cfg["transform"] = {"_target_": "lit_rlhf.rewards.transforms.LogSigmoid"}
     assert sweep.method_of(cfg) == "logsigmoid+sum@harmless=q0.5"
     cfg["reward"]["harmless"] = ref(statistic="refusal")
     assert sweep.method_of(cfg) == "logsigmoid+sum@harmless=refusal"
@@ -195,8 +195,8 @@ def test_a_non_default_reference_names_its_own_method_and_keeps_the_raw_baseline
     assert order[0] == "raw+sum"
 
 
-# ------------------------------------------------------------------ regime study (scripts/regime_plot.py)
-_spec_r = importlib.util.spec_from_file_location("regime_plot", ROOT / "scripts" / "regime_plot.py")
+# ------------------------------------------------------------------ regime study (studies/regime_plot.py)
+_spec_r = importlib.util.spec_from_file_location("regime_plot", ROOT / "studies" / "regime_plot.py")
 regime = importlib.util.module_from_spec(_spec_r)
 sys.modules["regime_plot"] = regime
 _spec_r.loader.exec_module(regime)
@@ -230,7 +230,7 @@ def write_regime_job(job: Path, variant: str, transform: str, beta: float, seed:
     cfg = {
         "seed": seed,
         "reward": {"helpful": {"path": None}},
-        "transform": {"_target_": f"lit_rlhf.transforms.{TARGETS[transform]}"},
+        "transform": {"_target_": f"lit_rlhf.rewards.transforms.{TARGETS[transform]}"},
         "task": {"module": {"kl_coef": beta}},
     }
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_rlhf.checkpoint import AtomicCheckpointIO
-from lit_rlhf.reference import ReferenceSpec, ReferenceTable, load_or_compute, reduce_samples
+from lit_rlhf.rewards.reference import ReferenceSpec, ReferenceTable, load_or_compute, reduce_samples
+from lit_rlhf.run.checkpoint import AtomicCheckpointIO
 
 
 def test_corrupt_reference_cache_is_recomputed(tmp_path):

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from lit_rlhf.callbacks.cpu_tuning import CPUTuning, attention_for
 from lit_rlhf.models.factory import Pretrained, pin_attention
 from lit_rlhf.models.heads import ValueModel
-from lit_rlhf.tasks.rollout import token_logprobs
+from lit_rlhf.rollout.rollout import token_logprobs
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Reward-model ensembles (Coste et al., 2024; ``lit_rlhf.ensemble``): one score per sequence, the
+"""Reward-model ensembles (Coste et al., 2024; ``lit_rlhf.rewards.ensemble``): one score per sequence, the
 members' aggregate, through the one scoring rule; the config keys and their errors."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from tiny_hf import make_config, make_tokenizer
 from transformers import AutoModelForSequenceClassification
 
 from conftest import hydra_cfg
-from lit_rlhf.ensemble import AGGREGATES, EnsembleSpec, RewardEnsemble
 from lit_rlhf.models.scoring import reward_scores
+from lit_rlhf.rewards.ensemble import AGGREGATES, EnsembleSpec, RewardEnsemble
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_spec_from_config_and_errors_name_the_key():
         "helpful", {"seeds": [0, 1, 2], "paths": None, "aggregate": "min", "k": 2}
     )
     assert spec.seeds == (0, 1, 2) and spec.paths is None and spec.aggregate == "min"
-    from lit_rlhf.aggregators import Min
+    from lit_rlhf.rewards.aggregators import Min
 
     assert isinstance(spec.aggregator(), Min)
     cases = {
@@ -100,7 +100,7 @@ def test_shipped_ensemble_configs_compose(tmp_path):
 
 
 def test_pipeline_refuses_ambiguous_ensembles(tmp_path):
-    from lit_rlhf.pipeline import reward_model_paths, run
+    from lit_rlhf.run.pipeline import reward_model_paths, run
 
     both = ["reward=helpful_ensemble", "reward.helpful.path=/my/rm"]
     with (

@@ -1,6 +1,6 @@
 """User-input errors end in one message and a non-zero status, without a traceback; bugs keep theirs.
 
-Unit tests of the classification (:func:`lit_rlhf.errors.user_message`) and of the wrapper around the task
+Unit tests of the classification (:func:`lit_rlhf.run.errors.user_message`) and of the wrapper around the task
 function, then ``python train.py …`` on the README failure table's cases that fail before any training.
 """
 
@@ -23,7 +23,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import ROOT, hydra_cfg
 from lit_rlhf.data.jsonl import DataFormatError
-from lit_rlhf.errors import EXIT_USER_ERROR, UserError, exit_on_user_error, user_message
+from lit_rlhf.run.errors import EXIT_USER_ERROR, UserError, exit_on_user_error, user_message
 
 BAD = ROOT / "tests" / "bad_inputs"
 TRACEBACK = "Traceback (most recent call last)"
@@ -82,19 +82,21 @@ def test_failed_interpolation_names_its_key() -> None:
 
 
 def test_instantiation_error_is_unwrapped_to_its_cause_and_key() -> None:
-    bad_value = {"node": {"_target_": "lit_rlhf.transforms.Whiten", "eps": 0}}
+    bad_value = {"node": {"_target_": "lit_rlhf.rewards.transforms.Whiten", "eps": 0}}
     exc = raised(lambda: instantiate(bad_value))
     assert isinstance(exc, InstantiationException)
     assert user_message(exc) == "transform.eps must be > 0, got 0 (in config node)"
-    unknown_key = {"node": {"_target_": "lit_rlhf.transforms.Whiten", "nope": 1}}
+    unknown_key = {"node": {"_target_": "lit_rlhf.rewards.transforms.Whiten", "nope": 1}}
     assert user_message(raised(lambda: instantiate(unknown_key))) == (
         "node: Whiten.__init__() got an unexpected keyword argument 'nope'"
     )
-    no_args = {"node": {"_target_": "lit_rlhf.transforms.LogSigmoid", "nope": 1}}
+    no_args = {"node": {"_target_": "lit_rlhf.rewards.transforms.LogSigmoid", "nope": 1}}
     assert user_message(raised(lambda: instantiate(no_args))) == "node: LogSigmoid() takes no arguments"
-    no_target = {"node": {"_target_": "lit_rlhf.transforms.Nope"}}
+    no_target = {"node": {"_target_": "lit_rlhf.rewards.transforms.Nope"}}
     msg = user_message(raised(lambda: instantiate(no_target)))
-    assert msg.startswith("Error locating target 'lit_rlhf.transforms.Nope'") and "full_key: node" in msg
+    assert (
+        msg.startswith("Error locating target 'lit_rlhf.rewards.transforms.Nope'") and "full_key: node" in msg
+    )
     no_gpu = {"trainer": {"_target_": "lightning.pytorch.Trainer", "accelerator": "gpu", "logger": False}}
     if not torch.cuda.is_available():  # Lightning's MisconfigurationException: the user's trainer.* choice
         assert (

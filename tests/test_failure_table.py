@@ -40,7 +40,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from train_cli import ROOT, Case, Evil, World
 
-from lit_rlhf.errors import UserError, config_errors_exit_2
+from lit_rlhf.run.errors import UserError, config_errors_exit_2
 
 # the README table's rows, in order: id → how its first cell begins
 ROWS = {
@@ -98,7 +98,7 @@ def test_refused_checkpoint_is_a_user_error_only_where_lightning_loads_one(tmp_p
 
     from lightning.pytorch.strategies import SingleDeviceStrategy  # noqa: PLC0415
 
-    from lit_rlhf.errors import user_message  # noqa: PLC0415
+    from lit_rlhf.run.errors import user_message  # noqa: PLC0415
 
     torch.save({"x": Evil(tmp_path / "ran")}, ckpt := tmp_path / "evil.ckpt")
     with pytest.raises(pickle.UnpicklingError) as info:

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from conftest import hydra_cfg
 from lit_rlhf.data.chat import render_prompts
 from lit_rlhf.models import load_tokenizer
-from lit_rlhf.pipeline import run
+from lit_rlhf.run.pipeline import run
 
 QUESTIONS = ["boil an egg", "bake bread", "fix a bike", "plant a tree", "learn to swim", "make soup"]
 QUICK = [

@@ -11,7 +11,7 @@ from test_resume import RESUMABLE, Crash, run_ppo
 from transformers import AutoModelForCausalLM
 
 from conftest import TINY_STAGES, TINY_WORLD, hydra_cfg
-from lit_rlhf.pipeline import ensure_stage
+from lit_rlhf.run.pipeline import ensure_stage
 
 
 class NaNScores(L.Callback):
@@ -128,7 +128,7 @@ def test_reward_folder_of_the_wrong_kind_is_refused(tmp_path, stage_cache):
         sft = ensure_stage(cfg, "sft")
     overrides = [*TINY_WORLD, *TINY_STAGES, "reward=helpful", f"reward.helpful.path={sft}"]
     with hydra_cfg(tmp_path, overrides, cache=stage_cache) as cfg:
-        from lit_rlhf.pipeline import run
+        from lit_rlhf.run.pipeline import run
 
         with pytest.raises(ValueError, match=r"reward.helpful.path: .* not a reward model"):
             run(cfg)

@@ -12,7 +12,7 @@ from tiny_hf import make_model_folder
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from conftest import hydra_cfg
-from lit_rlhf.pipeline import run
+from lit_rlhf.run.pipeline import run
 
 Q = ["boil an egg", "bake bread", "fix a bike", "plant a tree"]
 GOOD, BAD = "First heat the water, then wait ten minutes.", "No."

@@ -1,4 +1,4 @@
-"""``scripts/leaderboard.py`` and the leaderboard sweeps: method names, best β, matched KL, ranking and the
+"""``studies/leaderboard.py`` and the leaderboard sweeps: method names, best β, matched KL, ranking and the
 written table against hand-computed values; every method config composes; job counts match the headers."""
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from torch.utils.tensorboard import SummaryWriter
 from conftest import hydra_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("leaderboard", ROOT / "scripts" / "leaderboard.py")
+_spec = importlib.util.spec_from_file_location("leaderboard", ROOT / "studies" / "leaderboard.py")
 lb = importlib.util.module_from_spec(_spec)
 sys.modules["leaderboard"] = lb  # dataclasses look their module up
 _spec.loader.exec_module(lb)
 Run, Row = lb.Run, lb.Row
 SweepWarning = sys.modules["analyze_sweep"].SweepWarning
 
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("leaderboard*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "studies" / "conf" / "experiment").glob("leaderboard*.yaml"))
 # method config → (transform class, aggregator class or None for one reward, ensemble aggregate, label)
 METHODS = {
     "raw": ("Identity", None, None, "raw"),
@@ -61,7 +61,7 @@ def test_job_counts_match_the_headers_and_the_command_runs_every_sweep() -> None
     ]
     total = 0
     for name in EXPERIMENTS:
-        text = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()
+        text = (ROOT / "studies" / "conf" / "experiment" / f"{name}.yaml").read_text()
         params = yaml.safe_load(text)["hydra"]["sweeper"]["params"]
         jobs = sweep_jobs(params)
         header = int(re.search(r"^# Jobs: .*?= (\d+)", text, re.M).group(1))
@@ -69,7 +69,7 @@ def test_job_counts_match_the_headers_and_the_command_runs_every_sweep() -> None
         assert re.search(rf"Estimate: {header} × 1\.2 min = {round(header * 1.2)} min", text), name
         assert list(params)[0] == "seed" and jobs[0][0] == "seed=0" and jobs[-1][0] == "seed=2"  # slowest
         total += len(jobs)
-    sh = (ROOT / "scripts" / "leaderboard.sh").read_text()
+    sh = (ROOT / "studies" / "leaderboard.sh").read_text()
     assert sorted(re.search(r"^sweeps=\((.*)\)", sh, re.M).group(1).split()) == EXPERIMENTS
     assert total == 126 and f"# Jobs: {total}. Measured:" in sh
 
@@ -92,10 +92,10 @@ def test_every_method_of_every_sweep_composes_into_its_transform_aggregator_and_
                 c = OmegaConf.to_container(cfg, resolve=False)
             transform, aggregator, ensemble, label = METHODS[method]
             assert c["task"]["name"] == task
-            assert c["transform"]["_target_"] == f"lit_rlhf.transforms.{transform}", method
+            assert c["transform"]["_target_"] == f"lit_rlhf.rewards.transforms.{transform}", method
             assert sorted(c["reward"]) == (["harmless", "helpful"] if two else ["helpful"]), method
             if aggregator:
-                assert c["aggregator"]["_target_"] == f"lit_rlhf.aggregators.{aggregator}", method
+                assert c["aggregator"]["_target_"] == f"lit_rlhf.rewards.aggregators.{aggregator}", method
             assert (c["reward"]["helpful"].get("ensemble") or {}).get("aggregate") == ensemble, method
             assert lb.method_label(c) == label and lb.study_of(c) == ("combination" if two else "single")
 
@@ -103,7 +103,7 @@ def test_every_method_of_every_sweep_composes_into_its_transform_aggregator_and_
 def test_the_single_reward_sweeps_cover_every_method_and_leave_out_only_the_listed_pairs() -> None:
     pairs = set()
     for name in ("leaderboard", "leaderboard_critic_free"):
-        params = yaml.safe_load((ROOT / "conf" / "experiment" / f"{name}.yaml").read_text())["hydra"]
+        params = yaml.safe_load((ROOT / "studies" / "conf" / "experiment" / f"{name}.yaml").read_text())["hydra"]
         params = params["sweeper"]["params"]
         pairs |= {
             (t, m)
@@ -113,7 +113,7 @@ def test_the_single_reward_sweeps_cover_every_method_and_leave_out_only_the_list
     singles = [m for m, (_, agg, _, _) in METHODS.items() if agg is None]
     assert {m for _, m in pairs} == set(singles)
     missing = {(t, m) for t in ("ppo", "grpo", "rloo") for m in singles} - pairs
-    text = (ROOT / "conf" / "experiment" / "leaderboard_critic_free.yaml").read_text()
+    text = (ROOT / "studies" / "conf" / "experiment" / "leaderboard_critic_free.yaml").read_text()
     for task, method in missing:  # each left-out pair is named in the header with its reason
         assert re.search(rf"#\s+.*{method} × {task.upper()}", text), (task, method)
     assert len(missing) == 6
@@ -124,7 +124,7 @@ def test_method_label_names_the_ensemble_aggregate_and_keeps_method_of_otherwise
     ens = lambda agg, k=1.0: {"helpful": {"ensemble": {"aggregate": agg, "k": k}}}  # noqa: E731
     assert lb.method_label({"reward": ens("min")}) == "ens_min"
     assert lb.method_label({"reward": ens("mean_minus_var", 0.5)}) == "ens_mean-0.5var"
-    logsig = {"_target_": "lit_rlhf.transforms.LogSigmoid"}
+    logsig = {"_target_": "lit_rlhf.rewards.transforms.LogSigmoid"}
     assert (
         lb.method_label({"reward": ens("mean_minus_std", 2), "transform": logsig})
         == "logsigmoid(ens_mean-2std)"

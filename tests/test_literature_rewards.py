@@ -16,9 +16,9 @@ from transformers import AutoModelForSequenceClassification
 
 from conftest import TINY_STAGES, TINY_WORLD, hydra_cfg
 from lit_rlhf.data.tokenize import encode_examples, pad_batch
-from lit_rlhf.ensemble import RewardEnsemble
 from lit_rlhf.models.scoring import reward_scores
-from lit_rlhf.pipeline import ensure_stage
+from lit_rlhf.rewards.ensemble import RewardEnsemble
+from lit_rlhf.run.pipeline import ensure_stage
 
 ENSEMBLE = [
     "reward=helpful_ensemble",

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import CONF, TINY_STAGES, TINY_WORLD, hydra_cfg
 from lit_rlhf.models import lora
-from lit_rlhf.pipeline import ensure_stage
+from lit_rlhf.run.pipeline import ensure_stage
 
 pytest.importorskip("peft")
 

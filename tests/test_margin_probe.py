@@ -10,10 +10,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from conftest import ROOT, TINY_STAGES, TINY_WORLD, hydra_cfg
 from lit_rlhf.data.jsonl import load_prompts
 from lit_rlhf.models.scoring import score_texts
-from lit_rlhf.pipeline import ensure_stage
-from lit_rlhf.reference import ReferenceSpec
+from lit_rlhf.rewards.reference import ReferenceSpec
+from lit_rlhf.run.pipeline import ensure_stage
 
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "studies"))
 from margin_probe import markdown, probe, sample_sft, verdict  # noqa: E402
 
 

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 from tiny_hf import make_config, make_model_folder
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from lit_rlhf.model_card import write_model_card
+from lit_rlhf.run.card import write_model_card
 
 OVERRIDES = ["task=ppo", "+transform=logsigmoid", 'pipeline.sft=["task.max_epochs=1"]']
 

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 from conftest import CONF, ROOT, TINY_STAGES, TINY_WORLD, hydra_cfg
-from lit_rlhf.pipeline import run
+from lit_rlhf.run.pipeline import run
 from lit_rlhf.world import build_tokenizer, vocabulary
 
 
@@ -37,7 +37,7 @@ def test_cfg_job_prints_composed_config(tmp_path):
     out = cli("--cfg", "job", "+transform=logsigmoid", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     cfg = OmegaConf.create(out.stdout)
-    assert cfg.transform._target_ == "lit_rlhf.transforms.LogSigmoid"
+    assert cfg.transform._target_ == "lit_rlhf.rewards.transforms.LogSigmoid"
     assert cfg.task.name == "ppo" and set(cfg.reward) == {"helpful", "harmless"}
 
 
@@ -199,7 +199,7 @@ def test_default_command_end_to_end_and_multirun(tmp_path):
 
 
 def test_run_folder_names_are_safe_and_stable():
-    from lit_rlhf import run_name
+    from lit_rlhf.run.resolvers import run_name
 
     assert run_name("") == "default"
     assert run_name("+transform=logsigmoid,seed=1") == "+transform=logsigmoid,seed=1"
@@ -211,7 +211,7 @@ def test_run_folder_names_are_safe_and_stable():
 
 def test_reward_model_stage_starts_from_its_sft_stage(tmp_path, stage_cache):
     """The embedded reward models start from the SFT policy: another SFT stage gives another RM stage."""
-    from lit_rlhf.pipeline import ensure_stage
+    from lit_rlhf.run.pipeline import ensure_stage
 
     with hydra_cfg(tmp_path / "a", [*TINY_WORLD, *TINY_STAGES], cache=stage_cache) as cfg:
         sft, rm = ensure_stage(cfg, "sft"), ensure_stage(cfg, "reward_model", ["reward=helpful"])

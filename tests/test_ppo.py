@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import TINY_STAGES, TINY_WORLD, hydra_cfg
-from lit_rlhf.pipeline import ensure_stage, run
+from lit_rlhf.run.pipeline import ensure_stage, run
 
 PPO_FAST = [
     "task.iterations=4",
@@ -49,7 +49,7 @@ class RewardSpy(L.Callback):
 
 def ppo(tmp: Path, cache: Path, extra: list[str], spy: L.Callback | None = None):
     """Run a few PPO iterations; returns (module, callbacks by class name, run dir)."""
-    import lit_rlhf.pipeline as pipeline
+    import lit_rlhf.run.pipeline as pipeline
 
     captured = {}
     real_make_trainer = pipeline.make_trainer

@@ -18,7 +18,7 @@ from test_ppo import ppo, sft_and_rm_paths
 
 from conftest import hydra_cfg
 from lit_rlhf.models.heads import score_head
-from lit_rlhf.tasks.precision import FusedClipping, cached_casts
+from lit_rlhf.training.precision import FusedClipping, cached_casts
 
 
 class DtypeSpy(L.Callback):
@@ -158,7 +158,7 @@ def test_cached_casts_change_nothing_a_llama_rollout_computes(tmp_path: Path) ->
     from transformers import AutoModelForCausalLM
 
     from lit_rlhf.models import load_tokenizer
-    from lit_rlhf.tasks.rollout import eos_token_ids, generate, sampling_config, token_logprobs
+    from lit_rlhf.rollout.rollout import eos_token_ids, generate, sampling_config, token_logprobs
 
     folder = make_model_folder("llama", tmp_path / "llama")
     tok, model = load_tokenizer(folder), AutoModelForCausalLM.from_pretrained(folder).eval()

@@ -23,7 +23,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATIO
 from conftest import hydra_cfg
 from lit_rlhf.models import ValueModel, sequence_scores
 from lit_rlhf.models.heads import last_index
-from lit_rlhf.tasks.rollout import (
+from lit_rlhf.rollout.rollout import (
     eos_token_ids,
     generate,
     pinned_generation,
@@ -219,7 +219,7 @@ def test_token_logprobs_compute_only_response_logits(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ settings reach every PPO role
 def _ppo_models(tmp: Path, *overrides: str):
-    from lit_rlhf.pipeline import ppo_models
+    from lit_rlhf.run.pipeline import ppo_models
 
     policy = make_model_folder("llama", tmp / "policy")
     rm = rm_folder("llama", tmp)

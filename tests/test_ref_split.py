@@ -1,4 +1,4 @@
-"""``scripts/ref_split.py``: r_ref recovered from u, the split at r_ref, the gain decomposition, hack shares,
+"""``studies/ref_split.py``: r_ref recovered from u, the split at r_ref, the gain decomposition, hack shares,
 the matched-KL comparison, and the table of two synthetic job folders — against hand-computed values."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("ref_split", ROOT / "scripts" / "ref_split.py")
+_spec = importlib.util.spec_from_file_location("ref_split", ROOT / "studies" / "ref_split.py")
 rs = importlib.util.module_from_spec(_spec)
 sys.modules["ref_split"] = rs  # dataclasses look their module up
 _spec.loader.exec_module(rs)
@@ -175,7 +175,7 @@ def write_job(job: Path, transform: str, seed: int, data: list[dict], beta: floa
     cfg = {
         "seed": seed,
         "reward": {"helpful": {"path": None, "reference": {"statistic": "quantile", "q": 0.85}}},
-        "transform": {"_target_": f"lit_rlhf.transforms.{transform}"},
+        "transform": {"_target_": f"lit_rlhf.rewards.transforms.{transform}"},
         "task": {"name": "ppo", "module": {"kl_coef": beta}},
     }
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -22,9 +22,9 @@ from lit_rlhf.callbacks import RewardTransformCallback
 from lit_rlhf.callbacks.reward_transform import prompt_items
 from lit_rlhf.data.datamodules import PromptDataModule
 from lit_rlhf.models import ValueModel
-from lit_rlhf.reference import generation_settings
+from lit_rlhf.rewards.reference import generation_settings
+from lit_rlhf.rewards.transforms import Sigmoid
 from lit_rlhf.tasks.ppo import PPOModule
-from lit_rlhf.transforms import Sigmoid
 
 PROMPTS = [
     "How do I boil an egg in boiling water?",
@@ -244,7 +244,7 @@ def test_refusal_is_scored_after_the_rendered_prompt_like_any_response(tmp_path,
 
 
 def test_refusal_text_defaults_to_the_worlds_only_on_world_data(tmp_path):
-    from lit_rlhf.reference import ReferenceSpec
+    from lit_rlhf.rewards.reference import ReferenceSpec
     from lit_rlhf.world import REFUSAL
 
     world = tmp_path / "world"
@@ -265,8 +265,8 @@ def test_refusal_text_defaults_to_the_worlds_only_on_world_data(tmp_path):
 
 
 def test_ensemble_key_has_its_members_and_aggregate_and_plain_keys_are_unchanged(tmp_path, models, data_file):
-    from lit_rlhf.ensemble import RewardEnsemble
-    from lit_rlhf.reference import module_fingerprint, reward_fingerprint
+    from lit_rlhf.rewards.ensemble import RewardEnsemble
+    from lit_rlhf.rewards.reference import module_fingerprint, reward_fingerprint
 
     actor, critic, rm = models
     torch.manual_seed(1)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_STAGES, TINY_WORLD, hydra_cfg
-from lit_rlhf.pipeline import run
+from lit_rlhf.run.pipeline import run
 
 RESUMABLE = [
     "+transform=logsigmoid",
@@ -43,7 +43,7 @@ class Crash(L.Callback):
 
 
 def run_ppo(tmp: Path, cache: Path, callbacks: list[L.Callback] = ()):
-    import lit_rlhf.pipeline as pipeline
+    import lit_rlhf.run.pipeline as pipeline
 
     real = pipeline.make_trainer
     captured = {}

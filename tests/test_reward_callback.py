@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from lit_rlhf.aggregators import Sum
 from lit_rlhf.callbacks import RewardTransformCallback
-from lit_rlhf.reference import ReferenceTable
-from lit_rlhf.transforms import LogSigmoid
+from lit_rlhf.rewards.aggregators import Sum
+from lit_rlhf.rewards.reference import ReferenceTable
+from lit_rlhf.rewards.transforms import LogSigmoid
 
 
 class FakeModule:

@@ -69,7 +69,7 @@ def test_training_moves_weights_and_saved_folder_reloads(tmp_path):
 
 
 def test_cosine_schedule_warms_up_peaks_and_reaches_zero():
-    from lit_rlhf.optim import warmup_schedule
+    from lit_rlhf.training.optim import warmup_schedule
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
     sched = warmup_schedule(opt, warmup_steps=4, total_steps=14)
@@ -91,7 +91,7 @@ def test_reward_model_init_choices():
     model folder, and for a fresh tiny model on user preference data (which has no SFT file to build from)."""
     from omegaconf import OmegaConf
 
-    from lit_rlhf.pipeline import reward_model_init
+    from lit_rlhf.run.pipeline import reward_model_init
 
     def cfg(init: str, target: str, world: bool = True) -> OmegaConf:
         data = {"world": {"seed": 0} if world else None}

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import open_dict
 
 from conftest import TINY_STAGES, TINY_WORLD, hydra_cfg
-from lit_rlhf import run_record as rr
+from lit_rlhf.run import record as rr
 
 CODE = {"source": "a" * 64, "version": "0.1.0", "git": "abc1234"}
 GIT = "(git abc1234, version 0.1.0)"
@@ -71,7 +71,7 @@ def test_snapshot_differences_name_the_changed_keys(tmp_path):
         a = {"config": rr.config_snapshot(cfg), "code": CODE}
     with hydra_cfg(tmp_path, ["task.module.lr=1e-3", "+transform=logsigmoid"]) as cfg:
         b = {"config": rr.config_snapshot(cfg), "code": CODE}
-    logsigmoid = '{"_target_": "lit_rlhf.transforms.LogSigmoid"}'
+    logsigmoid = '{"_target_": "lit_rlhf.rewards.transforms.LogSigmoid"}'
     assert rr.differences(a, b) == [
         f"task.callbacks.reward_transform.transform: null → {logsigmoid}",  # the group, interpolated
         "task.module.lr: 4e-05 → 0.001",
@@ -190,7 +190,7 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_afresh(tmp_path):
 
 
 def test_run_returns_a_finished_result_without_training(tmp_path, monkeypatch):
-    import lit_rlhf.pipeline as pipeline
+    import lit_rlhf.run.pipeline as pipeline
 
     def no_training(cfg):
         raise AssertionError("a finished run was trained again")
@@ -204,7 +204,7 @@ def test_run_returns_a_finished_result_without_training(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ stages
 def test_stage_folders_are_those_ensure_stage_builds(tmp_path, stage_cache):
-    from lit_rlhf.pipeline import ensure_stage
+    from lit_rlhf.run.pipeline import ensure_stage
 
     with hydra_cfg(tmp_path, [*TINY_WORLD, *TINY_STAGES], cache=stage_cache) as cfg:
         built = {

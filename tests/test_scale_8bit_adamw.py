@@ -57,7 +57,7 @@ def optimizer_from_config(tmp_path: Path, name: str):
 
 # ------------------------------------------------------------------ 8-bit AdamW
 def test_adamw8bit_without_bitsandbytes_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lit_rlhf import optim
+    from lit_rlhf.training import optim
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` now raises ImportError
     p = torch.nn.Parameter(torch.zeros(2))
@@ -69,7 +69,10 @@ def test_adamw8bit_without_bitsandbytes_names_the_extra(monkeypatch: pytest.Monk
 @pytest.mark.slow  # a fresh interpreter importing torch and bitsandbytes: ~10 s
 def test_bitsandbytes_import_is_quiet() -> None:
     pytest.importorskip("bitsandbytes")
-    code = "import logging; logging.basicConfig(); from lit_rlhf.optim import _bitsandbytes; _bitsandbytes()"
+    code = (
+        "import logging; logging.basicConfig(); "
+        "from lit_rlhf.training.optim import _bitsandbytes; _bitsandbytes()"
+    )
     out = subprocess.run(
         [sys.executable, "-W", "always", "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )

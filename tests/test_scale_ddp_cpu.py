@@ -38,7 +38,7 @@ DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "train
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache dir holding the tiny embedded world (generated once for this module's runs)."""
-    from lit_rlhf.pipeline import prepare_data
+    from lit_rlhf.run.pipeline import prepare_data
 
     tmp = tmp_path_factory.mktemp("ddp")
     with hydra_cfg(tmp, TINY_WORLD) as cfg:

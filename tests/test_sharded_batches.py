@@ -1,6 +1,6 @@
 """A batch sharded over data-parallel processes computes what one process holding all of it computes.
 
-The pieces (`lit_rlhf.tasks.sampling`, `lit_rlhf.tasks.sharding`, the `all_sum` / `ShardNorms` arguments
+The pieces (`lit_rlhf.rollout.decoding`, `lit_rlhf.training.sharding`, the `all_sum` / `ShardNorms` arguments
 of `lit_rlhf.rlhf`), each checked against the single-process computation: per-row sampling seeds, exact
 Gumbel-max sampling, the global minibatch permutation, and — in a real 2-process gloo group — global
 whitening and losses whose DDP gradient average is the gradient of the whole minibatch.
@@ -22,9 +22,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_rlhf.rlhf import masked_whiten
 from lit_rlhf.rlhf.estimators import LOSS_AGGS, reinforce_pp_advantages
-from lit_rlhf.tasks.rollout import eos_token_ids, generate, pinned_generation, sampling_config, token_logprobs
-from lit_rlhf.tasks.sampling import GumbelMax, gumbel_decoding, row_seeds
-from lit_rlhf.tasks.sharding import DataParallel, Shard, minibatch_rows, shard_of
+from lit_rlhf.rollout.decoding import GumbelMax, gumbel_decoding, row_seeds
+from lit_rlhf.rollout.rollout import (
+    eos_token_ids,
+    generate,
+    pinned_generation,
+    sampling_config,
+    token_logprobs,
+)
+from lit_rlhf.training.sharding import DataParallel, Shard, minibatch_rows, shard_of
 
 
 # ------------------------------------------------------------------ per-row seeds and Gumbel-max

@@ -11,7 +11,7 @@ import torch
 from test_resume import RESUMABLE, Crash, run_ppo
 
 from conftest import TINY_STAGES, TINY_WORLD, hydra_cfg
-from lit_rlhf.pipeline import stage_config, stage_hash
+from lit_rlhf.run.pipeline import stage_config, stage_hash
 
 
 def crashed_checkpoint(tmp_path: Path, stage_cache: Path) -> Path:
@@ -43,7 +43,7 @@ def test_resume_is_strict_except_for_the_frozen_models(tmp_path, stage_cache, mo
 def test_ppo_module_rebuilds_from_its_checkpoint(tmp_path, stage_cache):
     """save_hyperparameters: `PPOModule.load_from_checkpoint(path, <the networks>)` gives the same settings
     and the trained weights."""
-    import lit_rlhf.pipeline as pipeline
+    import lit_rlhf.run.pipeline as pipeline
     from lit_rlhf.tasks.ppo import PPOModule
 
     path = crashed_checkpoint(tmp_path, stage_cache)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from lit_rlhf import summary as S
+from lit_rlhf.run import summary as S
 
 
 def test_win_rate_se_by_hand() -> None:

@@ -1,4 +1,4 @@
-"""scripts/sweep_runs.py: a sweep archived to one gzipped JSON-lines file reads back as the same analysis."""
+"""studies/sweep_runs.py: a sweep archived to one gzipped JSON-lines file reads back as the same analysis."""
 
 from __future__ import annotations
 

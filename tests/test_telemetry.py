@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 from lit_rlhf.callbacks import GoldEvalCallback, RewardTransformCallback
 from lit_rlhf.callbacks.gold_eval import unique_rows
 from lit_rlhf.callbacks.reward_transform import histogram_due
-from lit_rlhf.reference import ReferenceTable
-from lit_rlhf.transforms import LogSigmoid, Whiten
+from lit_rlhf.rewards.reference import ReferenceTable
+from lit_rlhf.rewards.transforms import LogSigmoid, Whiten
 
 NAMES = ["helpful", "harmless"]
 # one global batch of 8 rollouts; under 2 processes rank 0 has rows 0-3 and rank 1 rows 4-7

@@ -30,7 +30,7 @@ from test_ppo import ppo
 from conftest import ROOT, TINY_STAGES, TINY_WORLD, hydra_cfg
 from lit_rlhf.callbacks import GoldEvalCallback, TensorBoardLayout
 from lit_rlhf.callbacks.dashboard import build_layout, writer_layout
-from lit_rlhf.pipeline import run
+from lit_rlhf.run.pipeline import run
 from lit_rlhf.world.generate import PROPERTIES
 
 REWARD_NAMES = ("helpful", "harmless")  # conf/reward/helpful_harmless.yaml

@@ -1,4 +1,5 @@
-"""Properties of reward transforms (``lit_rlhf.transforms``) and aggregators (``lit_rlhf.aggregators``)."""
+"""Properties of reward transforms (``lit_rlhf.rewards.transforms``) and aggregators
+(``lit_rlhf.rewards.aggregators``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lit_rlhf.aggregators import Min, SoftMin, Sum, WeightedSum
-from lit_rlhf.transforms import Center, Clip, Identity, LogSigmoid, Sigmoid, Whiten, check_finite
+from lit_rlhf.rewards.aggregators import Min, SoftMin, Sum, WeightedSum
+from lit_rlhf.rewards.transforms import Center, Clip, Identity, LogSigmoid, Sigmoid, Whiten, check_finite
 
 # Local settings (not a global profile, which would leak into other test files).
 fast = settings(max_examples=40, deadline=None)

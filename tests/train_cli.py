@@ -28,7 +28,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from safetensors.torch import load_file
 
-from lit_rlhf.errors import EXIT_USER_ERROR
+from lit_rlhf.run.errors import EXIT_USER_ERROR
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACEBACK = "Traceback (most recent call last)"

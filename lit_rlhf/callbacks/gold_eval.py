@@ -31,6 +31,7 @@ import lightning as L
 import torch
 
 from lit_rlhf.callbacks.distributed import gather_objects
+from lit_rlhf.utils.io import atomic_write
 from lit_rlhf.world import gold_rewards_batch, prompt_groups
 
 
@@ -139,12 +140,9 @@ class GoldEvalCallback(L.Callback):
         log_dir = getattr(pl_module.logger, "log_dir", None)
         if self.write_jsonl and log_dir:
             path = Path(log_dir) / "gold_eval.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            with tmp.open("w") as f:
+            with atomic_write(path) as f:
                 for r in self.rows:
                     f.write(json.dumps({"step": trainer.global_step, **r}) + "\n")
-            tmp.replace(path)
 
     def table(self, reward_names: list[str]) -> str:
         """Markdown table: a few prompts with SFT and policy responses and their rewards."""

@@ -7,7 +7,7 @@ callback computes (or loads from cache) the reference rewards r_ref(x) and insta
 1. gathers the batch's raw scores and prompt ids from every process (under DDP), so that running
    statistics (whitening) and telemetry are those of the global batch, the same on every rank;
 2. looks up r_ref for the batch's prompts (M references per prompt when the transform asks for several:
-   PAR's ``u = mean_m σ(r − r_ref,m)``, :class:`lit_rlhf.transforms.Sigmoid`),
+   PAR's ``u = mean_m σ(r − r_ref,m)``, :class:`lit_rlhf.rewards.transforms.Sigmoid`),
 3. applies the transform per reward model (e.g. ``u = log σ(r − r_ref)``, the paper's),
 4. combines the K transformed rewards with the aggregator (e.g. a sum = log P(good on all)),
 
@@ -37,10 +37,10 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lit_rlhf.aggregators import Sum
 from lit_rlhf.callbacks.distributed import gather_rows
 from lit_rlhf.data.tokenize import PromptItem, batch_ids, eos_id, pad_batch
-from lit_rlhf.reference import (
+from lit_rlhf.rewards.aggregators import Sum
+from lit_rlhf.rewards.reference import (
     FIXED,
     ReferenceSpec,
     ReferenceTable,
@@ -52,7 +52,7 @@ from lit_rlhf.reference import (
     sample_rewards,
     sampling_key,
 )
-from lit_rlhf.transforms import Identity
+from lit_rlhf.rewards.transforms import Identity
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ class RewardTransformCallback(L.Callback):
             model, so running statistics (whitening) are kept per reward model.
         aggregator: an aggregator from the ``aggregator/`` group; ``None`` = sum.
         reward: the ``reward/`` group: name → spec with a ``reference`` sub-config (see
-            ``lit_rlhf.reference.ReferenceSpec``) and its ``data`` (the world's refusal needs the world's).
+            ``lit_rlhf.rewards.reference.ReferenceSpec``) and its ``data`` (the world's refusal needs the
+            world's).
         n_samples: responses sampled per prompt from the reference policy to estimate r_ref.
         cache_dir: where sampled reference rewards are cached and shared between runs.
         seed: sampling seed for r_ref (fixed, so every run and sweep job shares one r_ref).
@@ -93,7 +94,7 @@ class RewardTransformCallback(L.Callback):
         aggregator: Any | None = None,
         reward: Mapping[str, Any] | None = None,
         n_samples: int = 16,
-        cache_dir: str = ".cache/lit_rlhf/reference",
+        cache_dir: str = ".cache/lit_rlhf/rewards/reference",
         seed: int = 1234,
         histogram_every: int = 10,
     ) -> None:

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import lightning as L
 from torch.utils.data import DataLoader
 
+from lit_rlhf.data.batching import CycledBatchSampler, split_indices
 from lit_rlhf.data.chat import ChatTemplate
 from lit_rlhf.data.common import check_common, check_max_length, loader, render
 from lit_rlhf.data.jsonl import OnError, PreferencePair, SFTExample, load_preferences, load_sft
 from lit_rlhf.data.prompts import PromptDataModule
-from lit_rlhf.data.sampling import CycledBatchSampler, split_indices
 from lit_rlhf.data.tokenize import (
     PreferenceCollator,
     PreferenceItem,

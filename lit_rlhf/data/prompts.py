@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
+from lit_rlhf.data.batching import CycledBatchSampler, split_indices
 from lit_rlhf.data.chat import ChatTemplate, prompt_text, truncate_left
 from lit_rlhf.data.common import DM, check_common, loader, render
 from lit_rlhf.data.jsonl import OnError, PromptRecord, load_prompts
-from lit_rlhf.data.sampling import CycledBatchSampler, split_indices
 from lit_rlhf.data.tokenize import PromptCollator, PromptItem
 
 if TYPE_CHECKING:

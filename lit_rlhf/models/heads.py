@@ -31,14 +31,14 @@ def last_index(attention_mask: Tensor) -> Tensor:
     return (pos * attention_mask.long()).argmax(-1)  # (N,)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The ``transformers`` model inside a PEFT wrapper (LoRA layers stay injected in it)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def score_head(model: nn.Module) -> nn.Module:
     """The scalar head of a ``*ForSequenceClassification``: ``score`` in most families, or ``classifier``."""
-    hf = _unwrap(model)
+    hf = unwrap(model)
     for name in ("score", "classifier"):
         head = getattr(hf, name, None)
         if isinstance(head, nn.Module):
@@ -62,7 +62,7 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor)
     last = last_index(attention_mask)  # (N,)
     if isinstance(model, ValueModel):
         return model(input_ids, attention_mask)[rows, last]
-    hf = _unwrap(model)
+    hf = unwrap(model)
     hidden = hf.base_model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
     ).last_hidden_state  # (N, T, H)

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from lit_rlhf.rlhf import LOSS_AGGS, kl_loss, masked_mean, policy_loss
+from lit_rlhf.rollout.rollout import Rollout
 from lit_rlhf.tasks.policy import PolicyModule
-from lit_rlhf.tasks.rollout import Rollout
 
 
 class CriticFreeModule(PolicyModule):

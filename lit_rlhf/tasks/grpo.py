@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from lit_rlhf.rlhf import group_advantages
+from lit_rlhf.rollout.rollout import Rollout
 from lit_rlhf.tasks.critic_free import CriticFreeModule
-from lit_rlhf.tasks.rollout import Rollout
 
 
 class GRPOModule(CriticFreeModule):

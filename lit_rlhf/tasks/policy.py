@@ -2,7 +2,7 @@
 
 One training step = one iteration on a batch of prompts:
 
-1. roll out: sample responses with the KV cache under the run's pinned distribution (``tasks/rollout.py``);
+1. roll out: sample responses with the KV cache under the run's pinned distribution (``lit_rlhf/rollout/rollout.py``);
 2. score: log-probs of the policy and the frozen reference, the RAW score of every reward model, and (PPO
    only) the critic's values. The reward optimised comes from ``self.reward_fn``, which the
    ``RewardTransformCallback`` installs (transform per reward model, then aggregation), so the paper's
@@ -30,14 +30,14 @@ from transformers import PreTrainedModel
 
 from lit_rlhf.models import lora
 from lit_rlhf.models.scoring import reward_scores
-from lit_rlhf.optim import warmup_schedule
 from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, kl_penalty, masked_mean
-from lit_rlhf.tasks.evaluation import evaluate
-from lit_rlhf.tasks.faults import FaultPolicy
-from lit_rlhf.tasks.precision import FusedClipping, cached_casts
-from lit_rlhf.tasks.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
-from lit_rlhf.tasks.sampling import row_seeds
-from lit_rlhf.tasks.sharding import ROLLOUT, DataParallel
+from lit_rlhf.rollout.decoding import row_seeds
+from lit_rlhf.rollout.evaluation import evaluate
+from lit_rlhf.rollout.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
+from lit_rlhf.training.faults import FaultPolicy
+from lit_rlhf.training.optim import warmup_schedule
+from lit_rlhf.training.precision import FusedClipping, cached_casts
+from lit_rlhf.training.sharding import ROLLOUT, DataParallel
 
 log = logging.getLogger(__name__)
 RewardFn = Callable[[Tensor, Tensor, "PolicyModule"], Tensor]

@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lit_rlhf.optim import warmup_schedule
 from lit_rlhf.rlhf import gae, masked_whiten, per_token_rewards, ppo_policy_loss, value_loss
+from lit_rlhf.rollout.rollout import Rollout
 from lit_rlhf.tasks.policy import PolicyModule, disable_dropout, raw_sum
-from lit_rlhf.tasks.rollout import Rollout
+from lit_rlhf.training.optim import warmup_schedule
 
 __all__ = ["PPOModule", "raw_sum"]
 

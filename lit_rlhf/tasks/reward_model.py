@@ -13,9 +13,9 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedModel
 
 from lit_rlhf.models.scoring import reward_scores
-from lit_rlhf.optim import warmup_schedule
 from lit_rlhf.rlhf import bradley_terry_loss
-from lit_rlhf.tasks.precision import FusedClipping
+from lit_rlhf.training.optim import warmup_schedule
+from lit_rlhf.training.precision import FusedClipping
 
 
 class RewardModelModule(FusedClipping):

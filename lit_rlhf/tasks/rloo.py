@@ -6,8 +6,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from lit_rlhf.rlhf import rloo_advantages
+from lit_rlhf.rollout.rollout import Rollout
 from lit_rlhf.tasks.critic_free import CriticFreeModule
-from lit_rlhf.tasks.rollout import Rollout
 
 
 class RLOOModule(CriticFreeModule):

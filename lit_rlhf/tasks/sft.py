@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel
 
-from lit_rlhf.optim import warmup_schedule
-from lit_rlhf.tasks.precision import FusedClipping
+from lit_rlhf.training.optim import warmup_schedule
+from lit_rlhf.training.precision import FusedClipping
 
 
 class SFTModule(FusedClipping):
