@@ -20,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from conftest import hydra_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS_DIR = ROOT / "studies" / "conf" / "experiment"
 _spec = importlib.util.spec_from_file_location("leaderboard", ROOT / "studies" / "leaderboard.py")
 lb = importlib.util.module_from_spec(_spec)
 sys.modules["leaderboard"] = lb  # dataclasses look their module up
@@ -27,7 +28,7 @@ _spec.loader.exec_module(lb)
 Run, Row = lb.Run, lb.Row
 SweepWarning = sys.modules["analyze_sweep"].SweepWarning
 
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "studies" / "conf" / "experiment").glob("leaderboard*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in EXPERIMENTS_DIR.glob("leaderboard*.yaml"))
 # method config → (transform class, aggregator class or None for one reward, ensemble aggregate, label)
 METHODS = {
     "raw": ("Identity", None, None, "raw"),
@@ -61,7 +62,7 @@ def test_job_counts_match_the_headers_and_the_command_runs_every_sweep() -> None
     ]
     total = 0
     for name in EXPERIMENTS:
-        text = (ROOT / "studies" / "conf" / "experiment" / f"{name}.yaml").read_text()
+        text = (EXPERIMENTS_DIR / f"{name}.yaml").read_text()
         params = yaml.safe_load(text)["hydra"]["sweeper"]["params"]
         jobs = sweep_jobs(params)
         header = int(re.search(r"^# Jobs: .*?= (\d+)", text, re.M).group(1))
@@ -103,7 +104,7 @@ def test_every_method_of_every_sweep_composes_into_its_transform_aggregator_and_
 def test_the_single_reward_sweeps_cover_every_method_and_leave_out_only_the_listed_pairs() -> None:
     pairs = set()
     for name in ("leaderboard", "leaderboard_critic_free"):
-        params = yaml.safe_load((ROOT / "studies" / "conf" / "experiment" / f"{name}.yaml").read_text())["hydra"]
+        params = yaml.safe_load((EXPERIMENTS_DIR / f"{name}.yaml").read_text())["hydra"]
         params = params["sweeper"]["params"]
         pairs |= {
             (t, m)
@@ -113,7 +114,7 @@ def test_the_single_reward_sweeps_cover_every_method_and_leave_out_only_the_list
     singles = [m for m, (_, agg, _, _) in METHODS.items() if agg is None]
     assert {m for _, m in pairs} == set(singles)
     missing = {(t, m) for t in ("ppo", "grpo", "rloo") for m in singles} - pairs
-    text = (ROOT / "studies" / "conf" / "experiment" / "leaderboard_critic_free.yaml").read_text()
+    text = (EXPERIMENTS_DIR / "leaderboard_critic_free.yaml").read_text()
     for task, method in missing:  # each left-out pair is named in the header with its reason
         assert re.search(rf"#\s+.*{method} × {task.upper()}", text), (task, method)
     assert len(missing) == 6

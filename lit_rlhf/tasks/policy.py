@@ -2,7 +2,8 @@
 
 One training step = one iteration on a batch of prompts:
 
-1. roll out: sample responses with the KV cache under the run's pinned distribution (``lit_rlhf/rollout/rollout.py``);
+1. roll out: sample responses with the KV cache under the run's pinned distribution
+   (``lit_rlhf/rollout/rollout.py``);
 2. score: log-probs of the policy and the frozen reference, the RAW score of every reward model, and (PPO
    only) the critic's values. The reward optimised comes from ``self.reward_fn``, which the
    ``RewardTransformCallback`` installs (transform per reward model, then aggregation), so the paper's
