@@ -1,7 +1,7 @@
 """Every case of the failure table (docs/failures.md), through the real command line: ``python train.py …``.
 
 :data:`ROWS` names the table's rows in order (:func:`test_cases_mirror_the_readme_table` checks them
-against docs/failures.md one to one) and :data:`CASES` holds every case of every row, test ids ``<row>-<case>``:
+against docs/failures.md one to one) and :data:`CASES` has every case of every row, test ids ``<row>-<case>``:
 those of the bad-input rows (``data_line`` … ``sampling``) are in ``failure_table_inputs.py``, those of
 the rows about runs (``ckpt_cadence`` … ``bad_cache``) in ``failure_table_training.py``.
 Each asserts no traceback in stdout + stderr, the exit status (2 for a user error, 0 where the case is

@@ -1,5 +1,5 @@
-"""What a run shows in TensorBoard: the custom-scalars layout, and every tag docs/dashboard.md lists, read from a
-real ``tensorboard`` server on localhost over its HTTP API (scalars, histograms, text, custom scalars)."""
+"""What a run shows in TensorBoard: the custom-scalars layout, and every tag docs/dashboard.md lists, read
+from a real ``tensorboard`` server on localhost over its HTTP API (scalars, histograms, text, layout)."""
 
 from __future__ import annotations
 
@@ -209,9 +209,9 @@ def tensorboard(logdir: Path, timeout: float = 60.0) -> Iterator[Callable[[str],
 
 
 def readme_tags() -> list[str]:
-    """The tags docs/dashboard.md's "What TensorBoard shows" lists, ``<name>`` / ``<prop>`` / ``{a,b}`` expanded."""
+    """docs/dashboard.md's "What TensorBoard shows" tags, ``<name>`` / ``<prop>`` / ``{a,b}`` expanded."""
     text = (ROOT / "docs" / "dashboard.md").read_text()
-    assert "## What TensorBoard shows" in text, "docs/dashboard.md lost its '## What TensorBoard shows' section"
+    assert "## What TensorBoard shows" in text, "docs/dashboard.md lost its 'What TensorBoard shows' section"
     section = text.split("## What TensorBoard shows", 1)[1].split("\n#", 1)[0]
     tags = [t for t in re.findall(r"`([^`\s]+)`", section) if re.fullmatch(r"[a-z_]+/[\w<>{},]+", t)]
     out = []
