@@ -1,5 +1,5 @@
 """The failure table's cases about bad input (``tests/test_failure_table.py`` runs them through
-``python train.py``): rows ``data_line`` to ``sampling`` of the README table — bad JSONL lines and files,
+``python train.py``): rows ``data_line`` to ``sampling`` of docs/failures.md — bad JSONL lines and files,
 prompts longer than the context, unknown group options and other command-line errors, bad conversational
 data, the hints' suggested overrides, and a folder's ``generation_config.json``. Each case is a
 ``check(w, tmp, *args)`` added to :data:`CASES` with ``@case(row, name)`` or ``refused(…)`` (exit status 2).

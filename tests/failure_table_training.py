@@ -1,5 +1,5 @@
 """The failure table's cases about what happens during and between runs (``tests/test_failure_table.py``
-runs them through ``python train.py``): rows ``ckpt_cadence`` to ``bad_cache`` of the README table —
+runs them through ``python train.py``): rows ``ckpt_cadence`` to ``bad_cache`` of docs/failures.md's table —
 exploding updates with periodic checkpoints, re-runs of a run folder (another config, a finished run, a
 killed sweep), group baselines with one sample, missing folders, NaN / constant / huge rewards, a crash or
 ``kill -9`` mid-run or mid-save and the same command again, bad checkpoints and r_ref caches. Each case is

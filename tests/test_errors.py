@@ -1,7 +1,7 @@
 """User-input errors end in one message and a non-zero status, without a traceback; bugs keep theirs.
 
-Unit tests of the classification (:func:`lit_rlhf.run.errors.user_message`) and of the wrapper around the task
-function, then ``python train.py …`` on the README failure table's cases that fail before any training.
+Unit tests of the classification (:func:`lit_rlhf.run.errors.user_message`) and of the wrapper around the
+task function, then ``python train.py …`` on docs/failures.md's cases that fail before any training.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def rm_job(f: dict[str, Path], data: Path) -> list[str]:
 
 
 def cases(f: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
-    """README failure-table cases that fail before training: overrides → what stderr must contain."""
+    """docs/failures.md cases that fail before training: overrides → what stderr must contain."""
     bad, good = BAD / "malformed_json.jsonl", f["root"] / "pairs.jsonl"
     no_data = rm_job(f, good)[:-1]  # data=jsonl without data.path
     ppo = [f"task.policy_path={f['policy']}", "reward=helpful", f"reward.helpful.path={f['rm']}",

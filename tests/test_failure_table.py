@@ -1,7 +1,7 @@
-"""Every case of the README's failure table, through the real command line: ``python train.py …``.
+"""Every case of the failure table (docs/failures.md), through the real command line: ``python train.py …``.
 
 :data:`ROWS` names the table's rows in order (:func:`test_cases_mirror_the_readme_table` checks them
-against README.md one to one) and :data:`CASES` holds every case of every row, test ids ``<row>-<case>``:
+against docs/failures.md one to one) and :data:`CASES` has every case of every row, test ids ``<row>-<case>``:
 those of the bad-input rows (``data_line`` … ``sampling``) are in ``failure_table_inputs.py``, those of
 the rows about runs (``ckpt_cadence`` … ``bad_cache``) in ``failure_table_training.py``.
 Each asserts no traceback in stdout + stderr, the exit status (2 for a user error, 0 where the case is
@@ -42,7 +42,7 @@ from train_cli import ROOT, Case, Evil, World
 
 from lit_rlhf.run.errors import UserError, config_errors_exit_2
 
-# the README table's rows, in order: id → how its first cell begins
+# the failure table's rows (docs/failures.md), in order: id → how its first cell begins
 ROWS = {
     "data_line": "malformed JSON, line not an object",
     "data_file": "empty file, blank-lines-only file",
@@ -81,8 +81,8 @@ CASES: list[Case] = [*failure_table_inputs.CASES, *failure_table_training.CASES]
 
 # ------------------------------------------------------------------ the tests
 def test_cases_mirror_the_readme_table() -> None:
-    """ROWS lists the README failure table's rows in order, and every row has cases here."""
-    section = (ROOT / "README.md").read_text().split("## Failure handling")[1].split("\n## ")[0]
+    """ROWS lists the failure table's rows (docs/failures.md) in order, and every row has cases here."""
+    section = (ROOT / "docs" / "failures.md").read_text().split("# Failure handling")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ")][2:]  # after the header and rule
     first_cells = [row.split(" | ")[0].removeprefix("| ") for row in rows]
     assert len(first_cells) == len(ROWS)

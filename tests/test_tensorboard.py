@@ -1,5 +1,5 @@
-"""What a run shows in TensorBoard: the custom-scalars layout, and every tag the README lists, read from a
-real ``tensorboard`` server on localhost over its HTTP API (scalars, histograms, text, custom scalars)."""
+"""What a run shows in TensorBoard: the custom-scalars layout, and every tag docs/dashboard.md lists, read
+from a real ``tensorboard`` server on localhost over its HTTP API (scalars, histograms, text, layout)."""
 
 from __future__ import annotations
 
@@ -209,10 +209,10 @@ def tensorboard(logdir: Path, timeout: float = 60.0) -> Iterator[Callable[[str],
 
 
 def readme_tags() -> list[str]:
-    """The tags README.md's "What TensorBoard shows" lists, ``<name>`` / ``<prop>`` / ``{a,b}`` expanded."""
-    text = (ROOT / "README.md").read_text()
-    assert "### What TensorBoard shows" in text, "README.md lost its '### What TensorBoard shows' section"
-    section = text.split("### What TensorBoard shows", 1)[1].split("\n#", 1)[0]
+    """docs/dashboard.md's "What TensorBoard shows" tags, ``<name>`` / ``<prop>`` / ``{a,b}`` expanded."""
+    text = (ROOT / "docs" / "dashboard.md").read_text()
+    assert "## What TensorBoard shows" in text, "docs/dashboard.md lost its 'What TensorBoard shows' section"
+    section = text.split("## What TensorBoard shows", 1)[1].split("\n#", 1)[0]
     tags = [t for t in re.findall(r"`([^`\s]+)`", section) if re.fullmatch(r"[a-z_]+/[\w<>{},]+", t)]
     out = []
     for tag in tags:
@@ -227,7 +227,7 @@ def readme_tags() -> list[str]:
                 todo += [t.replace("<prop>", p) for p in PROPERTIES]
             else:
                 out.append(t)
-    assert len(out) >= 20, f"README.md's tag list was not parsed (found {out})"
+    assert len(out) >= 20, f"docs/dashboard.md's tag list was not parsed (found {out})"
     return out
 
 
@@ -272,7 +272,7 @@ def test_ppo_run_through_tensorboard_http_api(runs):
     # every tag is in exactly one plugin
     assert not tags["scalars"] & tags["histograms"]
     assert not (tags["scalars"] | tags["histograms"]) & tags["text"]
-    # every README tag of PPO in the plugin it belongs to (the reward-model-only ones are checked below)
+    # every documented tag of PPO in the plugin it belongs to (the reward-model-only ones are checked below)
     for tag in readme_tags():
         if tag not in ("val/loss", "val/rm_acc", "val/margin"):
             assert tag in tags[plugin_of(tag)], f"{tag} missing from TensorBoard's {plugin_of(tag)} plugin"
@@ -304,7 +304,7 @@ def test_sft_and_reward_model_runs_through_tensorboard_http_api(runs):
         assert tag in rm["scalars"] and tag not in sft["scalars"]
     for tags in (sft, rm):
         assert not tags["histograms"] and not tags["text"]
-    # every README tag is in its plugin in one of the three runs, and never in another plugin
+    # every documented tag is in its plugin in one of the three runs, and never in another plugin
     for tag in readme_tags():
         home = plugin_of(tag)
         assert any(tag in t[home] for t in (sft, rm, ppo_tags)), f"{tag} in no run's {home} plugin"
