@@ -5,11 +5,14 @@ the loss aggregations divide by the global minibatch's rows or tokens
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from lit_rlhf.rlhf import LOSS_AGGS, kl_loss, masked_mean, policy_loss
+from lit_rlhf.rlhf import kl_loss, masked_mean, policy_loss
 from lit_rlhf.rollout.rollout import Rollout
+from lit_rlhf.tasks.config import CriticFreeConfig
 from lit_rlhf.tasks.policy import PolicyModule
 
 
@@ -17,17 +20,16 @@ class CriticFreeModule(PolicyModule):
     """A :class:`~lit_rlhf.tasks.policy.PolicyModule` whose subclass only says how advantages are made.
 
     Args:
-        loss_agg: how token losses are averaged (``token_mean`` | ``seq_mean_token_mean`` |
-            ``seq_mean_token_sum_norm``; :func:`lit_rlhf.rlhf.estimators.loss_weights`).
-        kl_in_loss: add ``β · KL(π‖π_ref)`` (k3) to the loss (GRPO) instead of into the reward.
-        **kwargs: :class:`~lit_rlhf.tasks.policy.PolicyModule`'s arguments.
+        **kwargs: :class:`~lit_rlhf.tasks.policy.PolicyModule`'s arguments; the settings are a
+            :class:`~lit_rlhf.tasks.config.CriticFreeConfig` (``loss_agg``, ``kl_in_loss`` on top of the
+            shared ones).
     """
 
-    def __init__(self, loss_agg: str = "token_mean", kl_in_loss: bool = False, **kwargs) -> None:
+    config_class = CriticFreeConfig
+
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if loss_agg not in LOSS_AGGS:
-            raise ValueError(f"task.module.loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
-        self.loss_agg, self.kl_in_loss = loss_agg, kl_in_loss
+        self.loss_agg, self.kl_in_loss = self.config.loss_agg, self.config.kl_in_loss
 
     def advantages(self, ro: Rollout, reward: Tensor, kl: Tensor) -> Tensor:
         """(B,) or (B, R) advantages of the rollouts."""

@@ -7,10 +7,13 @@ does not: ``+transform=logsigmoid`` still compresses the top of each group."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from lit_rlhf.rlhf import group_advantages
 from lit_rlhf.rollout.rollout import Rollout
+from lit_rlhf.tasks.config import GRPOConfig
 from lit_rlhf.tasks.critic_free import CriticFreeModule
 
 
@@ -18,23 +21,17 @@ class GRPOModule(CriticFreeModule):
     """Group-relative policy optimisation.
 
     Args:
-        scale_rewards: divide by the group's std (GRPO); ``false`` = Dr. GRPO's mean-only baseline.
-        eps: added to the std.
-        **kwargs: :class:`~lit_rlhf.tasks.critic_free.CriticFreeModule`'s arguments; ``samples_per_prompt``
-            is the group size G (≥ 2).
+        **kwargs: :class:`~lit_rlhf.tasks.critic_free.CriticFreeModule`'s arguments; the settings are a
+            :class:`~lit_rlhf.tasks.config.GRPOConfig` (``samples_per_prompt`` is the group size G ≥ 2).
     """
 
     algorithm = "grpo"
 
-    def __init__(self, scale_rewards: bool = True, eps: float = 1e-6, **kwargs) -> None:
-        kwargs.setdefault("kl_in_loss", True)
+    config_class = GRPOConfig
+
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if self.samples_per_prompt < 2:
-            raise ValueError(
-                f"task=grpo compares G samples of each prompt: task.module.samples_per_prompt must be >= 2, "
-                f"got {self.samples_per_prompt}"
-            )
-        self.scale_rewards, self.eps = scale_rewards, eps
+        self.scale_rewards, self.eps = self.config.scale_rewards, self.config.eps
 
     def advantages(self, ro: Rollout, reward: Tensor, kl: Tensor) -> Tensor:
         return group_advantages(reward, self.samples_per_prompt, self.eps, self.scale_rewards)  # (B,)

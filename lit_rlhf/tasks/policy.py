@@ -21,9 +21,11 @@ Subclasses implement :meth:`optimise` (and, with a critic, :meth:`rollout_values
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +37,7 @@ from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, kl_penalty, m
 from lit_rlhf.rollout.decoding import row_seeds
 from lit_rlhf.rollout.evaluation import evaluate
 from lit_rlhf.rollout.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
+from lit_rlhf.tasks.config import PolicyConfig, build_config
 from lit_rlhf.training.faults import FaultPolicy
 from lit_rlhf.training.optim import warmup_schedule
 from lit_rlhf.training.precision import FusedClipping, cached_casts
@@ -66,33 +69,13 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
         reward_models: name → frozen reward model (``*ForSequenceClassification``, one label).
         tokenizer: shared by all models (its pad and eos ids are used).
         optimizer: partial optimizer (the ``optimizer/`` group).
-        lr: actor learning rate.
-        warmup_steps: linear warm-up, in iterations.
-        kl_coef: initial KL coefficient β.
-        kl_target: target KL per sequence for the adaptive controller; ``None`` = fixed β.
-        kl_horizon: horizon of the adaptive controller (Ziegler et al., 2019).
-        kl_estimator: ``k1`` (log π − log π_ref), ``k2`` or ``k3`` per token.
-        clip_eps: ratio clip ε of the surrogate.
-        ppo_epochs: passes over each batch of rollouts.
-        num_minibatches: minibatches per pass.
-        max_grad_norm: gradient clipping (``None`` = off).
-        missing_eos_penalty: subtracted from every reward model's RAW score of a response cut without EOS,
-            before the transform, so it is in reward-model units whatever the transform (``None`` = off).
-        samples_per_prompt: responses sampled per prompt in a step (the group size of GRPO / RLOO).
-        max_new_tokens: response length cap.
-        temperature: sampling temperature (log-probs are taken at the same temperature).
-        top_k: must stay 0: top-k truncation would make the ratio off-policy (refused).
-        top_p: must stay 1.0, for the same reason (refused).
-        eval_samples_per_prompt: responses per held-out prompt at evaluation.
-        seed: seeds the sampling and the minibatches of each iteration (with the iteration number and,
-            for sampling, the row's index in the global batch).
-        max_bad_batches: stop after this many consecutive batches with NaN/inf scores, log-probs or values
-            (each one is skipped and counted in ``<algorithm>/skipped_batches``).
-        max_ratio: skip a minibatch's policy update when max π/π_old exceeds this (ratio explosion);
-            counted in ``<algorithm>/skipped_updates``.
+        config: the algorithm's settings (:class:`~lit_rlhf.tasks.config.PolicyConfig` or the subclass's
+            ``config_class``); ``None`` = built from ``settings``.
+        **settings: the same settings as flat keys (what Hydra's ``task.module.*`` passes).
     """
 
     algorithm = "policy"  # the TensorBoard prefix of the subclass: ppo/…, grpo/…
+    config_class: type[PolicyConfig] = PolicyConfig  # the subclass's settings
 
     def __init__(
         self,
@@ -101,32 +84,13 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
         reward_models: dict[str, PreTrainedModel],
         tokenizer,
         optimizer: Callable[..., torch.optim.Optimizer],
-        lr: float = 3e-5,
-        warmup_steps: int = 0,
-        kl_coef: float = 0.05,
-        kl_target: float | None = None,
-        kl_horizon: int = 10000,
-        kl_estimator: str = "k1",
-        clip_eps: float = 0.2,
-        ppo_epochs: int = 2,
-        num_minibatches: int = 2,
-        max_grad_norm: float | None = 1.0,
-        missing_eos_penalty: float | None = None,
-        samples_per_prompt: int = 1,
-        max_new_tokens: int = 16,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        eval_samples_per_prompt: int = 4,
-        seed: int = 0,
-        max_bad_batches: int = 3,
-        max_ratio: float = 100.0,
+        config: PolicyConfig | None = None,
+        **settings: Any,
     ) -> None:
         super().__init__()
+        self.config = c = build_config(self.config_class, config, settings)
         # all but the networks: `Module.load_from_checkpoint(path, actor=…, ref=…, …)` rebuilds the module
-        self.save_hyperparameters(
-            ignore=["actor", "ref", "critic", "reward_models", "tokenizer", "optimizer"]
-        )
+        self.save_hyperparameters(dataclasses.asdict(c))
         self.automatic_optimization = False
         # strict: the frozen models (not stored) are the only keys a checkpoint may lack (on_load_checkpoint)
         self.strict_loading = True
@@ -134,8 +98,6 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
             raise ValueError(f"task={self.algorithm} needs at least one reward model (the `reward` group)")
         if ref is None and not lora.is_lora(actor):
             raise ValueError(f"{type(self).__name__} needs a reference policy: pass ref, or a LoRA actor")
-        if samples_per_prompt < 1:
-            raise ValueError(f"task.module.samples_per_prompt must be >= 1, got {samples_per_prompt}")
         self.actor, self.ref = actor, ref
         self.reward_models = nn.ModuleDict(reward_models)
         self.reward_names = list(reward_models)
@@ -145,26 +107,30 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
             if m is not None:
                 disable_dropout(m)
         self.tokenizer, self.optimizer_fn = tokenizer, optimizer
-        self.lr, self.warmup_steps = lr, warmup_steps
+        self.lr, self.warmup_steps = c.lr, c.warmup_steps
         self.kl_ctl = (
-            FixedKLController(kl_coef)
-            if kl_target is None
-            else AdaptiveKLController(kl_coef, target=kl_target, horizon=kl_horizon)
+            FixedKLController(c.kl_coef)
+            if c.kl_target is None
+            else AdaptiveKLController(c.kl_coef, target=c.kl_target, horizon=c.kl_horizon)
         )
-        self.kl_estimator, self.clip_eps = kl_estimator, clip_eps
-        self.ppo_epochs, self.num_minibatches, self.max_grad_norm = ppo_epochs, num_minibatches, max_grad_norm
-        self.missing_eos_penalty, self.samples_per_prompt = missing_eos_penalty, samples_per_prompt
-        self.temperature, self.max_new_tokens = temperature, max_new_tokens
-        self.eval_samples_per_prompt, self.seed = eval_samples_per_prompt, seed
+        self.kl_estimator, self.clip_eps = c.kl_estimator, c.clip_eps
+        self.ppo_epochs, self.num_minibatches, self.max_grad_norm = (
+            c.ppo_epochs,
+            c.num_minibatches,
+            c.max_grad_norm,
+        )
+        self.missing_eos_penalty, self.samples_per_prompt = c.missing_eos_penalty, c.samples_per_prompt
+        self.temperature, self.max_new_tokens = c.temperature, c.max_new_tokens
+        self.eval_samples_per_prompt, self.seed = c.eval_samples_per_prompt, c.seed
         # the sampling distribution is the run's alone (not the checkpoint's generation_config.json)
         self.eos_ids = eos_token_ids(tokenizer, [actor])
         self.generation_config = sampling_config(
-            tokenizer, self.eos_ids, max_new_tokens, temperature, top_k, top_p
+            tokenizer, self.eos_ids, c.max_new_tokens, c.temperature, c.top_k, c.top_p
         )
         self.reward_fn: RewardFn = raw_sum
         self._row_seeds: Tensor | None = None  # the seeds generate() samples rows from (seeded_rows)
         self.iteration = 0
-        self.max_bad_batches, self.max_ratio = max_bad_batches, max_ratio
+        self.max_bad_batches, self.max_ratio = c.max_bad_batches, c.max_ratio
         self.skipped_batches = self.skipped_updates = self._bad_streak = 0
         self.start_metrics: dict[str, float] = {}  # the first iteration's transform telemetry (summary)
 

@@ -13,11 +13,14 @@ The objective is the paper's ``E[u(x, y)] − β·KL(π‖π_ref)`` with u the t
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from lit_rlhf.rlhf import gae, masked_whiten, per_token_rewards, ppo_policy_loss, value_loss
 from lit_rlhf.rollout.rollout import Rollout
+from lit_rlhf.tasks.config import PPOConfig
 from lit_rlhf.tasks.policy import PolicyModule, disable_dropout, raw_sum
 from lit_rlhf.training.optim import warmup_schedule
 
@@ -29,31 +32,20 @@ class PPOModule(PolicyModule):
 
     Args:
         critic: value model (:class:`~lit_rlhf.models.heads.ValueModel`: a backbone and a linear head).
-        value_lr: critic learning rate.
-        gamma: discount of GAE.
-        lam: λ of GAE.
-        value_clip_eps: value clip ε.
-        vf_coef: weight of the value loss.
-        **kwargs: the rest of :class:`~lit_rlhf.tasks.policy.PolicyModule` (actor, ref, reward models, …).
+        **kwargs: the rest of :class:`~lit_rlhf.tasks.policy.PolicyModule` (actor, ref, reward models,
+            tokenizer, optimizer, and ``config=PPOConfig(...)`` or its keys flat).
     """
 
     algorithm = "ppo"
+    config_class = PPOConfig
 
-    def __init__(
-        self,
-        critic: nn.Module,
-        value_lr: float = 1e-4,
-        gamma: float = 1.0,
-        lam: float = 0.95,
-        value_clip_eps: float = 0.2,
-        vf_coef: float = 0.5,
-        **kwargs,
-    ) -> None:
+    def __init__(self, critic: nn.Module, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.critic = critic
         disable_dropout(critic)
-        self.value_lr, self.gamma, self.lam = value_lr, gamma, lam
-        self.value_clip_eps, self.vf_coef = value_clip_eps, vf_coef
+        c = self.config
+        self.value_lr, self.gamma, self.lam = c.value_lr, c.gamma, c.lam
+        self.value_clip_eps, self.vf_coef = c.value_clip_eps, c.vf_coef
 
     def rollout_values(self, input_ids: Tensor, attention_mask: Tensor, P: int) -> Tensor:
         return self._values(input_ids, attention_mask, P)

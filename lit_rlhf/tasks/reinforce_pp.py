@@ -4,10 +4,13 @@ needed."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from lit_rlhf.rlhf import per_token_rewards, reinforce_pp_advantages
 from lit_rlhf.rollout.rollout import Rollout
+from lit_rlhf.tasks.config import ReinforcePPConfig
 from lit_rlhf.tasks.critic_free import CriticFreeModule
 
 
@@ -15,15 +18,17 @@ class ReinforcePPModule(CriticFreeModule):
     """REINFORCE++.
 
     Args:
-        gamma: discount of the return-to-go.
-        **kwargs: :class:`~lit_rlhf.tasks.critic_free.CriticFreeModule`'s arguments.
+        **kwargs: :class:`~lit_rlhf.tasks.critic_free.CriticFreeModule`'s arguments; the settings are a
+            :class:`~lit_rlhf.tasks.config.ReinforcePPConfig` (``gamma``: discount of the return-to-go).
     """
 
     algorithm = "reinforce_pp"
 
-    def __init__(self, gamma: float = 1.0, **kwargs) -> None:
+    config_class = ReinforcePPConfig
+
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.gamma = gamma
+        self.gamma = self.config.gamma
 
     def advantages(self, ro: Rollout, reward: Tensor, kl: Tensor) -> Tensor:
         mask = ro.response_mask.float()

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from lit_rlhf.rlhf import rloo_advantages
 from lit_rlhf.rollout.rollout import Rollout
+from lit_rlhf.tasks.config import RLOOConfig
 from lit_rlhf.tasks.critic_free import CriticFreeModule
 
 
@@ -20,13 +21,7 @@ class RLOOModule(CriticFreeModule):
 
     algorithm = "rloo"
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if self.samples_per_prompt < 2:
-            raise ValueError(
-                f"task=rloo needs a leave-one-out baseline: task.module.samples_per_prompt must be >= 2, "
-                f"got {self.samples_per_prompt}"
-            )
+    config_class = RLOOConfig
 
     def advantages(self, ro: Rollout, reward: Tensor, kl: Tensor) -> Tensor:
         penalised = reward - self.kl_ctl.value * kl.sum(-1)  # (B,): r − β·KL_seq

@@ -20,11 +20,13 @@ def _bitsandbytes() -> Any:
     """Import bitsandbytes without its import-time notices, or raise an ImportError naming the extra.
 
     On CPU it warns (``warnings``) about CUDA and logs (logger ``bitsandbytes``) that an optional 4-bit
-    matmul kernel (the ``kernels`` package) is missing; neither concerns 8-bit AdamW.
+    matmul kernel (the ``kernels`` package) is missing, or ``kernels`` logs that it cannot check the kernel's
+    publisher offline; none of it concerns 8-bit AdamW.
     """
-    bnb_log = logging.getLogger("bitsandbytes")
-    level = bnb_log.level
-    bnb_log.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("bitsandbytes", "kernels")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -35,7 +37,8 @@ def _bitsandbytes() -> Any:
             "pip install 'lit_rlhf[bnb]' (or pip install bitsandbytes)"
         ) from err
     finally:
-        bnb_log.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     return bnb
 
 
