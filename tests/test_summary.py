@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from lit_rlhf.run import summary as S
+from lit_rlhf.run import sweep as W
 
 
 def test_win_rate_se_by_hand() -> None:
@@ -123,7 +124,7 @@ def test_multirun_table(tmp_path: Path) -> None:
     job(sweep, 1, [*common, "+transform=logsigmoid", "seed=0"], {"gold/win_rate_both": 0.7, "ppo/kl": 1.5})
     job(sweep, 10, [*common, "+transform=logsigmoid", "seed=1"], None)  # failed: no summary.json
     (sweep / "multirun.yaml").write_text("{}\n")  # the sweep's own files are not jobs
-    text = S.multirun_table(sweep)
+    text = W.multirun_table(sweep)
     assert (sweep / "summary.md").read_text() == text
     assert text == (
         "# Sweep 2026-01-01_00-00-00\n"
@@ -140,5 +141,5 @@ def test_multirun_table(tmp_path: Path) -> None:
 
 def test_sweep_callback_writes_the_table(tmp_path: Path) -> None:
     job(tmp_path, 0, ["seed=0"], {"val/rm_acc": 0.7})
-    S.SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    W.SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert "| 0 | `seed=0` | 0.7 | 1 min 15 s |" in (tmp_path / "summary.md").read_text()
