@@ -43,6 +43,7 @@ _PUBLIC = {
     "Mean": "lit_rlhf.rewards.aggregators",
     "MeanMinusStd": "lit_rlhf.rewards.aggregators",
     "MeanMinusVar": "lit_rlhf.rewards.aggregators",
+    "NormalizeThenSum": "lit_rlhf.rewards.gdpo",
     # models (conf/model)
     "TinyGPT2": "lit_rlhf.models",
     "Pretrained": "lit_rlhf.models",

@@ -133,6 +133,7 @@ class RewardTransformCallback(L.Callback):
         if self._pending_state:
             self._load_transforms(self._pending_state)
         pl_module.reward_fn = self
+        pl_module.reward_is_advantage = self.gives_advantages  # GDPO: GRPO uses it as is
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.table is None:
@@ -288,9 +289,30 @@ class RewardTransformCallback(L.Callback):
         all_scores, mine = gather_rows(scores)  # (N, K), N = B summed over ranks
         all_ids, _ = gather_rows(prompt_ids)  # (N,)
         u, r_ref = self.transformed(all_scores, all_ids, update=True)  # (N, K) each
-        total = self.aggregator(u, self.table.names)  # (N,)
+        names = self.table.names
+        if getattr(self.aggregator, "needs_groups", False):  # GDPO: groups of G consecutive rows
+            G = int(getattr(pl_module, "samples_per_prompt", 1))
+            total = self.aggregator(u, names, group_size=G)  # (N,)
+            self._log_per_reward_advantages(pl_module, self.aggregator.per_reward(u, names, G), total)
+        else:
+            total = self.aggregator(u, names)  # (N,)
         self._log(pl_module, all_scores, u, r_ref, total, all_ids)
         return total[mine]  # (B,)
+
+    @property
+    def gives_advantages(self) -> bool:
+        """Whether the reward is already an advantage (GDPO's whitened sum): GRPO then uses it as is."""
+        return bool(getattr(self.aggregator, "gives_advantages", False))
+
+    def _log_per_reward_advantages(self, pl_module: L.LightningModule, terms: Tensor, total: Tensor) -> None:
+        """Each reward's share of a GDPO advantage: ``reward/<name>_advantage_abs`` (mean |term|) and
+        ``reward/<name>_advantage_agree`` (share of rollouts whose term has the total's sign)."""
+        metrics = {}
+        for k, name in enumerate(self.table.names):
+            metrics[f"reward/{name}_advantage_abs"] = terms[:, k].abs().mean()
+            agree = (torch.sign(terms[:, k]) == torch.sign(total)) & (terms[:, k] != 0)
+            metrics[f"reward/{name}_advantage_agree"] = agree.float().mean()
+        pl_module.log_dict(metrics, batch_size=len(total))
 
     def _log(
         self,

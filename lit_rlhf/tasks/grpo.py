@@ -34,4 +34,6 @@ class GRPOModule(CriticFreeModule):
         self.scale_rewards, self.eps = self.config.scale_rewards, self.config.eps
 
     def advantages(self, ro: Rollout, reward: Tensor, kl: Tensor) -> Tensor:
+        if self.reward_is_advantage:  # GDPO's aggregate: already normalised and whitened
+            return reward  # (B,)
         return group_advantages(reward, self.samples_per_prompt, self.eps, self.scale_rewards)  # (B,)

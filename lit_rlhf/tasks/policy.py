@@ -128,6 +128,7 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
             tokenizer, self.eos_ids, c.max_new_tokens, c.temperature, c.top_k, c.top_p
         )
         self.reward_fn: RewardFn = raw_sum
+        self.reward_is_advantage = False  # the installed reward is already an advantage (GDPO)
         self._row_seeds: Tensor | None = None  # the seeds generate() samples rows from (seeded_rows)
         self.iteration = 0
         self.max_bad_batches, self.max_ratio = c.max_bad_batches, c.max_ratio
