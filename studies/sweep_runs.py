@@ -32,7 +32,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 TRANSFORMS = {"identity": "raw", "logsigmoid": "logsigmoid", "center": "center", "whiten": "whiten"}
 TRANSFORMS |= {"clip": "clip"}
-AGGREGATORS = {"sum": "sum", "weightedsum": "weighted_sum", "min": "min"}
+AGGREGATORS = {"sum": "sum", "weightedsum": "weighted_sum", "min": "min", "normalizethensum": "gdpo"}
 DEFAULT_Q = 0.85  # conf/reward/*.yaml reference.q: a method is named by its reference only when it differs
 # the config keys an archive keeps: what method_of, load_runs and the leaderboard read (data: the world seed)
 ARCHIVED_KEYS = ("seed", "task", "reward", "transform", "aggregator", "data")

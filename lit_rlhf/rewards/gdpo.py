@@ -25,6 +25,8 @@ from torch import Tensor
 
 from lit_rlhf.rewards.aggregators import _check
 
+FLAT = 1e-4  # a sum of normalised terms with less spread than this is taken as no signal
+
 
 def group_normalise(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
     """Each column normalised within consecutive groups of ``group_size`` rows: (r − mean_G)/(std_G + eps).
@@ -65,7 +67,10 @@ def normalize_then_sum(rewards: Tensor, weights: Tensor, group_size: int, eps: f
     """
     total = group_normalise(rewards, group_size, eps) @ weights.to(rewards)  # (B,)
     centred = total - total.mean()
-    if len(total) < 2 or bool((total == total[0]).all()):
+    # the terms are in units of each reward's group std, so a total whose spread is below FLAT is rounding
+    # (e.g. G = 2 and two rewards that always move in opposite directions: every term pair cancels);
+    # whitening it would turn float noise into unit-variance advantages
+    if len(total) < 2 or float(total.std()) < FLAT * float(weights.abs().sum().clamp_min(1)):
         return torch.zeros_like(total)
     return centred / (total.std() + eps)
 
