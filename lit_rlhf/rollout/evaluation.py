@@ -46,7 +46,7 @@ def evaluate(module: Any, batch: dict) -> dict:
         out[f"{who}_responses"] = tok.batch_decode(
             seq[:, P:].masked_fill(rmask == 0, tok.pad_token_id), skip_special_tokens=True
         )
-        out[f"{who}_scores"] = module.score(seq, full)
+        out[f"{who}_scores"] = module.score(seq, full, P)
         out[f"{who}_length"] = rmask.sum(-1).float()
         if who == "policy":
             lp = module._token_logprobs(module.actor, seq, full, P)

@@ -41,10 +41,19 @@ class PolicyConfig:
     seed: int = 0  # seeds sampling (with the iteration and the row's global index) and the minibatches
     max_bad_batches: int = 3  # stop after this many consecutive batches with NaN/inf (each one skipped)
     max_ratio: float = 100.0  # skip a minibatch's update when max π/π_old exceeds this
+    # compute each distinct prompt of a batch once for all its responses (lit_rlhf/rollout/shared_prefix.py):
+    # auto = where the model family allows (else the plain forward, one log line); true = an error instead
+    shared_prefix: bool | str = "auto"
 
     def __post_init__(self) -> None:
         if self.samples_per_prompt < 1:
             raise ValueError(f"{KEY}.samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
+        mode = self.shared_prefix
+        if isinstance(mode, str) and mode.lower() in ("true", "false"):
+            mode = mode.lower() == "true"
+        if not (mode == "auto" or isinstance(mode, bool)):
+            raise ValueError(f"{KEY}.shared_prefix must be auto, true or false, got {self.shared_prefix!r}")
+        self.shared_prefix = mode
 
 
 @dataclass

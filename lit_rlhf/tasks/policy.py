@@ -34,6 +34,7 @@ from transformers import PreTrainedModel
 from lit_rlhf.models import lora
 from lit_rlhf.models.scoring import reward_scores
 from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, kl_penalty, masked_mean
+from lit_rlhf.rollout import shared_prefix
 from lit_rlhf.rollout.decoding import row_seeds
 from lit_rlhf.rollout.evaluation import evaluate
 from lit_rlhf.rollout.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
@@ -107,6 +108,15 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
             if m is not None:
                 disable_dropout(m)
         self.tokenizer, self.optimizer_fn = tokenizer, optimizer
+        # each distinct prompt of a batch computed once for all its responses (G ≥ 2, evaluation samples)
+        self.share_prefix = c.shared_prefix is not False
+        if c.shared_prefix is True:
+            roles = {
+                "policy": actor,
+                "reference": ref,
+                **{f"reward model {k}": m for k, m in reward_models.items()},
+            }
+            shared_prefix.require({k: m for k, m in roles.items() if m is not None})
         self.lr, self.warmup_steps = c.lr, c.warmup_steps
         self.kl_ctl = (
             FixedKLController(c.kl_coef)
@@ -173,18 +183,22 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
         self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, P: int
     ) -> Tensor:
         """log π(y_t | x, y_<t) for the response tokens, (B, R), at the sampling temperature."""
-        return token_logprobs(model, input_ids, attention_mask, P, self.temperature)
+        fn = shared_prefix.token_logprobs if self.share_prefix else token_logprobs
+        return fn(model, input_ids, attention_mask, P, self.temperature)
 
     def rollout_values(self, input_ids: Tensor, attention_mask: Tensor, P: int) -> Tensor:
         """Critic values of the response positions, (B, R); zeros for the critic-free algorithms."""
         return torch.zeros(input_ids.shape[0], input_ids.shape[1] - P, device=input_ids.device)
 
     @torch.no_grad()
-    def score(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Raw scores of every reward model, (B, K) in ``self.reward_names`` order."""
-        return torch.stack(
-            [reward_scores(rm, input_ids, attention_mask) for rm in self.reward_models.values()], -1
-        )
+    def score(self, input_ids: Tensor, attention_mask: Tensor, P: int | None = None) -> Tensor:
+        """Raw scores of every reward model, (B, K) in ``self.reward_names`` order (``P``: the prompt
+        length, to compute each distinct prompt once)."""
+        if self.share_prefix and P is not None:
+            fn = lambda rm: shared_prefix.sequence_scores(rm, input_ids, attention_mask, P)  # noqa: E731
+        else:
+            fn = lambda rm: reward_scores(rm, input_ids, attention_mask)  # noqa: E731
+        return torch.stack([fn(rm) for rm in self.reward_models.values()], -1)
 
     @torch.no_grad()
     def rollout(self, batch: dict) -> Rollout:
@@ -207,7 +221,7 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
             logprobs=self._token_logprobs(self.actor, seq, full_mask, P),
             ref_logprobs=self._reference_logprobs(seq, full_mask, P),
             values=self.rollout_values(seq, full_mask, P),
-            scores=self.score(seq, full_mask),
+            scores=self.score(seq, full_mask, P),
             has_eos=has_eos,
         )
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_rlhf.rlhf import gae, masked_whiten, per_token_rewards, ppo_policy_loss, value_loss
+from lit_rlhf.rollout import shared_prefix
 from lit_rlhf.rollout.rollout import Rollout
 from lit_rlhf.tasks.config import PPOConfig
 from lit_rlhf.tasks.policy import PolicyModule, disable_dropout, raw_sum
@@ -43,6 +44,8 @@ class PPOModule(PolicyModule):
         super().__init__(**kwargs)
         self.critic = critic
         disable_dropout(critic)
+        if self.config.shared_prefix is True:
+            shared_prefix.require({"critic": critic})
         c = self.config
         self.value_lr, self.gamma, self.lam = c.value_lr, c.gamma, c.lam
         self.value_clip_eps, self.vf_coef = c.value_clip_eps, c.vf_coef
@@ -51,7 +54,10 @@ class PPOModule(PolicyModule):
         return self._values(input_ids, attention_mask, P)
 
     def _values(self, input_ids: Tensor, attention_mask: Tensor, P: int) -> Tensor:
-        return self.critic(input_ids, attention_mask)[:, P - 1 : -1]  # (B, R): V(s_t) before token t
+        """(B, R): V(s_t) before each response token t."""
+        if self.share_prefix:
+            return shared_prefix.values(self.critic, input_ids, attention_mask, P)
+        return self.critic(input_ids, attention_mask)[:, P - 1 : -1]
 
     def updates_per_iteration(self) -> int:
         return 2 * self.ppo_epochs * self.num_minibatches  # actor and critic
