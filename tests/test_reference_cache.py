@@ -207,9 +207,9 @@ def scored_sequences(ppo: PPOModule) -> list[list[int]]:
     seen: list[list[int]] = []
     score = ppo.score
 
-    def spy(ids, mask):
+    def spy(ids, mask, P=None):
         seen.extend(row[m.bool()].tolist() for row, m in zip(ids, mask))
-        return score(ids, mask)
+        return score(ids, mask, P)
 
     ppo.score = spy
     return seen

@@ -188,7 +188,7 @@ def load_or_compute(path: Path, compute: Callable[[], dict[str, Tensor]]) -> tup
 @torch.no_grad()
 def sample_rewards(
     generate: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]],
-    score: Callable[[Tensor, Tensor], Tensor],
+    score: Callable[[Tensor, Tensor, int], Tensor],
     pad: Callable[[Sequence[Sequence[int]]], tuple[Tensor, Tensor]],
     prompts: Sequence[Sequence[int]],
     n: int,
@@ -198,7 +198,8 @@ def sample_rewards(
 
     Args:
         generate: (ids, mask) → (sequences, response_mask, has_eos), sampling from the reference policy.
-        score: (sequences, mask) → (N, K) raw rewards.
+        score: (sequences, mask, prompt length) → (N, K) raw rewards (the n samples of a prompt may share
+            its computation: :mod:`lit_rlhf.rollout.shared_prefix`).
         pad: token-id lists → left-padded (ids, mask) on the models' device.
         prompts: P prompts as token ids (already truncated, as the rollouts use them).
         n: samples per prompt.
@@ -209,7 +210,7 @@ def sample_rewards(
         ids, mask = pad(prompts[i : i + batch_prompts])
         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
         seq, rmask, _ = generate(ids, mask)
-        scores = score(seq, torch.cat([mask, rmask], 1))  # (b·n, K)
+        scores = score(seq, torch.cat([mask, rmask], 1), ids.shape[1])  # (b·n, K)
         out.append(scores.view(-1, n, scores.shape[-1]).cpu())
     return torch.cat(out)
 
