@@ -78,6 +78,9 @@ class Settings:
     group_minibatches: int = 2
     group_warmup_steps: int = 2
     group_steps: int = 8  # timed iterations (after the warm-up)
+    # lit_rlhf's task.module.shared_prefix (auto | true | false): each distinct prompt computed once for its
+    # group in the rollout forwards and the update (lit_rlhf/rollout/shared_prefix.py); false = equal work
+    shared_prefix: str = "auto"
 
     @classmethod
     def load(cls, size: str, precision: str | None = None) -> Settings:

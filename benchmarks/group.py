@@ -115,6 +115,7 @@ def lit_group_kwargs(s: Settings, task: str) -> dict:
         "max_new_tokens": plan.max_new_tokens,
         "temperature": s.temperature,
         "seed": s.seed,
+        "shared_prefix": s.shared_prefix,
         **LIT_LOSS[task],
     }
 

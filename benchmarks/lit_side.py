@@ -271,6 +271,7 @@ def run_ppo(s: Settings) -> dict:
         max_grad_norm=None,  # TRL's PPO loop does not clip: same work
         max_new_tokens=s.ppo_max_new_tokens,
         temperature=s.temperature,
+        shared_prefix=s.shared_prefix,
     )
     per_step, step_phases, work = instrument(module, PPOModule)
     meter = Meter(count_batch_tokens=False)
