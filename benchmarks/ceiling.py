@@ -15,6 +15,14 @@ faster attention kernel would lower it; the matmul-only bound holds whatever the
 extra policy log-prob forward is left out (an implementation may reuse the
 sampling logits). Dividing a peer's measured step time by this bound gives the largest speed-up over it
 that equal work allows.
+
+The shared-prefix floor (the rows marked "shared prefix", left out with ``--no-shared``) counts each
+group's prompt once: P rows per prompt and R per rollout instead of P + R per rollout, in generation's
+prefill (what vLLM's prefix cache does; lit_rlhf's HF generation still prefills every row), in every
+rollout forward and in the update, as ``task.module.shared_prefix`` does (lit_rlhf/rollout/shared_prefix.py).
+The update's minibatches are random rows of the batch, so a minibatch of b of the N rollouts computes the
+:func:`expected_prompts` distinct prompts it holds. Attention follows: the prompts attend among themselves
+once, the responses over prompt and response keys.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import json
 import sys
 import time
 from collections import Counter
+from math import comb
 from pathlib import Path
 
 import torch
@@ -180,19 +189,27 @@ class Bound:
             self.flops += times * count * 2 * rows * shape[0] * shape[1] * (3 if train else 1)
 
 
-def step_bound(task: str, s: Settings) -> Counter:
+def expected_prompts(prompts: int, group: int, rows: int) -> float:
+    """Expected distinct prompts among ``rows`` rollouts drawn without replacement from ``prompts`` groups of
+    ``group``: each prompt is missing with probability C(N − G, b) / C(N, b)."""
+    n = prompts * group
+    return prompts * (1 - comb(n - group, rows) / comb(n, rows))
+
+
+def step_bound(task: str, s: Settings, shared: bool = False) -> Counter:
     """Lower bound (s) of one step of ``task`` under settings ``s``, by phase (:func:`step_bound_flops`)."""
-    return step_bound_flops(task, s)[0]
+    return step_bound_flops(task, s, shared)[0]
 
 
-def step_bound_flops(task: str, s: Settings) -> tuple[Counter, float]:
+def step_bound_flops(task: str, s: Settings, shared: bool = False) -> tuple[Counter, float]:
     """Lower bound (s) of one step by phase, and the FLOPs of the matmuls it timed."""
-    b = step_bounds(task, s)
+    b = step_bounds(task, s, shared)
     return b.phases, b.flops
 
 
-def step_bounds(task: str, s: Settings) -> Bound:
-    """The step's matmul-only bound by phase (``phases``), and its attention time by phase (``attention``)."""
+def step_bounds(task: str, s: Settings, shared: bool = False) -> Bound:
+    """The step's matmul-only bound by phase (``phases``), and its attention time by phase (``attention``);
+    ``shared``: each group's prompt computed once (the shared-prefix floor, see the module's doc)."""
     dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
     b = Bound(s.size, dtype)
     data = runs_dir(s.size) / "data"
@@ -205,9 +222,11 @@ def step_bounds(task: str, s: Settings) -> Bound:
     prompt = json.loads((data / "prompts_meta.json").read_text())["prompt_tokens"]
     if task == "ppo":
         seqs, epochs, minibatches, critic = s.ppo_batch_prompts, s.ppo_epochs, s.ppo_minibatches, True
+        group = 1
     elif task in GROUP_TASKS:
         plan = group_plan(s, task)
         seqs, epochs, minibatches, critic = plan.rollouts, plan.epochs, plan.minibatches, False
+        group = plan.group_size
     else:
         raise ValueError(f"unknown task {task!r}")
     length = prompt + s.ppo_max_new_tokens
@@ -216,22 +235,33 @@ def step_bounds(task: str, s: Settings) -> Bound:
         3 if critic else 2,
         epochs * minibatches * (2 if critic else 1),
     )
-    b.add("generation", seqs * prompt, head=False)  # prefill over the prompts,
+    mb = seqs // minibatches  # rollouts per minibatch
+    # sequences whose prompt is computed: every rollout, or (shared) each distinct prompt once
+    prefixes = seqs // group if shared else seqs
+    mb_prefixes = round(expected_prompts(seqs // group, group, mb)) if shared else mb
+    b.add("generation", prefixes * prompt, head=False)  # prefill over the prompts,
     b.add("generation", seqs, body=False)  # the logits of its last position (the first token),
     b.add("generation", seqs, times=R - 1)  # then one row per sequence per further token
-    b.add("rollout forwards", seqs * length)  # reference log-probs
-    b.add("rollout forwards", seqs * length, head=False, times=forwards - 1)  # reward (+ value)
-    mb_rows = seqs // minibatches * length
+    rows, mb_rows = prefixes * prompt + seqs * R, mb_prefixes * prompt + mb * R
+    b.add("rollout forwards", rows)  # reference log-probs
+    b.add("rollout forwards", rows, head=False, times=forwards - 1)  # reward (+ value)
     b.add("update", mb_rows, train=True, times=epochs * minibatches)
     if critic:
         b.add("update", mb_rows, train=True, head=False, times=epochs * minibatches)
     # attention: prefill, R − 1 decoding steps over P + 1 … P + R − 1 keys (cost linear in the keys: R − 1
     # times the middle step's),
     # the rollout forwards, and the update's forward + backward per minibatch (policy, and critic)
-    b.add_attention("generation", seqs, prompt, prompt)
+    b.add_attention("generation", prefixes, prompt, prompt)
     b.add_attention("generation", seqs, 1, prompt + R // 2, times=R - 1)
-    b.add_attention("rollout forwards", seqs, length, length, times=forwards)
-    b.add_attention("update", seqs // minibatches, length, length, train=True, times=updates)
+    if not shared:
+        b.add_attention("rollout forwards", seqs, length, length, times=forwards)
+        b.add_attention("update", mb, length, length, train=True, times=updates)
+        return b
+    # shared: the prompts among themselves once, the responses over prompt and response keys
+    b.add_attention("rollout forwards", prefixes, prompt, prompt, times=forwards)
+    b.add_attention("rollout forwards", seqs, R, length, times=forwards)
+    b.add_attention("update", mb_prefixes, prompt, prompt, train=True, times=updates)
+    b.add_attention("update", mb, R, length, train=True, times=updates)
     return b
 
 
@@ -240,6 +270,9 @@ def main() -> None:
     ap.add_argument("--size", default="toy", choices=sorted(MODELS))
     ap.add_argument("--precision", default="fp32", choices=PRECISIONS)
     ap.add_argument("--tasks", default="rm,ppo,grpo,rloo")
+    ap.add_argument(
+        "--no-shared", action="store_true", help="leave out the shared-prefix floor rows (lit_rlhf's sharing)"
+    )
     a = ap.parse_args()
     s = Settings.load(a.size, a.precision)
     torch.set_num_threads(s.threads)
@@ -251,8 +284,11 @@ def main() -> None:
         "| + attention, fastest kernel (s) | most units/s with attention |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for task in a.tasks.split(","):
-        b = step_bounds(task, s)
+    rows = [(t, False) for t in a.tasks.split(",")]
+    if not a.no_shared:  # beside GRPO's and RLOO's equal-work rows, their shared-prefix floor
+        rows = [r for t, _ in rows for r in [(t, False)] + ([(t, True)] if t in GROUP_TASKS else [])]
+    for task, shared in rows:
+        b = step_bounds(task, s, shared)
         ph, flops = b.phases, b.flops
         units = {"rm": (s.rm_batch_pairs, "pairs/s"), "ppo": (s.ppo_batch_prompts, "rollouts/s")}.get(task)
         if units is None:
@@ -261,8 +297,9 @@ def main() -> None:
         total, attention = sum(ph.values()), sum(b.attention.values())
         rate = flops / total / 1e9
         with_attention = f"{units[0] / (total + attention):.2f} {units[1]}" if attention else "–"
+        name = f"{task}, shared prefix" if shared else task
         print(
-            f"| {task} | {total:.3f} | {cells} | {units[0] / total:.2f} {units[1]} "
+            f"| {name} | {total:.3f} | {cells} | {units[0] / total:.2f} {units[1]} "
             f"| {rate:.0f} GFLOP/s, {rate / peak:.0%} | {attention:.3f} | {with_attention} |"
         )
 

@@ -79,8 +79,9 @@ class Settings:
     group_warmup_steps: int = 2
     group_steps: int = 8  # timed iterations (after the warm-up)
     # lit_rlhf's task.module.shared_prefix (auto | true | false): each distinct prompt computed once for its
-    # group in the rollout forwards and the update (lit_rlhf/rollout/shared_prefix.py); false = equal work
-    shared_prefix: str = "auto"
+    # group in the rollout forwards and the update (lit_rlhf/rollout/shared_prefix.py). false (here, not the
+    # shipped auto) keeps the FLOPs equal to the peer's; --set shared_prefix=true measures the sharing
+    shared_prefix: str = "false"
 
     @classmethod
     def load(cls, size: str, precision: str | None = None) -> Settings:

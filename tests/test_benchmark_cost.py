@@ -195,3 +195,42 @@ def test_the_two_timed_attention_kernels_compute_the_same_attention():
     q, k, v = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)
     sdpa, plain = ceiling.attention_kernels(q, k, v, causal=True)
     assert not torch.allclose(plain(), ceiling.attention_kernels(q, k, v, causal=False)[1]())  # mask matters
+
+
+def test_expected_distinct_prompts_of_a_random_minibatch_by_hand():
+    # 4 prompts × 2 rollouts, minibatches of 4 rows: a prompt is missing with C(6, 4) / C(8, 4) = 15/70
+    assert ceiling.expected_prompts(4, 2, 4) == pytest.approx(4 * 55 / 70)
+    assert ceiling.expected_prompts(2, 4, 8) == 2  # every row: every prompt
+    assert ceiling.expected_prompts(3, 1, 2) == pytest.approx(2)  # groups of one: nothing shared
+
+
+def test_shared_prefix_floor_counts_each_prompt_once_by_hand(tmp_path, monkeypatch):
+    monkeypatch.setattr(ceiling, "matmul_seconds", _flop_clock)
+    monkeypatch.setattr(ceiling, "attention_seconds", _attention_clock)
+    monkeypatch.setattr(ceiling, "runs_dir", lambda size: tmp_path)
+    monkeypatch.setitem(ceiling.MODELS, "toy", {**ceiling.MODELS["toy"], "vocab_size": 100})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/prompts_meta.json").write_text('{"prompt_tokens": 5}')
+    # GRPO: 4 prompts × G = 2 = 8 rollouts of 5 prompt + 3 response tokens; 1 epoch of 2 minibatches of 4
+    s = Settings(
+        ppo_max_new_tokens=3, group_batch_prompts=4, group_size=2, grpo_epochs=1, group_minibatches=2
+    )
+    body = 4 * (256 * 768 + 256 * 256 + 2 * 256 * 1024)
+    head = 256 * 100
+    b = ceiling.step_bounds("grpo", s, shared=True)
+    # prefill of the 4 distinct prompts, first-token logits of 8 rows, 2 more tokens × 8 rows
+    assert b.phases["generation"] == 2 * body * 4 * 5 + 2 * head * 8 + 2 * 2 * (body + head) * 8
+    # reference (with head) and reward over 4 × 5 prompt rows + 8 × 3 response rows = 44 (not 8 × 8 = 64)
+    assert b.phases["rollout forwards"] == 2 * (body + head) * 44 + 2 * body * 44
+    # a minibatch of 4 random rollouts holds round(4 · 55/70) = 3 distinct prompts: 3 × 5 + 4 × 3 = 27 rows
+    assert b.phases["update"] == 2 * 6 * (body + head) * 27
+    equal = ceiling.step_bound("grpo", s)
+    assert equal["rollout forwards"] == 2 * (body + head) * 64 + 2 * body * 64
+    assert equal["update"] == 2 * 6 * (body + head) * 32
+    layers = 4  # attention: prompts among themselves once, responses over 8 keys
+    assert b.attention["generation"] == layers * (4 * 5 * 5 + 2 * 8 * 1 * 6)
+    assert b.attention["rollout forwards"] == layers * 2 * (4 * 5 * 5 + 8 * 3 * 8)
+    assert b.attention["update"] == layers * 2 * 3 * (3 * 5 * 5 + 4 * 3 * 8)
+    # PPO with one sample per prompt: the shared floor is the equal-work floor
+    ppo = Settings(ppo_batch_prompts=4, ppo_max_new_tokens=3, ppo_epochs=2, ppo_minibatches=2)
+    assert ceiling.step_bound("ppo", ppo, shared=True) == ceiling.step_bound("ppo", ppo)

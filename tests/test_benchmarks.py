@@ -378,7 +378,7 @@ def test_lit_group_kwargs_are_the_shipped_task_configs():
         module = OmegaConf.merge(base.module, yaml.module)
         kw = lit_group_kwargs(SIZES["toy"], task)
         same = ("samples_per_prompt", "ppo_epochs", "num_minibatches", "clip_eps", "kl_coef", "kl_estimator")
-        same += ("max_grad_norm", "temperature", "shared_prefix", *LIT_LOSS[task])
+        same += ("max_grad_norm", "temperature", *LIT_LOSS[task])
         assert {k: kw[k] for k in same} == {k: module[k] for k in same}, task
         assert SIZES["toy"].group_batch_prompts == yaml.datamodule.batch_size
         accepted = {p for c in cls.__mro__ for p in inspect.signature(c.__init__).parameters}
