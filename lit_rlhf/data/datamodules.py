@@ -19,6 +19,7 @@ from lit_rlhf.data.chat import ChatTemplate
 from lit_rlhf.data.common import check_common, check_max_length, loader, render
 from lit_rlhf.data.jsonl import OnError, PreferencePair, SFTExample, load_preferences, load_sft
 from lit_rlhf.data.prompts import PromptDataModule
+from lit_rlhf.data.sources import DatasetOptions
 from lit_rlhf.data.tokenize import (
     PreferenceCollator,
     PreferenceItem,
@@ -43,7 +44,7 @@ class SFTDataModule(L.LightningDataModule):
 
     Args:
         tokenizer: The policy's tokenizer (pad and eos tokens must be set).
-        train_path: JSONL file of demonstrations (strings or conversations).
+        train_path: Demonstrations (strings or conversations): a JSONL file or a ``datasets`` source.
         val_path: Optional separate validation file; if None, ``val_fraction`` of train is held out.
         val_fraction: Share of ``train_path`` held out when ``val_path`` is None (0: no validation).
         seed: Seed of the split and of the training shuffle.
@@ -54,6 +55,9 @@ class SFTDataModule(L.LightningDataModule):
         on_error: "raise" on a bad line, or "skip" bad lines with one warning.
         chat_template: ``"auto"``, ``True`` or ``False``: whether plain-string prompts go through the
             tokenizer's chat template (conversations always do); see :mod:`lit_rlhf.data.chat`.
+        dataset: When a path is a ``datasets`` source (saved folder, parquet/arrow/JSON file, Hub id):
+            ``split``, ``subset``, ``revision`` and ``columns`` (field → column, e.g. ``{"prompt":
+            "question"}``); see :class:`~lit_rlhf.data.sources.DatasetOptions`. The ``data`` group's keys.
     """
 
     def __init__(
@@ -69,12 +73,14 @@ class SFTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         on_error: OnError = "raise",
         chat_template: ChatTemplate = "auto",
+        dataset: DatasetOptions | dict | None = None,
     ) -> None:
         super().__init__()
         self.chat_template = check_common(
             tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error, chat_template
         )
         check_max_length(max_prompt_tokens, max_length)
+        self.dataset = DatasetOptions.of(dataset)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
         self.train_path, self.val_path, self.val_fraction, self.seed = (
@@ -95,9 +101,9 @@ class SFTDataModule(L.LightningDataModule):
         """Load, split and tokenise (once)."""
         if self.train_examples is not None:
             return
-        examples = load_sft(self.train_path, self.on_error)
+        examples = load_sft(self.train_path, self.on_error, dataset=self.dataset)
         if self.val_path is not None:
-            train, val = examples, load_sft(self.val_path, self.on_error)
+            train, val = examples, load_sft(self.val_path, self.on_error, dataset=self.dataset)
         else:
             tr, va = split_indices(len(examples), self.val_fraction, self.seed)
             train, val = [examples[i] for i in tr], [examples[i] for i in va]
@@ -130,7 +136,7 @@ class PreferenceDataModule(L.LightningDataModule):
 
     Args:
         tokenizer: The reward model's tokenizer (pad and eos tokens must be set).
-        path: JSONL file of preference pairs.
+        path: Preference pairs: a JSONL file or a ``datasets`` source (see ``dataset``).
         val_path: Optional separate validation file; if None, ``val_fraction`` of ``path`` is held out.
         val_fraction: Share of ``path`` held out when ``val_path`` is None (0: no validation).
         seed: Seed of the split and of the training shuffle.
@@ -141,6 +147,9 @@ class PreferenceDataModule(L.LightningDataModule):
         on_error: "raise" on a bad line, or "skip" bad lines with one warning.
         chat_template: ``"auto"``, ``True`` or ``False``: whether plain-string prompts go through the
             tokenizer's chat template (conversations always do); see :mod:`lit_rlhf.data.chat`.
+        dataset: When a path is a ``datasets`` source (saved folder, parquet/arrow/JSON file, Hub id):
+            ``split``, ``subset``, ``revision`` and ``columns`` (field → column, e.g. ``{"prompt":
+            "question"}``); see :class:`~lit_rlhf.data.sources.DatasetOptions`. The ``data`` group's keys.
     """
 
     def __init__(
@@ -156,12 +165,14 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         on_error: OnError = "raise",
         chat_template: ChatTemplate = "auto",
+        dataset: DatasetOptions | dict | None = None,
     ) -> None:
         super().__init__()
         self.chat_template = check_common(
             tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error, chat_template
         )
         check_max_length(max_prompt_tokens, max_length)
+        self.dataset = DatasetOptions.of(dataset)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
         self.path, self.val_path, self.val_fraction, self.seed = path, val_path, val_fraction, seed
@@ -177,9 +188,9 @@ class PreferenceDataModule(L.LightningDataModule):
         """Load, split and tokenise (once)."""
         if self.train_pairs is not None:
             return
-        pairs = load_preferences(self.path, self.on_error)
+        pairs = load_preferences(self.path, self.on_error, dataset=self.dataset)
         if self.val_path is not None:
-            train, val = pairs, load_preferences(self.val_path, self.on_error)
+            train, val = pairs, load_preferences(self.val_path, self.on_error, dataset=self.dataset)
         else:
             tr, va = split_indices(len(pairs), self.val_fraction, self.seed)
             train, val = [pairs[i] for i in tr], [pairs[i] for i in va]

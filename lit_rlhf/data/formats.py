@@ -47,6 +47,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 HH_ASSISTANT = "\n\nAssistant:"
 # the config keys a user sets to change what these errors are about (tests compose them)
 LINE_HINT = "Fix or remove this line (or set task.datamodule.on_error=skip to skip bad lines)."
+ROW_HINT = "Fix or remove this row (or set task.datamodule.on_error=skip to skip bad rows)."
 FILE_HINT = "Check the file the config points at (data.path or data.val_path with data=jsonl)."
 FORMATS = (
     "{prompt, chosen, rejected}, {chosen, rejected} (implicit prompt), {prompt, completion}, "
@@ -55,11 +56,13 @@ FORMATS = (
 
 
 class DataFormatError(ValueError):
-    """A user data file that cannot be read, with the place and the fix in its message.
+    """A user data file (or dataset) that cannot be read, with the place and the fix in its message.
 
     Attributes:
-        path: The file.
-        line: 1-based line number, or None for problems with the whole file.
+        path: The file, dataset folder or Hub id.
+        line: 1-based line number of a JSONL file, or a dataset row's 0-based index (with ``split``), or
+            None for problems with the whole file.
+        split: The dataset split a row index is in; None for JSONL lines.
         field: The offending JSON field (``chosen`` or ``prompt[1].content``), or None.
         problem: What is wrong, without the location (e.g. "expected a non-empty string, got int").
     """
@@ -72,15 +75,19 @@ class DataFormatError(ValueError):
         line: int | None = None,
         field: str | None = None,
         hint: str | None = None,
+        split: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.line = line
+        self.split = split
         self.field = field
         self.problem = problem
         where = f"{path}:{line}" if line is not None else f"{path}"
+        if split is not None and line is not None:  # a dataset row: named by split and index
+            where = f"{path}: split '{split}', row {line}"
         what = f"field '{field}': {problem}" if field is not None else problem
         if hint is None:
-            hint = LINE_HINT if line is not None else FILE_HINT
+            hint = (ROW_HINT if split is not None else LINE_HINT) if line is not None else FILE_HINT
         super().__init__(f"{where}: {what}. {hint}".rstrip())
 
 
@@ -117,13 +124,14 @@ def split_hh(dialogue: str) -> tuple[str, str] | None:
 
 
 class _Check:
-    """Validators bound to one record's place, so every error names file, line and field."""
+    """Validators bound to one record's place, so every error names file, line (or split and row) and
+    field."""
 
-    def __init__(self, path: Path, line: int) -> None:
-        self.path, self.line = path, line
+    def __init__(self, path: Path, line: int, split: str | None = None) -> None:
+        self.path, self.line, self.split = path, line, split
 
     def error(self, field: str | None, problem: str) -> DataFormatError:
-        return DataFormatError(self.path, problem, line=self.line, field=field)
+        return DataFormatError(self.path, problem, line=self.line, field=field, split=self.split)
 
     def string(self, value: Any, key: str, why: str = "") -> str:
         if not isinstance(value, str):
@@ -312,8 +320,12 @@ _PARSERS = {
 }
 
 
-def parse_record(path: str | Path, line: int, record: dict, kind: RecordKind) -> dict[str, Any]:
+def parse_record(
+    path: str | Path, line: int, record: dict, kind: RecordKind, split: str | None = None
+) -> dict[str, Any]:
     """Validate one record as ``kind`` and return its normalised fields plus ``meta``.
+
+    ``line`` is the record's line in a JSONL file, or with ``split`` its row index in that dataset split.
 
     Returns:
         A dict with "prompt" (str or messages), per kind "chosen"/"rejected" or "response" (str), and
@@ -325,7 +337,7 @@ def parse_record(path: str | Path, line: int, record: dict, kind: RecordKind) ->
             rejected, a prompt ending with the assistant, a conversation not ending with the assistant's
             reply, or an implicit pair whose prompts differ.
     """
-    c = _Check(Path(path), line)
+    c = _Check(Path(path), line, split)
     for key in FIELDS[kind]:
         if key not in record:
             raise c.error(key, "missing")

@@ -21,7 +21,6 @@ from typing import Any, Literal
 from lit_rlhf.data.chat import Prompt, prompt_key
 from lit_rlhf.data.formats import (
     FIELDS,
-    FORMATS,
     HH_ASSISTANT,
     DataFormatError,
     RecordKind,
@@ -30,6 +29,7 @@ from lit_rlhf.data.formats import (
     split_hh,
 )
 from lit_rlhf.data.formats import json_type as _json_type
+from lit_rlhf.data.sources import DatasetOptions, Source
 
 __all__ = [
     "HH_ASSISTANT",
@@ -202,53 +202,43 @@ def iter_jsonl(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterat
 
 
 def _short(err: DataFormatError) -> str:
-    """``line 4 (chosen: expected a non-empty string, got int)`` for summaries."""
-    return f"line {err.line} ({err.field + ': ' if err.field else ''}{err.problem})"
-
-
-def _first_problem(path: str | Path, line_no: int, rec: dict | DataFormatError) -> DataFormatError:
-    """The error a record gives when validated as the kind its keys suggest."""
-    if isinstance(rec, DataFormatError):
-        return rec
-    guess = guess_kind(rec)
-    if guess is None:
-        return DataFormatError(
-            path,
-            f"cannot tell the format from keys {sorted(rec)}: expected {FORMATS}",
-            line=line_no,
-        )
-    try:
-        parse_record(path, line_no, rec, guess)
-    except DataFormatError as e:
-        return e
-    raise AssertionError("record is valid")  # pragma: no cover - only called on invalid records
+    """``line 4 (chosen: expected a non-empty string, got int)`` (``row 4`` in a dataset) for summaries."""
+    where = f"{'row' if err.split else 'line'} {err.line}"
+    return f"{where} ({err.field + ': ' if err.field else ''}{err.problem})"
 
 
 def _load(
-    path: str | Path, accept: tuple[RecordKind, ...], on_error: OnError, max_line_bytes: int, what: str
-) -> tuple[RecordKind, list[tuple[int, dict[str, Any]]]]:
-    """Read, detect and validate a file; returns its kind and the ``(line_no, parsed)`` of good lines."""
+    path: str | Path,
+    accept: tuple[RecordKind, ...],
+    on_error: OnError,
+    max_line_bytes: int,
+    what: str,
+    dataset: DatasetOptions | dict | None = None,
+) -> tuple[RecordKind, list[tuple[int, dict[str, Any]]], str | None]:
+    """Read, detect and validate a file or dataset; returns its kind, the ``(line_no, parsed)`` of good
+    records (row indices for a dataset) and the dataset split (None for JSONL)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"task.datamodule.on_error must be 'raise' or 'skip', got {on_error!r}")
-    records = list(_read_records(path, max_line_bytes))
+    src = Source(path, DatasetOptions.of(dataset), lambda: _read_records(path, max_line_bytes))
+    records, unit = src.records, "rows" if src.split else "lines"
 
     # 1. Detect the kind from the first record that is valid for the kind its keys suggest.
     kind: RecordKind | None = None
     for line_no, rec in records:
         if isinstance(rec, dict) and (guess := guess_kind(rec)) is not None:
             try:
-                parse_record(path, line_no, rec, guess)
+                src.parse(line_no, rec, guess)
             except DataFormatError:
                 continue
             kind = guess
             break
     if kind is None:  # nothing valid: the first problem is the most useful one to report
-        errors = [_first_problem(path, line_no, rec) for line_no, rec in records]
+        errors = [src.first_problem(line_no, rec) for line_no, rec in records]
         if on_error == "raise":
             raise errors[0]
         raise DataFormatError(
             path,
-            f"no valid records left after skipping all {len(errors)} lines; first {_short(errors[0])}",
+            f"no valid records left after skipping all {len(errors)} {unit}; first {_short(errors[0])}",
             hint="Fix the file.",
         )
     if kind not in accept:
@@ -266,7 +256,7 @@ def _load(
         try:
             if isinstance(rec, DataFormatError):
                 raise rec
-            good.append((line_no, parse_record(path, line_no, rec, kind)))
+            good.append((line_no, src.parse(line_no, rec, kind)))
         except DataFormatError as e:
             if on_error == "raise":
                 raise
@@ -274,12 +264,15 @@ def _load(
     if bad:
         shown = ", ".join(_short(e) for e in bad[:5])
         more = f", and {len(bad) - 5} more" if len(bad) > 5 else ""
-        log.warning("skipped %d of %d lines in %s: %s%s", len(bad), len(records), path, shown, more)
-    return kind, good
+        log.warning("skipped %d of %d %s in %s: %s%s", len(bad), len(records), unit, path, shown, more)
+    return kind, good, src.split
 
 
 def load_preferences(
-    path: str | Path, on_error: OnError = "raise", max_line_bytes: int = MAX_LINE_BYTES
+    path: str | Path,
+    on_error: OnError = "raise",
+    max_line_bytes: int = MAX_LINE_BYTES,
+    dataset: DatasetOptions | dict | None = None,
 ) -> list[PreferencePair]:
     """Load preference pairs: explicit ``{prompt, chosen, rejected}`` or implicit ``{chosen, rejected}``.
 
@@ -287,9 +280,12 @@ def load_preferences(
     are both read; see :mod:`lit_rlhf.data.formats`.
 
     Args:
-        path: The JSONL file.
+        path: A JSONL file, or a ``datasets`` source (:mod:`lit_rlhf.data.sources`).
         on_error: "raise" on the first bad line, or "skip" bad lines (one summary warning).
         max_line_bytes: Longest accepted line.
+        dataset: Split, subset, revision and column mapping (:class:`~lit_rlhf.data.sources.DatasetOptions`)
+            when ``path`` is a ``datasets`` source (a saved folder, a parquet/arrow/JSON file, a Hub id);
+            the column mapping applies to JSONL files too.
 
     Returns:
         The pairs in file order.
@@ -297,12 +293,15 @@ def load_preferences(
     Raises:
         DataFormatError: For any bad line (with "raise"), or when no valid pair is left.
     """
-    _, good = _load(path, PREFERENCE_KINDS, on_error, max_line_bytes, "preference pairs")
+    _, good, _ = _load(path, PREFERENCE_KINDS, on_error, max_line_bytes, "preference pairs", dataset)
     return [PreferencePair(r["prompt"], r["chosen"], r["rejected"], r["meta"]) for _, r in good]
 
 
 def load_sft(
-    path: str | Path, on_error: OnError = "raise", max_line_bytes: int = MAX_LINE_BYTES
+    path: str | Path,
+    on_error: OnError = "raise",
+    max_line_bytes: int = MAX_LINE_BYTES,
+    dataset: DatasetOptions | dict | None = None,
 ) -> list[SFTExample]:
     """Load demonstrations: ``{prompt, completion}``, ``{prompt, response}`` or ``{messages}`` records.
 
@@ -310,9 +309,12 @@ def load_sft(
     conversation's prompt is all but its last message, which must be the assistant's.
 
     Args:
-        path: The JSONL file.
+        path: A JSONL file, or a ``datasets`` source (:mod:`lit_rlhf.data.sources`).
         on_error: "raise" on the first bad line, or "skip" bad lines (one summary warning).
         max_line_bytes: Longest accepted line.
+        dataset: Split, subset, revision and column mapping (:class:`~lit_rlhf.data.sources.DatasetOptions`)
+            when ``path`` is a ``datasets`` source (a saved folder, a parquet/arrow/JSON file, a Hub id);
+            the column mapping applies to JSONL files too.
 
     Returns:
         The examples in file order.
@@ -320,12 +322,16 @@ def load_sft(
     Raises:
         DataFormatError: For any bad line (with "raise"), or when no valid example is left.
     """
-    _, good = _load(path, SFT_KINDS, on_error, max_line_bytes, "SFT examples")
+    _, good, _ = _load(path, SFT_KINDS, on_error, max_line_bytes, "SFT examples", dataset)
     return [SFTExample(r["prompt"], r["response"], r["meta"]) for _, r in good]
 
 
 def load_prompts(
-    path: str | Path, on_error: OnError = "raise", max_line_bytes: int = MAX_LINE_BYTES, id_offset: int = 0
+    path: str | Path,
+    on_error: OnError = "raise",
+    max_line_bytes: int = MAX_LINE_BYTES,
+    id_offset: int = 0,
+    dataset: DatasetOptions | dict | None = None,
 ) -> list[PromptRecord]:
     """Load the distinct prompts of a prompt-only, SFT or preference file (any format it can have).
 
@@ -333,9 +339,12 @@ def load_prompts(
     occurrence (its id and meta) and file order.
 
     Args:
-        path: The JSONL file.
+        path: A JSONL file, or a ``datasets`` source (:mod:`lit_rlhf.data.sources`).
         on_error: "raise" on the first bad line, or "skip" bad lines (one summary warning).
         max_line_bytes: Longest accepted line.
+        dataset: Split, subset, revision and column mapping (:class:`~lit_rlhf.data.sources.DatasetOptions`)
+            when ``path`` is a ``datasets`` source (a saved folder, a parquet/arrow/JSON file, a Hub id);
+            the column mapping applies to JSONL files too.
         id_offset: Added to index-derived ids (records without an "id"), so that two files can be
             combined without clashes.
 
@@ -346,7 +355,7 @@ def load_prompts(
         DataFormatError: For any bad line (with "raise"), a non-integer or clashing "id", or when no
             valid prompt is left.
     """
-    _, good = _load(path, PROMPT_KINDS, on_error, max_line_bytes, "prompts")
+    _, good, split = _load(path, PROMPT_KINDS, on_error, max_line_bytes, "prompts", dataset)
     out: list[PromptRecord] = []
     seen_prompts: set[str] = set()
     id_lines: dict[int, int] = {}
@@ -357,7 +366,7 @@ def load_prompts(
             rid = id_offset + index
         elif isinstance(rid, bool) or not isinstance(rid, int):
             raise DataFormatError(
-                path, f"expected an integer, got {_json_type(rid)}", line=line_no, field="id"
+                path, f"expected an integer, got {_json_type(rid)}", line=line_no, field="id", split=split
             )
         key = prompt_key(r["prompt"])
         if key in seen_prompts:
@@ -365,9 +374,11 @@ def load_prompts(
         if rid in id_lines:
             raise DataFormatError(
                 path,
-                f"id {rid} is already used by line {id_lines[rid]} for another prompt (ids must be unique)",
+                f"id {rid} is already used by {'row' if split else 'line'} {id_lines[rid]} for another "
+                "prompt (ids must be unique)",
                 line=line_no,
                 field="id",
+                split=split,
             )
         seen_prompts.add(key)
         id_lines[rid] = line_no

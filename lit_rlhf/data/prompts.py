@@ -13,6 +13,7 @@ from lit_rlhf.data.batching import CycledBatchSampler, split_indices
 from lit_rlhf.data.chat import ChatTemplate, prompt_text, truncate_left
 from lit_rlhf.data.common import DM, check_common, loader, render
 from lit_rlhf.data.jsonl import OnError, PromptRecord, load_prompts
+from lit_rlhf.data.sources import DatasetOptions
 from lit_rlhf.data.tokenize import PromptCollator, PromptItem
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ class PromptDataModule(L.LightningDataModule):
 
     Args:
         tokenizer: The policy's tokenizer (pad and eos tokens must be set).
-        train_path: JSONL file whose records have a prompt (deduplicated).
+        train_path: A JSONL file or ``datasets`` source whose records have a prompt (deduplicated).
         val_path: Optional separate file of held-out prompts; if None, ``val_fraction`` of train.
             Records without an "id" get ids after the training ones, so ids never clash.
         val_fraction: Share of ``train_path`` held out when ``val_path`` is None (0: no validation).
@@ -44,6 +45,9 @@ class PromptDataModule(L.LightningDataModule):
         on_error: "raise" on a bad line, or "skip" bad lines with one warning.
         chat_template: ``"auto"``, ``True`` or ``False``: whether plain-string prompts go through the
             tokenizer's chat template (conversations always do); see :mod:`lit_rlhf.data.chat`.
+        dataset: When a path is a ``datasets`` source (saved folder, parquet/arrow/JSON file, Hub id):
+            ``split``, ``subset``, ``revision`` and ``columns`` (field → column, e.g. ``{"prompt":
+            "question"}``); see :class:`~lit_rlhf.data.sources.DatasetOptions`. The ``data`` group's keys.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class PromptDataModule(L.LightningDataModule):
         num_workers: int = 0,
         on_error: OnError = "raise",
         chat_template: ChatTemplate = "auto",
+        dataset: DatasetOptions | dict | None = None,
     ) -> None:
         super().__init__()
         self.chat_template = check_common(
@@ -69,6 +74,7 @@ class PromptDataModule(L.LightningDataModule):
             raise ValueError(f"{DM}.val_batch_size must be >= 1, got {val_batch_size}")
         if num_batches is not None and num_batches < 1:
             raise ValueError(f"{DM}.num_batches (task.iterations) must be >= 1 or null, got {num_batches}")
+        self.dataset = DatasetOptions.of(dataset)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
         self.train_path, self.val_path, self.val_fraction, self.seed = (
@@ -104,10 +110,13 @@ class PromptDataModule(L.LightningDataModule):
         """Load, split and tokenise (once)."""
         if self.train_records is not None:
             return
-        records = load_prompts(self.train_path, self.on_error)
+        records = load_prompts(self.train_path, self.on_error, dataset=self.dataset)
         if self.val_path is not None:
             offset = max(r.id for r in records) + 1
-            train, val = records, load_prompts(self.val_path, self.on_error, id_offset=offset)
+            train, val = (
+                records,
+                load_prompts(self.val_path, self.on_error, id_offset=offset, dataset=self.dataset),
+            )
             clash = sorted({r.id for r in train} & {r.id for r in val})
             if clash:
                 raise ValueError(

@@ -336,6 +336,7 @@ def run(cfg: DictConfig) -> float | None:
     quiet()
     if cfg.task.name not in TASKS:
         raise ValueError(f"task.name must be one of {TASKS}, got {cfg.task.name!r}")
+    stages.own_data(cfg)  # data.path on the default data=world: the user's data
     done = run_record.begin_run(cfg)  # checks the run folder against its run.json; records a new one
     if done is not None:  # this run finished before (a re-run sweep skips its finished jobs)
         return done.value
