@@ -64,6 +64,24 @@ def skip_bad_lines(w: World, tmp: Path) -> None:
     assert (tmp / "run" / "model" / "config.json").is_file()
 
 
+@case("data_line", "dataset_row")
+def bad_dataset_row(w: World, tmp: Path) -> None:
+    """A bad row of a parquet file or a save_to_disk folder is named by its split and index (and the user's
+    column, under data.columns); the data.path alone selects the user's data."""
+    import datasets  # noqa: PLC0415
+
+    rows = [{"q": f"p{i}", "chosen": "yes", "rejected": "no"} for i in range(3)]
+    ds = datasets.Dataset.from_list([*rows, {"q": "p", "chosen": "yes", "rejected": None}])
+    ds.to_parquet(str(path := tmp / "pairs.parquet"))
+    before = sha(path)
+    job = [o for o in w.rm(path) if o != "data=jsonl"]
+    run = w.train_py(tmp, *job, "data.columns.prompt=q")
+    where = f"lit_rlhf: error: {path}: split 'train', row 3: field 'rejected': "
+    expect(run, EXIT_USER_ERROR, where + "expected a non-empty string, got null",
+           "Fix or remove this row", "task.datamodule.on_error=skip")  # fmt: skip
+    assert sha(path) == before
+
+
 # ---- data_file: empty, blank-only, missing, non-UTF-8, a 1.5 MB line, a BOM (accepted)
 def bad_file(w: World, tmp: Path, make: Callable[[Path], Path], *fragments: str) -> None:
     path = make(tmp)
@@ -92,6 +110,14 @@ for _name, _make, _fragments in [
     ("huge_line", huge_line, ["lit_rlhf: error: {path}:2: ", "longer than 1000000 bytes"]),
 ]:
     case("data_file", _name, _make, *_fragments)(bad_file)
+
+
+@case("data_file", "hub_offline")
+def hub_offline(w: World, tmp: Path) -> None:
+    run = w.train_py(tmp, *w.rm(Path("trl-lib/ultrafeedback_binarized")), env={"HF_DATASETS_OFFLINE": "1"})
+    expect(run, EXIT_USER_ERROR, "lit_rlhf: error: trl-lib/ultrafeedback_binarized: the Hugging Face Hub is "
+           "unreachable", "save_to_disk(FOLDER)", "data.path=FOLDER")  # fmt: skip
+    assert run.out.count("lit_rlhf: error:") == 1
 
 
 @case("data_file", "utf8_bom_accepted")
