@@ -39,11 +39,12 @@ from torch import Tensor
 
 from lit_rlhf.callbacks.distributed import gather_rows
 from lit_rlhf.data.tokenize import PromptItem, batch_ids, eos_id, pad_batch
-from lit_rlhf.rewards.aggregators import Sum
+from lit_rlhf.rewards.aggregators import Sum, aggregate
 from lit_rlhf.rewards.reference import (
     FIXED,
     ReferenceSpec,
     ReferenceTable,
+    fill_missing,
     generation_settings,
     load_or_compute,
     module_fingerprint,
@@ -51,6 +52,7 @@ from lit_rlhf.rewards.reference import (
     sample_references,
     sample_rewards,
     sampling_key,
+    scorer,
 )
 from lit_rlhf.rewards.transforms import Identity
 
@@ -106,6 +108,8 @@ class RewardTransformCallback(L.Callback):
             k: ReferenceSpec(**dict((v or {}).get("reference") or {})) for k, v in (reward or {}).items()
         }
         self.data = {k: (v or {}).get("data") for k, v in (reward or {}).items()}
+        # reward.<name>.transform: that reward's own transform (e.g. for a kind=score function)
+        self.own_transforms = {k: (v or {}).get("transform") for k, v in (reward or {}).items()}
         # the references the transform asks for (None, None = each reward model's own r_ref)
         samples = getattr(self.transform_template, "samples", None)
         quantiles = getattr(self.transform_template, "quantiles", None)
@@ -128,8 +132,14 @@ class RewardTransformCallback(L.Callback):
 
     # ------------------------------------------------------------- set-up
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        names = pl_module.reward_names
-        self.transforms = {n: copy.deepcopy(self.transform_template) for n in names}
+        functions = getattr(pl_module, "reward_functions", {})
+        self.transforms = {}
+        for n in (
+            pl_module.reward_names
+        ):  # a probability's own log max(p, ε); else reward.<n>.transform or +transform
+            fixed = functions[n].transform if n in functions else None
+            own = self.own_transforms.get(n)
+            self.transforms[n] = fixed or copy.deepcopy(own if own is not None else self.transform_template)
         if self._pending_state:
             self._load_transforms(self._pending_state)
         pl_module.reward_fn = self
@@ -169,7 +179,12 @@ class RewardTransformCallback(L.Callback):
 
         key = sampling_key(
             reference=module_fingerprint(pl_module.reference_state_dict()),
-            reward_models={n: reward_fingerprint(pl_module.reward_models[n]) for n in names},
+            reward_models={
+                n: reward_fingerprint(pl_module.reward_models[n])
+                if n in pl_module.reward_models
+                else pl_module.reward_functions[n].fingerprint()
+                for n in names
+            },
             prompts=list(zip(ids, prompts)),
             n=self.n_samples,
             seed=self.seed,
@@ -187,9 +202,14 @@ class RewardTransformCallback(L.Callback):
             state = torch.random.get_rng_state()
             torch.manual_seed(self.seed)
             try:
-                samples = sample_rewards(
-                    pl_module.generate_reference, pl_module.score, pad, prompts, self.n_samples
-                )  # (P, n, K)
+                samples = sample_rewards(  # (P, n, K)
+                    pl_module.generate_reference,
+                    scorer(pl_module),
+                    pad,
+                    prompts,
+                    self.n_samples,
+                    prompt_ids=ids,
+                )
             finally:
                 torch.random.set_rng_state(state)
             return {n: samples[..., k] for k, n in enumerate(names)}
@@ -205,7 +225,7 @@ class RewardTransformCallback(L.Callback):
             spec = specs[n]
             if spec.statistic in FIXED:  # one reference: the reward of a fixed response (a refusal)
                 text = self.fixed_response_text(n, spec)
-                values[n] = self._fixed_response_rewards(pl_module, pad, prompts, text)[:, k : k + 1]
+                values[n] = self._fixed_response_rewards(pl_module, pad, prompts, text, ids)[:, k : k + 1]
                 how = f"{spec.statistic} {text!r}"
             else:  # (P, M): the spec's statistic, or the references the transform asks for
                 values[n] = sample_references(samples[n], spec, self.ref_samples, self.ref_quantiles)
@@ -214,6 +234,7 @@ class RewardTransformCallback(L.Callback):
                     how = f"first {self.ref_samples} of {self.n_samples} samples"
                 elif self.ref_quantiles is not None:
                     how = f"quantiles {list(self.ref_quantiles)}"
+            values[n] = fill_missing(n, values[n])
             log.info(
                 "r_ref[%s] (%s): %d per prompt, mean %.3f, std %.3f over %d prompts",
                 n,
@@ -244,7 +265,12 @@ class RewardTransformCallback(L.Callback):
 
     @staticmethod
     def _fixed_response_rewards(
-        pl_module: L.LightningModule, pad, prompts: Sequence[Sequence[int]], response: str, chunk: int = 64
+        pl_module: L.LightningModule,
+        pad,
+        prompts: Sequence[Sequence[int]],
+        response: str,
+        prompt_ids: Sequence[int],
+        chunk: int = 64,
     ) -> Tensor:
         """(P, K) raw scores of one fixed response (e.g. a refusal) after every prompt: the prompt's rendered
         ids (its chat template included), then the response tokenised as every response is (no special
@@ -256,7 +282,11 @@ class RewardTransformCallback(L.Callback):
             ids, mask = pad(prompts[i : i + chunk])  # (b, T)
             resp_t = torch.tensor(resp, device=ids.device).expand(len(ids), -1)  # (b, R)
             seq = torch.cat([ids, resp_t], 1)  # (b, T + R)
-            out.append(pl_module.score(seq, torch.cat([mask, torch.ones_like(resp_t)], 1)).cpu())
+            full, pids = (
+                torch.cat([mask, torch.ones_like(resp_t)], 1),
+                torch.tensor(prompt_ids[i : i + chunk]),
+            )
+            out.append(scorer(pl_module)(seq, full, pids.to(ids.device), ids.shape[1]).cpu())
         return torch.cat(out)
 
     # ------------------------------------------------------------- the reward
@@ -276,10 +306,14 @@ class RewardTransformCallback(L.Callback):
         r_ref = self.table.lookup(prompt_ids).to(scores)  # (B, K)
         cols = []
         for k, name in enumerate(self.table.names):
-            t = self.transforms[name]
-            if update and hasattr(t, "update"):
-                t.update(scores[:, k])
-            cols.append(t(scores[:, k], self.references(name, prompt_ids, r_ref)))
+            t, r = self.transforms[name], scores[:, k]
+            ok = torch.isfinite(r)  # NaN: a reward function's None, left out of its term and statistics
+            if update and hasattr(t, "update") and ok.any():
+                t.update(r[ok])
+            u = torch.full_like(r, float("nan"))
+            if ok.any():
+                u[ok] = t(r[ok], self.references(name, prompt_ids, r_ref)[ok]).to(u)
+            cols.append(u)
         return torch.stack(cols, -1), r_ref
 
     def __call__(self, scores: Tensor, prompt_ids: Tensor, pl_module: L.LightningModule) -> Tensor:
@@ -291,11 +325,16 @@ class RewardTransformCallback(L.Callback):
         u, r_ref = self.transformed(all_scores, all_ids, update=True)  # (N, K) each
         names = self.table.names
         if getattr(self.aggregator, "needs_groups", False):  # GDPO: groups of G consecutive rows
+            if not torch.isfinite(u).all():
+                raise ValueError(
+                    f"aggregator={type(self.aggregator).__name__} cannot leave out a reward function's None "
+                    "yet (it normalises each reward over the group); return a number, or use aggregator=sum"
+                )
             G = int(getattr(pl_module, "samples_per_prompt", 1))
             total = self.aggregator(u, names, group_size=G)  # (N,)
             self._log_per_reward_advantages(pl_module, self.aggregator.per_reward(u, names, G), total)
         else:
-            total = self.aggregator(u, names)  # (N,)
+            total = aggregate(self.aggregator, u, names)  # (N,): over each row's applicable rewards
         self._log(pl_module, all_scores, u, r_ref, total, all_ids)
         return total[mine]  # (B,)
 
@@ -330,19 +369,24 @@ class RewardTransformCallback(L.Callback):
         above = []
         for k, name in enumerate(self.table.names):
             refs = self.references(name, prompt_ids, r_ref) if prompt_ids is not None else r_ref[:, k]
-            weight = self.transforms[name].weight(r[:, k], refs)
-            wins = r[:, k, None] > (refs if refs.dim() == 2 else refs[:, None])  # (N, M)
-            above.append(wins.float().mean(-1))  # (N,)
+            ok = torch.isfinite(r[:, k])  # (N,) the rollouts this reward applies to
+            if not ok.any():
+                continue
+            weight = self.transforms[name].weight(r[ok, k], refs[ok])
+            wins = r[ok, k, None] > (refs[ok] if refs.dim() == 2 else refs[ok, None])  # (n, M)
+            above.append(wins.float().mean(-1))  # (n,)
             metrics |= {
-                f"reward/{name}_raw": r[:, k].mean(),
-                f"reward/{name}_transformed": u[:, k].mean(),
-                f"reward/{name}_margin": margin[:, k].mean(),
+                f"reward/{name}_raw": r[ok, k].mean(),
+                f"reward/{name}_transformed": u[ok, k].mean(),
+                f"reward/{name}_margin": margin[ok, k].mean(),
                 f"reward/{name}_above_ref": above[-1].mean(),
                 f"reward/{name}_weight": weight.float().mean(),
             }
+            if not ok.all():
+                metrics[f"reward/{name}_applicable"] = ok.float().mean()
         pl_module.log_dict(metrics, batch_size=len(total))
         if isinstance(pl_module, L.LightningModule):  # the progress bar: share above r_ref, all models
-            above = torch.stack(above, -1).mean()
+            above = torch.cat(above).mean()
             pl_module.log("above_ref", above, prog_bar=True, logger=False, batch_size=len(total))
         trainer = pl_module._trainer
         if not histogram_due(self.calls, self.histogram_every) or (trainer and not trainer.is_global_zero):
@@ -354,7 +398,9 @@ class RewardTransformCallback(L.Callback):
         step = trainer.fit_loop.epoch_loop._batches_that_stepped if trainer else 0
         for k, name in enumerate(self.table.names):
             for what, x in (("raw", r[:, k]), ("transformed", u[:, k]), ("margin", margin[:, k])):
-                exp.add_histogram(f"reward_hist/{name}_{what}", x.detach().float().cpu(), step)
+                x = x[torch.isfinite(x)].detach().float().cpu()
+                if len(x):
+                    exp.add_histogram(f"reward_hist/{name}_{what}", x, step)
 
     # ------------------------------------------------------------- evaluation outputs
     def on_validation_batch_end(

@@ -72,6 +72,10 @@ class WeightedSum:
         w = torch.tensor([self.weights[n] for n in names], dtype=rewards.dtype, device=rewards.device)
         return rewards @ w  # (B,)
 
+    def subset(self, names: Sequence[str]) -> WeightedSum:
+        """The weighted sum over ``names`` alone (for rows where only those rewards apply)."""
+        return WeightedSum({n: self.weights[n] for n in names if n in self.weights} or {"": 0.0})
+
     def __repr__(self) -> str:
         return f"WeightedSum(weights={self.weights})"
 
@@ -165,3 +169,31 @@ class MeanMinusVar:
 
     def __repr__(self) -> str:
         return f"MeanMinusVar(k={self.k})"
+
+
+def aggregate(aggregator, rewards: Tensor, names: Sequence[str]) -> Tensor:
+    """``aggregator(rewards, names)``, where a NaN means "does not apply" (a reward function returned None):
+    each row is aggregated over its applicable rewards alone, as if the others were not configured (the
+    aggregator's ``subset(names)`` if it has one, e.g. :meth:`WeightedSum.subset`); a row with none gets 0.
+
+    Args:
+        aggregator: any aggregator of this module.
+        rewards: (B, K) transformed rewards, NaN where not applicable.
+        names: the K reward names.
+
+    Returns:
+        (B,) aggregated rewards.
+    """
+    ok = torch.isfinite(rewards)  # (B, K)
+    if bool(ok.all()):
+        return aggregator(rewards, names)
+    _check(rewards, names)
+    aggregator(torch.zeros(1, len(names), dtype=rewards.dtype), names)  # the settings fit every reward
+    out = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    for pattern in torch.unique(ok, dim=0):  # rows with the same applicable rewards together
+        rows, cols = (ok == pattern).all(1), pattern.nonzero()[:, 0]
+        if len(cols):
+            sub = [names[c] for c in cols.tolist()]
+            agg = aggregator.subset(sub) if hasattr(aggregator, "subset") else aggregator
+            out[rows] = agg(rewards[rows][:, cols], sub)
+    return out

@@ -75,10 +75,10 @@ class ReferenceSpec:
 
 def reduce_samples(rewards: Tensor, spec: ReferenceSpec) -> Tensor:
     """(P, n) sampled rewards → (P,) reference rewards by the spec's statistic."""
-    if spec.statistic == "mean":
-        return rewards.mean(-1)
+    if spec.statistic == "mean":  # NaN-aware: a reward function's None (NaN) is no sample
+        return rewards.float().nanmean(-1)
     if spec.statistic == "quantile":
-        return torch.quantile(rewards.float(), spec.q, dim=-1)
+        return torch.nanquantile(rewards.float(), spec.q, dim=-1)
     raise ValueError(f"statistic={spec.statistic} is not a reduction of samples")
 
 
@@ -101,7 +101,7 @@ def sample_references(
         return rewards[..., :samples].float()
     if quantiles is not None:
         q = torch.tensor(list(quantiles), dtype=torch.float32)
-        return torch.quantile(rewards.float(), q, dim=-1).movedim(0, -1)  # (P, M)
+        return torch.nanquantile(rewards.float(), q, dim=-1).movedim(0, -1)  # (P, M)
     return reduce_samples(rewards, spec).float().unsqueeze(-1)  # (P, 1)
 
 
@@ -193,6 +193,7 @@ def sample_rewards(
     prompts: Sequence[Sequence[int]],
     n: int,
     batch_prompts: int = 64,
+    prompt_ids: Sequence[int] | None = None,
 ) -> Tensor:
     """Rewards of n sampled responses per prompt: (P, n, K) for K reward models.
 
@@ -204,15 +205,46 @@ def sample_rewards(
         prompts: P prompts as token ids (already truncated, as the rollouts use them).
         n: samples per prompt.
         batch_prompts: prompts per generation batch.
+        prompt_ids: the prompts' ids; if given, ``score`` is called as ``score(sequences, mask, ids, P)``
+            (what reward functions need: the dataset record and where the response starts).
     """
     out = []
     for i in range(0, len(prompts), batch_prompts):
         ids, mask = pad(prompts[i : i + batch_prompts])
         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
         seq, rmask, _ = generate(ids, mask)
-        scores = score(seq, torch.cat([mask, rmask], 1), ids.shape[1])  # (b·n, K)
+        full = torch.cat([mask, rmask], 1)
+        if prompt_ids is None:
+            scores = score(seq, full, ids.shape[1])  # (b·n, K)
+        else:  # what reward functions need besides the tokens: the prompts' dataset records
+            pids = torch.tensor(prompt_ids[i : i + batch_prompts], device=ids.device).repeat_interleave(n)
+            scores = score(seq, full, pids, ids.shape[1])
         out.append(scores.view(-1, n, scores.shape[-1]).cpu())
     return torch.cat(out)
+
+
+def scorer(pl_module: nn.Module):
+    """``score(sequences, mask, prompt_ids, P)``: every reward (reward functions need the prompts and where
+    the response starts), or the reward models alone for a module without reward functions."""
+    if getattr(pl_module, "reward_functions", None):
+        return pl_module.all_scores
+    return lambda seq, mask, prompt_ids, P: pl_module.score(seq, mask, P)
+
+
+def fill_missing(name: str, refs: Tensor) -> Tensor:
+    """r_ref where every SFT sample of a prompt was "not applicable" (None): the reward's mean reference."""
+    bad = ~torch.isfinite(refs)
+    if not bad.any():
+        return refs
+    good = refs[~bad]
+    fill = good.mean() if len(good) else torch.tensor(0.0)
+    log.warning(
+        "r_ref[%s]: %d prompts had no applicable sample; their r_ref is the mean %.3f",
+        name,
+        int(bad.any(-1).sum()),
+        fill,
+    )
+    return refs.masked_fill(bad, float(fill))
 
 
 class ReferenceTable:

@@ -1,7 +1,7 @@
 """Evaluation of a policy-optimisation module on held-out prompts (what the gold and KL metrics read).
 
 Shared by every task that has an actor, a reference and reward models: the module provides ``generate``,
-``generate_reference``, ``score``, ``_token_logprobs``, ``_reference_logprobs``, ``tokenizer`` and
+``generate_reference``, ``all_scores``, ``_token_logprobs``, ``_reference_logprobs``, ``tokenizer`` and
 ``eval_samples_per_prompt`` and ``seeded_rows``.
 
 Sample j of prompt p is drawn from a seed of (p, j) and of who samples (the policy or π_ref), not from the
@@ -46,7 +46,7 @@ def evaluate(module: Any, batch: dict) -> dict:
         out[f"{who}_responses"] = tok.batch_decode(
             seq[:, P:].masked_fill(rmask == 0, tok.pad_token_id), skip_special_tokens=True
         )
-        out[f"{who}_scores"] = module.score(seq, full, P)
+        out[f"{who}_scores"] = module.all_scores(seq, full, prompt_ids, P)
         out[f"{who}_length"] = rmask.sum(-1).float()
         if who == "policy":
             lp = module._token_logprobs(module.actor, seq, full, P)

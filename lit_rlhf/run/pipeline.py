@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from lit_rlhf.callbacks.progress import iteration_progress_bar
 from lit_rlhf.models import Pretrained, ValueModel, lora, quiet_transformers
 from lit_rlhf.rewards.ensemble import EnsembleSpec, RewardEnsemble
+from lit_rlhf.rewards.reward_function import RewardFunction, is_function_spec
 from lit_rlhf.run import record as run_record
 from lit_rlhf.run import stages
 from lit_rlhf.run.reporting import finish
@@ -163,6 +164,10 @@ def run_reward_model(cfg: DictConfig) -> float | None:
             "pick one, e.g. reward=helpful or reward=harmless"
         )
     ((name, rspec),) = cfg.reward.items()
+    if is_function_spec(rspec):
+        raise ValueError(
+            f"reward.{name} is a reward function (reward.{name}.function): there is no model to train"
+        )
     if rspec.get("ensemble"):
         raise ValueError(
             f"reward.{name}.ensemble is set: task=reward_model trains one reward model. A policy run builds "
@@ -291,14 +296,21 @@ def run_policy(cfg: DictConfig) -> float | None:
     times: dict[str, float] = {}
     with timed(times, "sft (stage)"):
         policy_path = cfg.task.policy_path or ensure_stage(cfg, "sft")
+    functions = {n: RewardFunction.from_config(n, r) for n, r in cfg.reward.items() if is_function_spec(r)}
     rm_paths = {}
-    for name in cfg.reward:
+    for name in [n for n in cfg.reward if n not in functions]:  # reward models (functions need no stage)
         with timed(times, f"reward_model[{name}] (stage)"):
             rm_paths[name] = reward_model_paths(cfg, name)
     models = ppo_models(cfg, Path(policy_path), rm_paths)
     tok = models.pop("tokenizer")
     dm = instantiate(cfg.task.datamodule, tokenizer=tok)
-    module = instantiate(cfg.task.module, **models, tokenizer=tok, optimizer=instantiate(cfg.optimizer))
+    module = instantiate(
+        cfg.task.module,
+        **models,
+        reward_functions=functions,
+        tokenizer=tok,
+        optimizer=instantiate(cfg.optimizer),
+    )
     trainer = make_trainer(cfg, cfg.task.get("callbacks"))
     with timed(times, cfg.task.name):
         trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg), weights_only=True)

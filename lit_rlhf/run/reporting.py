@@ -47,8 +47,15 @@ def headline(trainer: L.Trainer, family: str, extra: Mapping[str, float] | None 
     """The task's headline metrics from ``trainer.callback_metrics`` (those that were logged)."""
     out: dict[str, float] = {}
     names = list(HEADLINES[family])
-    if family == "policy":  # share above r_ref and mean transform weight per reward model
-        names += sorted(k for k in trainer.callback_metrics if k.endswith(("_above_ref", "_weight")))
+    if family == "policy":  # per reward: raw and transformed means, share above r_ref, transform weight
+        ends = (
+            "_above_ref",
+            "_weight",
+            "_raw",
+            "_transformed",
+            "_applicable",
+        )  # per reward: models and functions
+        names += sorted(k for k in trainer.callback_metrics if k.startswith("reward/") and k.endswith(ends))
     for name in names:
         value = trainer.callback_metrics.get(name)
         if value is not None:

@@ -33,6 +33,7 @@ from transformers import PreTrainedModel
 
 from lit_rlhf.models import lora
 from lit_rlhf.models.scoring import reward_scores
+from lit_rlhf.rewards.reward_function import RewardFunction, function_scores
 from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, kl_penalty, masked_mean
 from lit_rlhf.rollout import shared_prefix
 from lit_rlhf.rollout.decoding import row_seeds
@@ -72,6 +73,8 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
         optimizer: partial optimizer (the ``optimizer/`` group).
         config: the algorithm's settings (:class:`~lit_rlhf.tasks.config.PolicyConfig` or the subclass's
             ``config_class``); ``None`` = built from ``settings``.
+        reward_functions: name → :class:`~lit_rlhf.rewards.reward_function.RewardFunction` (rules, verifiers),
+            scored after the reward models: ``reward_names`` lists the models, then the functions.
         **settings: the same settings as flat keys (what Hydra's ``task.module.*`` passes).
     """
 
@@ -86,6 +89,7 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
         tokenizer,
         optimizer: Callable[..., torch.optim.Optimizer],
         config: PolicyConfig | None = None,
+        reward_functions: dict[str, RewardFunction] | None = None,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -95,13 +99,15 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
         self.automatic_optimization = False
         # strict: the frozen models (not stored) are the only keys a checkpoint may lack (on_load_checkpoint)
         self.strict_loading = True
-        if not reward_models:
-            raise ValueError(f"task={self.algorithm} needs at least one reward model (the `reward` group)")
+        if not reward_models and not reward_functions:
+            raise ValueError(f"task={self.algorithm} needs at least one reward (the `reward` group)")
         if ref is None and not lora.is_lora(actor):
             raise ValueError(f"{type(self).__name__} needs a reference policy: pass ref, or a LoRA actor")
         self.actor, self.ref = actor, ref
         self.reward_models = nn.ModuleDict(reward_models)
-        self.reward_names = list(reward_models)
+        self.reward_functions = dict(reward_functions or {})
+        self.reward_names = [*reward_models, *self.reward_functions]
+        self.records: dict[int, Any] = {}  # prompt id → dataset record, for the reward functions (setup)
         for frozen in self.frozen_models():
             frozen.requires_grad_(False).eval()
         for m in (self.actor, self.ref):
@@ -192,13 +198,28 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
 
     @torch.no_grad()
     def score(self, input_ids: Tensor, attention_mask: Tensor, P: int | None = None) -> Tensor:
-        """Raw scores of every reward model, (B, K) in ``self.reward_names`` order (``P``: the prompt
+        """Raw scores of every reward model, (B, M) in ``self.reward_models`` order (``P``: the prompt
         length, to compute each distinct prompt once)."""
+        if not self.reward_models:
+            return input_ids.new_zeros(len(input_ids), 0, dtype=torch.float32)
         if self.share_prefix and P is not None:
             fn = lambda rm: shared_prefix.sequence_scores(rm, input_ids, attention_mask, P)  # noqa: E731
         else:
             fn = lambda rm: reward_scores(rm, input_ids, attention_mask)  # noqa: E731
         return torch.stack([fn(rm) for rm in self.reward_models.values()], -1)
+
+    @torch.no_grad()
+    def all_scores(self, input_ids: Tensor, attention_mask: Tensor, prompt_ids: Tensor, P: int) -> Tensor:
+        """Raw scores of every reward, (B, K) in ``reward_names`` order: the reward models' (:meth:`score`),
+        then the reward functions' on the responses after position P (NaN: not applicable)."""
+        scores, fns = self.score(input_ids, attention_mask, P), self.reward_functions
+        args = (self.tokenizer, self.records, input_ids, attention_mask, prompt_ids, P)
+        return torch.cat([scores, function_scores(fns, *args).to(scores)], -1) if fns else scores
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if self.reward_functions and dm is not None and hasattr(dm, "all_records"):
+            self.records = {r.id: r for r in dm.all_records}  # what the functions get besides the text
 
     @torch.no_grad()
     def rollout(self, batch: dict) -> Rollout:
@@ -221,7 +242,7 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
             logprobs=self._token_logprobs(self.actor, seq, full_mask, P),
             ref_logprobs=self._reference_logprobs(seq, full_mask, P),
             values=self.rollout_values(seq, full_mask, P),
-            scores=self.score(seq, full_mask, P),
+            scores=self.all_scores(seq, full_mask, prompt_ids, P),
             has_eos=has_eos,
         )
 
@@ -254,8 +275,9 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
         # 1. the reward optimised: transform + aggregation (installed by RewardTransformCallback), of raw
         # scores that carry the missing-EOS penalty in reward-model units
         scores = ro.scores
-        if self.missing_eos_penalty is not None:
-            scores = scores - self.missing_eos_penalty * (~ro.has_eos).float()[:, None]  # (B, K)
+        if self.missing_eos_penalty is not None:  # reward models' scores only (not a rule's probability)
+            cut = (~ro.has_eos).float()[:, None] * (torch.arange(scores.shape[1]) < len(self.reward_models))
+            scores = scores - self.missing_eos_penalty * cut.to(scores)  # (B, K)
         reward = self.reward_fn(scores, ro.prompt_ids, self).float()  # (B,)
 
         # 2-3. the algorithm

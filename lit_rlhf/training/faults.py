@@ -60,7 +60,7 @@ class FaultPolicy:
         """Fault policy: skip a batch whose scores, log-probs or values are not finite; stop after
         ``max_bad_batches`` such batches in a row with an error that says where the NaNs came from."""
         checks = {
-            "reward-model scores": ro.scores,
+            "reward-model scores": ro.scores[:, : len(self.reward_models)],  # a function's NaN = None
             "policy log-probs": ro.logprobs,
             "reference log-probs": ro.ref_logprobs,
             "critic values": ro.values,
