@@ -24,27 +24,25 @@ def completion_text(completion: str | list[dict[str, Any]]) -> str:
 def word_limit(
     prompts: Sequence[Any],
     completions: Sequence[str | list[dict[str, Any]]],
-    max_words: int = 30,
+    max_words: int | Sequence[int | None] = 30,
     **columns: Sequence[Any],
 ) -> list[float | None]:
-    """P(the answer respects the word limit): 1 for at most ``max_words`` words, ``max_words / n`` for n more.
+    """P(the answer keeps to the word limit): 1 for at most N words, ``N / n`` for n > N words.
 
     Args:
         prompts: the prompts (unused; part of the reward-function contract).
         completions: the answers, strings or conversational messages.
-        max_words: the limit N, unless the dataset has a ``max_words`` column.
-        **columns: the dataset's other columns; a ``max_words`` column sets a per-row limit, and a row
-            whose limit is None is not applicable (None), e.g. a prompt that asks for an essay.
+        max_words: the limit N; a dataset column named ``max_words`` arrives here as one limit per row
+            (overriding the configured one), and a row whose limit is None is not applicable (None), e.g.
+            a prompt that asks for an essay.
+        **columns: the dataset's other columns (unused).
 
     Returns:
         One probability (or None) per completion.
     """
-    limits = columns.get("max_words") or [max_words] * len(completions)
+    limits = [max_words] * len(completions) if isinstance(max_words, int | float) else list(max_words)
     out: list[float | None] = []
     for completion, limit in zip(completions, limits):
-        if limit is None:
-            out.append(None)
-            continue
         n = len(completion_text(completion).split())
-        out.append(1.0 if n <= limit else float(limit) / n)
+        out.append(None if limit is None else 1.0 if n <= limit else float(limit) / n)
     return out
