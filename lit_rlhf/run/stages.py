@@ -34,17 +34,18 @@ Train = Callable[[DictConfig], object]  # how a stage is trained: lit_rlhf.run.p
 OWN_DATA_KEYS = ("path", "val_path", "split", "subset", "revision", "columns", "chat_template")
 
 
-def own_data(cfg: DictConfig) -> DictConfig:
+def own_data(cfg: DictConfig, say: bool = True) -> DictConfig:
     """``data.path`` set on the default ``data=world`` means the user's data, read as ``data=jsonl`` reads it
     (``python train.py task=reward_model data.path=FOLDER``): ``cfg.data`` becomes that group with the
-    user's ``data.*`` source keys. No-op otherwise; returns ``cfg`` (changed in place)."""
+    user's ``data.*`` source keys. No-op otherwise; returns ``cfg`` (changed in place); ``say``: log it."""
     if not (cfg.data.get("world") and cfg.data.get("path")):
         return cfg
     mine = OmegaConf.to_container(cfg.data, resolve=False)
     own = compose(config_name="train", overrides=["data=jsonl", "data.path=_"]).data
     with open_dict(cfg):
         cfg.data = OmegaConf.merge(own, {k: mine[k] for k in OWN_DATA_KEYS if k in mine})
-    log.info("data.path=%s: training on it instead of the embedded world (as data=jsonl)", cfg.data.path)
+    if say:
+        log.info("data.path=%s: training on it instead of the embedded world (as data=jsonl)", cfg.data.path)
     return cfg
 
 
@@ -100,7 +101,7 @@ def carried_overrides() -> list[str]:
 
 def stage_config(cfg: DictConfig, task: str, extra: Sequence[str] = ()) -> DictConfig:
     overrides = [*carried_overrides(), f"task={task}", *extra, *cfg.pipeline.get(task, [])]
-    sub = own_data(compose(config_name="train", overrides=list(overrides)))
+    sub = own_data(compose(config_name="train", overrides=list(overrides)), say=False)
     with open_dict(sub):
         sub.stage_overrides = list(overrides)  # what its model card records
         sub.paths.cache_dir = cfg.paths.cache_dir
