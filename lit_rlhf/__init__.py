@@ -44,9 +44,15 @@ _PUBLIC = {
     "MeanMinusStd": "lit_rlhf.rewards.aggregators",
     "MeanMinusVar": "lit_rlhf.rewards.aggregators",
     "NormalizeThenSum": "lit_rlhf.rewards.gdpo",
+    # reward functions beside reward models (conf/reward/word_limit.yaml)
+    "RewardFunction": "lit_rlhf.rewards.reward_function",
+    "word_limit": "lit_rlhf.rewards.functions",
     # models (conf/model)
     "TinyGPT2": "lit_rlhf.models",
     "Pretrained": "lit_rlhf.models",
+    "ValueModel": "lit_rlhf.models",
+    # the embedded synthetic world (conf/data/world.yaml)
+    "build_world": "lit_rlhf.world",
     "load_tokenizer": "lit_rlhf.models",
 }
 

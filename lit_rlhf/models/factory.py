@@ -57,7 +57,12 @@ def _check_head(head: str) -> None:
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local folder; give it a pad token if it has none (pad = eos, as TRL does)."""
+    """Load a tokenizer from a local folder; give it a pad token if it has none (pad = eos, as TRL does).
+
+    Args:
+        path: a local folder written by ``save_pretrained`` (nothing is fetched from a hub).
+        trust_remote_code: run the folder's own tokenizer code; off unless you trust the folder.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"tokenizer folder {path} does not exist (model.tokenizer_path)")
