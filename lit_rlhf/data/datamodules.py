@@ -80,6 +80,7 @@ class SFTDataModule(L.LightningDataModule):
             tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error, chat_template
         )
         check_max_length(max_prompt_tokens, max_length)
+        dataset = DatasetOptions.of(dataset).to_dict()  # plain values in the checkpoint's hparams
         self.dataset = DatasetOptions.of(dataset)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
@@ -172,6 +173,7 @@ class PreferenceDataModule(L.LightningDataModule):
             tokenizer, val_fraction, batch_size, max_prompt_tokens, num_workers, on_error, chat_template
         )
         check_max_length(max_prompt_tokens, max_length)
+        dataset = DatasetOptions.of(dataset).to_dict()  # plain values in the checkpoint's hparams
         self.dataset = DatasetOptions.of(dataset)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer

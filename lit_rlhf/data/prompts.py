@@ -74,6 +74,7 @@ class PromptDataModule(L.LightningDataModule):
             raise ValueError(f"{DM}.val_batch_size must be >= 1, got {val_batch_size}")
         if num_batches is not None and num_batches < 1:
             raise ValueError(f"{DM}.num_batches (task.iterations) must be >= 1 or null, got {num_batches}")
+        dataset = DatasetOptions.of(dataset).to_dict()  # plain values in the checkpoint's hparams
         self.dataset = DatasetOptions.of(dataset)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer

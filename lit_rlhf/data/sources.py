@@ -67,6 +67,11 @@ class DatasetOptions:
         opts = {k: v for k, v in dict(options).items() if v is not None}
         return cls(**{**opts, "columns": dict(opts.get("columns") or {})})
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (what a checkpoint's hyperparameters may hold under ``weights_only``)."""
+        return {"split": self.split, "subset": self.subset, "revision": self.revision,
+                "columns": {str(k): v for k, v in self.columns.items()}}  # fmt: skip
+
     def mapping(self) -> dict[str, str]:
         """Dataset column → record field, for the columns that are renamed."""
         return {col: f for f, col in self.columns.items() if col is not None and col != f}
