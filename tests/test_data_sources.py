@@ -149,3 +149,23 @@ def test_a_hub_id_without_a_network_is_one_line_saying_so(monkeypatch: pytest.Mo
         DataFormatError, match=r"^no-such-owner/no-such-set: the Hugging Face Hub is unreachable"
     ):
         load_prompts("no-such-owner/no-such-set")
+
+
+def test_data_path_on_the_default_world_means_your_data(tmp_path: Path) -> None:
+    """``python train.py data.path=X`` (no ``data=jsonl``): the world is replaced by X with the user's keys;
+    the task datamodules get split, subset, revision and columns."""
+    from hydra.utils import instantiate  # noqa: PLC0415
+
+    from conftest import hydra_cfg  # noqa: PLC0415
+    from lit_rlhf.run.stages import own_data  # noqa: PLC0415
+
+    with hydra_cfg(tmp_path, ["task=grpo", "data.path=q.parquet", "data.columns.prompt=question"]) as cfg:
+        assert cfg.data.world is not None  # as composed: the default group
+        own_data(cfg)
+        assert cfg.data.world is None and cfg.data.gold is False and cfg.data.tokenizer is None
+        assert cfg.task.datamodule.train_path == "q.parquet" and cfg.reward.helpful.data == "q.parquet"
+        dataset = instantiate(cfg.task.datamodule.dataset)
+        assert DatasetOptions.of(dataset).mapping() == {"question": "prompt"}
+    with hydra_cfg(tmp_path, ["task=sft"]) as cfg:  # without data.path the world stays
+        assert own_data(cfg).data.world is not None
+        assert cfg.task.datamodule.dataset.split == "train"

@@ -206,3 +206,18 @@ def test_partial_functions_fingerprint_their_arguments():
     assert a.fingerprint() != b.fingerprint()
     again = RewardFunction("w", functools.partial(word_limit, max_words=3), kind="probability")
     assert a.fingerprint() == again.fingerprint()
+
+
+def test_the_shipped_presets_build_a_reward_model_and_a_probability_rule(tmp_path):
+    from conftest import hydra_cfg  # noqa: PLC0415
+    from lit_rlhf.rewards.reward_function import is_function_spec  # noqa: PLC0415
+
+    overrides = [
+        "reward=helpful_word_limit",
+        "+transform=logsigmoid",
+        "reward.word_limit.function.max_words=2",
+    ]
+    with hydra_cfg(tmp_path, overrides) as cfg:
+        assert list(cfg.reward) == ["helpful", "word_limit"] and not is_function_spec(cfg.reward.helpful)
+        rf = RewardFunction.from_config("word_limit", cfg.reward.word_limit)
+        assert rf.kind == "probability" and call(rf, ["a b c d"]).tolist() == [0.5]
