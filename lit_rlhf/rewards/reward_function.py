@@ -202,10 +202,12 @@ class RewardFunction:
                 call([i])
             except Exception as row_err:
                 return RewardFunctionError(
-                    f"{self.label} raised {type(row_err).__name__}: {row_err} on row {i} of the batch "
+                    f"{self.label} raised {type(row_err).__name__}: {_line(row_err)} on row {i} of the batch "
                     f"(prompt id {rows[i]}, completion {_short(completions[i])})"
                 )
-        return RewardFunctionError(f"{self.label} raised {type(err).__name__}: {err} on a batch of {B}")
+        return RewardFunctionError(
+            f"{self.label} raised {type(err).__name__}: {_line(err)} on a batch of {B}"
+        )
 
     def fingerprint(self) -> str:
         """What the r_ref cache keys this function on: its name, kind and bound arguments (a partial's, or
@@ -224,6 +226,12 @@ def _qualname(fn: Any) -> str:
     inner = getattr(fn, "func", fn)  # functools.partial
     name = getattr(inner, "__qualname__", None) or type(inner).__qualname__
     return f"{getattr(inner, '__module__', '?')}:{name}"
+
+
+def _line(err: Exception) -> str:
+    """An exception's message on one line (its first)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
 
 def _short(completion: Any, n: int = 40) -> str:
