@@ -38,13 +38,14 @@ import torch
 from torch import Tensor
 
 from lit_rlhf.callbacks.distributed import gather_rows
-from lit_rlhf.data.tokenize import PromptItem, batch_ids, eos_id, pad_batch
+from lit_rlhf.data.tokenize import PromptItem, pad_batch
 from lit_rlhf.rewards.aggregators import Sum, aggregate
 from lit_rlhf.rewards.reference import (
     FIXED,
     ReferenceSpec,
     ReferenceTable,
     fill_missing,
+    fixed_response_rewards,
     generation_settings,
     load_or_compute,
     module_fingerprint,
@@ -225,7 +226,7 @@ class RewardTransformCallback(L.Callback):
             spec = specs[n]
             if spec.statistic in FIXED:  # one reference: the reward of a fixed response (a refusal)
                 text = self.fixed_response_text(n, spec)
-                values[n] = self._fixed_response_rewards(pl_module, pad, prompts, text, ids)[:, k : k + 1]
+                values[n] = fixed_response_rewards(pl_module, pad, prompts, text, ids)[:, k : k + 1]
                 how = f"{spec.statistic} {text!r}"
             else:  # (P, M): the spec's statistic, or the references the transform asks for
                 values[n] = sample_references(samples[n], spec, self.ref_samples, self.ref_quantiles)
@@ -262,32 +263,6 @@ class RewardTransformCallback(L.Callback):
         from lit_rlhf.world import REFUSAL  # noqa: PLC0415
 
         return REFUSAL
-
-    @staticmethod
-    def _fixed_response_rewards(
-        pl_module: L.LightningModule,
-        pad,
-        prompts: Sequence[Sequence[int]],
-        response: str,
-        prompt_ids: Sequence[int],
-        chunk: int = 64,
-    ) -> Tensor:
-        """(P, K) raw scores of one fixed response (e.g. a refusal) after every prompt: the prompt's rendered
-        ids (its chat template included), then the response tokenised as every response is (no special
-        tokens, then EOS; :mod:`lit_rlhf.data.chat`)."""
-        tok = pl_module.tokenizer
-        resp = batch_ids(tok, [response])[0] + [eos_id(tok)]
-        out = []
-        for i in range(0, len(prompts), chunk):
-            ids, mask = pad(prompts[i : i + chunk])  # (b, T)
-            resp_t = torch.tensor(resp, device=ids.device).expand(len(ids), -1)  # (b, R)
-            seq = torch.cat([ids, resp_t], 1)  # (b, T + R)
-            full, pids = (
-                torch.cat([mask, torch.ones_like(resp_t)], 1),
-                torch.tensor(prompt_ids[i : i + chunk]),
-            )
-            out.append(scorer(pl_module)(seq, full, pids.to(ids.device), ids.shape[1]).cpu())
-        return torch.cat(out)
 
     # ------------------------------------------------------------- the reward
     def references(self, name: str, prompt_ids: Tensor, r_ref: Tensor) -> Tensor:

@@ -247,6 +247,34 @@ def fill_missing(name: str, refs: Tensor) -> Tensor:
     return refs.masked_fill(bad, float(fill))
 
 
+def fixed_response_rewards(
+    pl_module: nn.Module,
+    pad,
+    prompts: Sequence[Sequence[int]],
+    response: str,
+    prompt_ids: Sequence[int],
+    chunk: int = 64,
+) -> Tensor:
+    """(P, K) raw scores of one fixed response (e.g. a refusal) after every prompt: the prompt's rendered
+    ids (its chat template included), then the response tokenised as every response is (no special
+    tokens, then EOS; :mod:`lit_rlhf.data.chat`)."""
+    from lit_rlhf.data.tokenize import batch_ids, eos_id  # noqa: PLC0415
+
+    tok = pl_module.tokenizer
+    resp = batch_ids(tok, [response])[0] + [eos_id(tok)]
+    out = []
+    for i in range(0, len(prompts), chunk):
+        ids, mask = pad(prompts[i : i + chunk])  # (b, T)
+        resp_t = torch.tensor(resp, device=ids.device).expand(len(ids), -1)  # (b, R)
+        seq = torch.cat([ids, resp_t], 1)  # (b, T + R)
+        full, pids = (
+            torch.cat([mask, torch.ones_like(resp_t)], 1),
+            torch.tensor(prompt_ids[i : i + chunk]),
+        )
+        out.append(scorer(pl_module)(seq, full, pids.to(ids.device), ids.shape[1]).cpu())
+    return torch.cat(out)
+
+
 class ReferenceTable:
     """r_ref per (prompt id, reward model), looked up for a batch of prompt ids.
 
