@@ -25,8 +25,8 @@ class NaNScores(L.Callback):
             return
         inner = pl_module.score
 
-        def score(ids, mask):
-            out = inner(ids, mask)
+        def score(ids, mask, P=None):
+            out = inner(ids, mask, P)
             if pl_module.training and (self.at is None or pl_module.iteration in self.at):
                 out = out.clone()
                 out[0, 0] = float("nan")
