@@ -202,6 +202,7 @@ def cases(f: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
 CASES = ["malformed_line", "missing_model", "missing_ckpt", "missing_value", "bad_value", "unknown_transform"]
 
 
+@pytest.mark.slow  # train.py in a subprocess
 @pytest.mark.parametrize("case", CASES)
 def test_cli_user_error_is_one_message(folders, tmp_path, case) -> None:
     overrides, expected = cases(folders)[case]
@@ -213,12 +214,14 @@ def test_cli_user_error_is_one_message(folders, tmp_path, case) -> None:
         assert f"lit_rlhf: error: {expected}" in out.stderr
 
 
+@pytest.mark.slow  # train.py in a subprocess
 def test_cli_full_error_shows_the_trace(folders, tmp_path) -> None:
     overrides, expected = cases(folders)["missing_model"]
     out = train_py(tmp_path, *overrides, env={"HYDRA_FULL_ERROR": "1"})
     assert out.returncode != 0 and TRACEBACK in out.stderr and f"FileNotFoundError: {expected}" in out.stderr
 
 
+@pytest.mark.slow  # train.py in a subprocess
 def test_cli_multirun_reports_without_traceback(folders, tmp_path) -> None:
     overrides, expected = cases(folders)["malformed_line"]
     out = train_py(tmp_path, *overrides, "seed=0,1", multirun=True)

@@ -209,6 +209,7 @@ def test_run_folder_names_are_safe_and_stable():
     assert name == run_name(long) and name != run_name(long + ",seed=2")
 
 
+@pytest.mark.slow
 def test_reward_model_stage_starts_from_its_sft_stage(tmp_path, stage_cache):
     """The embedded reward models start from the SFT policy: another SFT stage gives another RM stage."""
     from lit_rlhf.run.pipeline import ensure_stage

@@ -45,6 +45,7 @@ class DtypeSpy(L.Callback):
         }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["grpo", "ppo"])
 def test_bf16_mixed_on_cpu_computes_in_bf16_and_the_first_ratio_is_exactly_one(
     tmp_path: Path, stage_cache: Path, task: str
