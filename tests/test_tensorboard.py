@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -244,10 +245,8 @@ def runs(tmp_path_factory, stage_cache, ppo_runs) -> dict[str, Path]:
     for name, task in {"sft": ["task=sft"], "rm": ["task=reward_model", "reward=helpful"]}.items():
         with hydra_cfg(tmp / name, [*TINY_WORLD, *TINY_STAGES, *task, *short], cache=stage_cache) as cfg:
             run(cfg)
-    return {
-        "ppo": ppo_runs["ls"][2] / "tensorboard",
-        **{k: tmp / k / "run" / "tensorboard" for k in ("sft", "rm")},
-    }
+    shutil.copytree(ppo_runs["ls"][2] / "tensorboard", tmp / "ppo" / "run" / "tensorboard")  # one logdir
+    return {k: tmp / k / "run" / "tensorboard" for k in ("ppo", "sft", "rm")}
 
 
 def served(get: Callable[[str], Any], run: str) -> dict[str, set[str]]:
