@@ -81,6 +81,7 @@ def test_missing_eos_penalty_is_in_raw_reward_units(tmp_path, stage_cache, monke
     assert all((r <= 0).all() for r in spy.rewards)  # log σ(·) ≤ 0: the penalty went in before it
 
 
+@pytest.mark.slow
 def test_stage_keys_change_with_tokenisation_settings(tmp_path):
     """A stage (SFT, reward model) is rebuilt when its prompt truncation or chat-template setting changes."""
     base = [*TINY_WORLD, *TINY_STAGES]
@@ -99,6 +100,7 @@ def test_stage_keys_change_with_tokenisation_settings(tmp_path):
     assert len(set(keys.values())) == 3, keys
 
 
+@pytest.mark.slow
 def test_stage_keys_do_not_depend_on_where_the_cache_is(tmp_path):
     """The same stage config with its cache and root folders elsewhere (a relative vs an absolute cache
     path, a moved checkout) has the same key: it is found, not trained again."""

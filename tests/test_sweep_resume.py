@@ -42,6 +42,7 @@ def train(root: Path, *args: str) -> list[str]:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow  # train.py in a subprocess
 def test_sweep_folder_is_named_after_the_sweep_overrides(tmp_path):
     """Every job of `-m` lands in one folder named after the command (not the date): a re-run finds it."""
     out = subprocess.run(
