@@ -104,15 +104,10 @@ def test_grpo_and_rloo_advantages_are_what_the_update_uses(runs) -> None:
     assert not torch.equal(adv, torch.zeros_like(adv))
 
 
-def test_group_size_one_is_refused_naming_the_key(tmp_path: Path, stage_cache: Path) -> None:
-    for task in ("grpo", "rloo"):
-        with pytest.raises(Exception, match="task.module.samples_per_prompt"):
-            ppo(tmp_path / task, stage_cache, [f"task={task}", "task.module.samples_per_prompt=1"])
-
-
 def test_a_critic_free_task_resumes_bit_for_bit(tmp_path: Path, stage_cache: Path, runs) -> None:
     """GRPO, RLOO and REINFORCE++ share CriticFreeModule's state and checkpoint path: one of them stands
-    for all three here (PPO's resume, with its critic: tests/test_resume.py)."""
+    for all three here (PPO's, with its critic: the failure table's crash, kill and kill_in_save cases).
+    ``samples_per_prompt=1`` refused: tests/test_estimators.py and the failure table's ``one_sample``."""
     extra = [*small("grpo"), *CHECKPOINTS]
     full = runs("grpo").trainer.lightning_module  # the same command, uninterrupted
     with pytest.raises(SystemError):
