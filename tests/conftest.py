@@ -67,3 +67,35 @@ def stage_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ensure_stage(cfg, "reward_model", ["reward=helpful"])
         ensure_stage(cfg, "reward_model", ["reward=harmless"])
     return tmp / "cache"
+
+
+@pytest.fixture(scope="session")
+def crashed_ppo(tmp_path_factory: pytest.TempPathFactory, stage_cache: Path) -> Path:
+    """The run folder of tests/test_resume.py's resumable PPO run (6 iterations, a checkpoint every 2),
+    crashed at the start of iteration 3, so its last checkpoint is iteration 2's. Built once per session:
+    read it, or copy it (``shutil.copytree``) before resuming it."""
+    from test_resume import Crash, run_ppo
+
+    tmp = tmp_path_factory.mktemp("crashed_ppo")
+    with pytest.raises(SystemError, match="simulated crash"):
+        run_ppo(tmp, stage_cache, [Crash(at=3)])
+    return tmp / "run"
+
+
+@pytest.fixture(scope="session")
+def ppo_runs(tmp_path_factory: pytest.TempPathFactory, stage_cache: Path) -> dict[str, tuple]:
+    """Two 4-iteration PPO runs with the same seed and stages, built once per session: ``raw`` (no
+    transform, ``aggregator=min``) and ``ls`` (``+transform=logsigmoid``, the default sum, the progress
+    bar on), made with tests/test_ppo.py's ``ppo``; tests/test_ppo.py and tests/test_tensorboard.py read
+    them. Each entry: (trainer, callbacks by class name, run dir, RewardSpy)."""
+    from test_ppo import RewardSpy, ppo
+
+    tmp = tmp_path_factory.mktemp("ppo")
+    out = {}
+    for name, extra in (
+        ("raw", ["aggregator=min"]),
+        ("ls", ["+transform=logsigmoid", "trainer.enable_progress_bar=true"]),
+    ):
+        spy = RewardSpy()
+        out[name] = (*ppo(tmp / name, stage_cache, extra, spy), spy)
+    return out

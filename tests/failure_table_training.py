@@ -104,15 +104,23 @@ def sweep_kill(w: World, tmp: Path) -> None:
     assert killed.rc == -9, killed.out[-3000:]
     (folder,) = (tmp / "a" / "multirun" / "ppo").iterdir()
     assert (folder / "0" / "done.json").is_file() and not (folder / "1" / "done.json").exists()
+    assert not (folder / "2").exists() and not (folder / "3").exists()  # the sweep died with job 1
     assert torch.load(folder / "1" / "checkpoints" / "last.ckpt", weights_only=True)["ppo_iteration"] == 3
+    job0 = stamps(folder / "0")
     again = w.train_py(tmp / "a", *sweep, multirun=True)
     expect(again, 0, f"{folder / '0'}: finished before with ppo/kl", f"resuming from {folder / '1'}")
     assert [p.name for p in (tmp / "a" / "multirun" / "ppo").iterdir()] == [folder.name]  # the same folder
+    assert stamps(folder / "0") == job0  # the finished job was not run again
     expect(w.train_py(tmp / "b", *sweep, multirun=True), 0)  # uninterrupted
     for job in "0123":
         a, b = folder / job, tmp / "b" / "multirun" / "ppo" / folder.name / job
         assert done_value(a) == done_value(b), f"job {job}: the metrics differ"
         assert same_weights(a / "model", b / "model"), f"job {job}: the policies differ"
+
+
+def stamps(job: Path) -> list[int]:
+    """Modification times of a job's result files: unchanged if the job was not run again."""
+    return [(job / f).stat().st_mtime_ns for f in ("done.json", "run.json", "model/model.safetensors")]
 
 
 # ---- one_sample: group baselines need 2 samples per prompt
@@ -146,13 +154,18 @@ def nan_batch(w: World, tmp: Path) -> None:
     assert 0 < len(expected) < ITERATIONS and len(expected) < 3  # some skipped, never 3 in a row
     run = w.train_py(tmp, *w.ppo("policy_nan", "rm_poison", train), f"data.val_path={val}",
                      f"task.iterations={ITERATIONS}", f"task.val_check_interval={ITERATIONS}",
-                     "task.datamodule.batch_size=2", *csv_logger(tmp / "run"))  # fmt: skip
+                     f"task.checkpoint_every_n_steps={ITERATIONS}", "task.datamodule.batch_size=2",
+                     *csv_logger(tmp / "run"))  # fmt: skip
     expect(run, 0)
     skipped = re.findall(r"ppo iteration (\d+) skipped: 1 non-finite reward-model scores", run.out)
     assert [int(k) for k in skipped] == expected
     assert logged(tmp / "run", "ppo/skipped_batches")[-1] == len(expected)
     after = load_file(tmp / "run" / "model" / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in after.values())
+    ckpt = torch.load(tmp / "run" / "checkpoints" / "last.ckpt", weights_only=True)  # the end of the run
+    assert ckpt["ppo_iteration"] == ITERATIONS
+    critic = [v for k, v in ckpt["state_dict"].items() if k.startswith("critic.")]
+    assert critic and all(torch.isfinite(v).all() for v in critic)  # the critic too
     assert not same_weights(w.m["policy_nan"], tmp / "run" / "model")  # the other batches trained it
 
 

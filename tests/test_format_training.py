@@ -14,6 +14,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from conftest import hydra_cfg
 from lit_rlhf.run.pipeline import run
 
+pytestmark = pytest.mark.slow  # every test trains a reward model or PPO steps
+
 Q = ["boil an egg", "bake bread", "fix a bike", "plant a tree"]
 GOOD, BAD = "First heat the water, then wait ten minutes.", "No."
 

@@ -75,6 +75,7 @@ def test_job_counts_match_the_headers_and_the_command_runs_every_sweep() -> None
     assert total == 126 and f"# Jobs: {total}. Measured:" in sh
 
 
+@pytest.mark.slow  # composes every method of the sweep
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_method_of_every_sweep_composes_into_its_transform_aggregator_and_ensemble(
     experiment: str, tmp_path: Path

@@ -20,6 +20,8 @@ from lit_rlhf.models.scoring import reward_scores
 from lit_rlhf.rewards.ensemble import RewardEnsemble
 from lit_rlhf.run.pipeline import ensure_stage
 
+pytestmark = pytest.mark.slow  # PPO on the tiny world's stages, and train.py
+
 ENSEMBLE = [
     "reward=helpful_ensemble",
     "reward.helpful.ensemble.k=0.5",

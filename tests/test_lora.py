@@ -19,9 +19,9 @@ pytest.importorskip("peft")
 LORA_PPO = [
     "lora=default",
     "lora.r=4",
-    "task.module.lr=1e-3",  # adapters start at B = 0: a larger step so 2 iterations move the policy visibly
-    "task.iterations=2",
-    "task.val_check_interval=2",
+    "task.module.lr=1e-3",  # adapters start at B = 0: a larger step so 3 iterations move the policy visibly
+    "task.iterations=3",
+    "task.val_check_interval=3",
     "task.checkpoint_every_n_steps=1",  # in iterations: one checkpoint per iteration
     "logger=none",
 ]
@@ -46,6 +46,7 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory, stage_cache: Path):
     return trainer.lightning_module, run_dir, AutoModelForCausalLM.from_pretrained(sft_path).eval()
 
 
+@pytest.mark.slow
 def test_reference_is_the_base_without_a_second_copy(lora_run) -> None:
     module, _, sft = lora_run
     assert module.ref is None and lora.is_lora(module.actor)
@@ -69,6 +70,7 @@ def test_reference_is_the_base_without_a_second_copy(lora_run) -> None:
     assert not torch.allclose(policy_lp, sft_lp, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_only_adapters_train(lora_run) -> None:
     module, _, sft = lora_run
     sft_state = sft.state_dict()
@@ -82,6 +84,7 @@ def test_only_adapters_train(lora_run) -> None:
     assert any(p.abs().sum() > 0 for p in lora_b), "PPO did not change the adapters (B starts at 0)"
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_only_what_trains(lora_run) -> None:
     _, run_dir, _ = lora_run
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -91,6 +94,7 @@ def test_checkpoint_holds_only_what_trains(lora_run) -> None:
     assert not any(k.startswith(("ref.", "reward_models.")) for k in ckpt["state_dict"])
 
 
+@pytest.mark.slow
 def test_saved_policy_is_merged_and_loads(lora_run) -> None:
     module, run_dir, sft = lora_run
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model").eval()
@@ -107,17 +111,19 @@ def test_saved_policy_is_merged_and_loads(lora_run) -> None:
     assert lora.is_lora(module.actor)  # merging worked on a copy
 
 
-def test_lora_resume_equals_uninterrupted(tmp_path: Path, stage_cache: Path) -> None:
-    """A LoRA checkpoint (adapters + critic, no base) restores the run: it ends where an uninterrupted
-    one ends."""
+@pytest.mark.slow
+def test_lora_resume_equals_uninterrupted(tmp_path: Path, stage_cache: Path, lora_run) -> None:
+    """A LoRA checkpoint (adapters + critic, no base) restores the run: it ends where the uninterrupted
+    run of the same command (``lora_run``) ends."""
     from test_ppo import ppo
     from test_resume import Crash
 
-    extra = [*LORA_PPO, "task.iterations=3", "task.val_check_interval=3"]
-    full = ppo(tmp_path / "full", stage_cache, extra)[0].lightning_module
+    full = lora_run[0]
     with pytest.raises(SystemError):
-        ppo(tmp_path / "crashed", stage_cache, extra, Crash(at=2))
-    resumed = ppo(tmp_path / "crashed", stage_cache, extra)[0].lightning_module
+        ppo(tmp_path / "crashed", stage_cache, LORA_PPO, Crash(at=2))
+    ckpt = torch.load(tmp_path / "crashed" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["ppo_iteration"] == 2  # the last checkpoint before the crash (one per iteration)
+    resumed = ppo(tmp_path / "crashed", stage_cache, LORA_PPO)[0].lightning_module
     assert resumed.iteration == full.iteration == 3
     for (name, a), b in zip(full.actor.state_dict().items(), resumed.actor.state_dict().values()):
         assert torch.equal(a, b), f"actor weight {name} differs after resume"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -15,6 +16,8 @@ from lit_rlhf.run.pipeline import ensure_stage
 
 sys.path.insert(0, str(ROOT / "studies"))
 from margin_probe import markdown, probe, sample_sft, verdict  # noqa: E402
+
+pytestmark = pytest.mark.slow  # builds the tiny world's stages
 
 
 def test_probe_margins_and_verdict(tmp_path, stage_cache):

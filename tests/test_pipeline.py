@@ -33,6 +33,7 @@ def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
     )
 
 
+@pytest.mark.slow  # train.py in a subprocess
 def test_cfg_job_prints_composed_config(tmp_path):
     out = cli("--cfg", "job", "+transform=logsigmoid", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -41,6 +42,7 @@ def test_cfg_job_prints_composed_config(tmp_path):
     assert cfg.task.name == "ppo" and set(cfg.reward) == {"helpful", "harmless"}
 
 
+@pytest.mark.slow  # train.py in a subprocess
 def test_unknown_group_option_lists_valid_ones(tmp_path):
     out = cli("--cfg", "job", "+transform=logsigmod", cwd=tmp_path)
     assert out.returncode != 0
@@ -70,6 +72,7 @@ def test_every_shipped_option_composes_and_instantiates(tmp_path, group):
                         assert instantiate(value) is not None
 
 
+@pytest.mark.slow  # trains through the pipeline
 def test_sft_learns_and_saves_loadable_policy(tmp_path):
     with hydra_cfg(
         tmp_path, [*TINY_WORLD, *TINY_STAGES, "task=sft", "task.max_epochs=3", "task.module.warmup_steps=10"]
@@ -104,6 +107,7 @@ def hh_line(prompt: str, chosen: str, rejected: str) -> str:
     )
 
 
+@pytest.mark.slow  # trains through the pipeline
 def test_user_jsonl_and_local_hf_model(tmp_path):
     """`data=jsonl` (HH format, then prompts-only) with `model=hf`: reward model, then PPO on it."""
     words = vocabulary()[10:60]
@@ -154,6 +158,7 @@ def test_user_jsonl_and_local_hf_model(tmp_path):
     assert stages == {"policy": str(base), "reward_models": {"helpful": str(rm_dir)}}
 
 
+@pytest.mark.slow  # trains through the pipeline
 def test_missing_reward_model_folder_is_a_clear_error(tmp_path):
     with (
         hydra_cfg(
@@ -209,6 +214,7 @@ def test_run_folder_names_are_safe_and_stable():
     assert name == run_name(long) and name != run_name(long + ",seed=2")
 
 
+@pytest.mark.slow
 def test_reward_model_stage_starts_from_its_sft_stage(tmp_path, stage_cache):
     """The embedded reward models start from the SFT policy: another SFT stage gives another RM stage."""
     from lit_rlhf.run.pipeline import ensure_stage

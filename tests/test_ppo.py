@@ -15,6 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import TINY_STAGES, TINY_WORLD, hydra_cfg
 from lit_rlhf.run.pipeline import ensure_stage, run
 
+pytestmark = pytest.mark.slow  # every test trains PPO on the tiny world's stages
+
 PPO_FAST = [
     "task.iterations=4",
     "task.val_check_interval=2",
@@ -78,10 +80,15 @@ def sft_and_rm_paths(tmp: Path, cache: Path) -> tuple[Path, dict[str, Path]]:
     return sft, rms
 
 
-def test_ppo_moves_actor_keeps_reference_and_logs(tmp_path, stage_cache):
+@pytest.fixture(scope="module")
+def runs(ppo_runs):
+    return ppo_runs
+
+
+def test_ppo_moves_actor_keeps_reference_and_logs(tmp_path, stage_cache, runs):
     sft_path, _ = sft_and_rm_paths(tmp_path / "probe", stage_cache)
     sft = AutoModelForCausalLM.from_pretrained(sft_path)
-    trainer, cbs, run_dir = ppo(tmp_path, stage_cache, ["+transform=logsigmoid"])
+    trainer, cbs, run_dir, _ = runs["ls"]
     module = trainer.lightning_module
     sft_state = sft.state_dict()
     moved = [k for k, v in module.actor.state_dict().items() if not torch.equal(v, sft_state[k])]
@@ -127,62 +134,37 @@ def test_ppo_moves_actor_keeps_reference_and_logs(tmp_path, stage_cache):
     assert out.shape[1] > ids.shape[1]
 
 
-def test_transform_changes_the_reward_ppo_sees(tmp_path, stage_cache):
-    """Same seed, same rollouts: only `+transform=` differs, and the reward given to PPO differs by it."""
-    raw_spy, ls_spy = RewardSpy(), RewardSpy()
-    ppo(tmp_path / "raw", stage_cache, [], raw_spy)
-    _, cbs, _ = ppo(tmp_path / "ls", stage_cache, ["+transform=logsigmoid"], ls_spy)
+def test_transform_and_aggregator_change_the_reward_ppo_sees(runs):
+    """Same seed, same rollouts: only ``+transform=`` and ``aggregator=`` differ, and the reward given to
+    PPO differs by them (the aggregators' values by hand are in tests/test_aggregators.py)."""
+    *_, raw_spy = runs["raw"]
+    *_, cbs, _, ls_spy = runs["ls"]
     assert len(raw_spy.rewards) == len(ls_spy.rewards) == 4  # called at every training step
     # first iteration: identical weights and seed → identical raw scores
     torch.testing.assert_close(raw_spy.scores[0], ls_spy.scores[0])
     scores = raw_spy.scores[0]
-    torch.testing.assert_close(raw_spy.rewards[0], scores.sum(-1))  # no transform: raw sum
+    torch.testing.assert_close(raw_spy.rewards[0], scores.min(-1).values)  # no transform, aggregator=min
     r_ref = cbs["RewardTransformCallback"].table.lookup(ls_spy.prompt_ids[0])  # (B, 2)
     expected = torch.nn.functional.logsigmoid(scores - r_ref).sum(-1)  # Σ log σ(r − r_ref): the paper's AND
     torch.testing.assert_close(ls_spy.rewards[0], expected)
     assert not torch.allclose(ls_spy.rewards[0], raw_spy.rewards[0])
 
 
-def test_reference_cache_reused_and_invalidated(tmp_path, stage_cache):
-    cache = tmp_path / "refcache"
-    extra = [
-        f"task.callbacks.reward_transform.cache_dir={cache}",
-        "task.iterations=2",
-        "+transform=logsigmoid",
-    ]
-    _, cbs1, _ = ppo(tmp_path / "a", stage_cache, extra)
-    _, cbs2, _ = ppo(tmp_path / "b", stage_cache, extra)
-    first, second = cbs1["RewardTransformCallback"], cbs2["RewardTransformCallback"]
-    assert first.loaded_from_cache is False and second.loaded_from_cache is True  # no sampling the 2nd time
-    torch.testing.assert_close(first.table.values, second.table.values)
-    _, cbs3, _ = ppo(tmp_path / "c", stage_cache, [*extra, "task.callbacks.reward_transform.n_samples=3"])
-    assert cbs3["RewardTransformCallback"].loaded_from_cache is False  # n changed → sampled anew
-    _, cbs4, _ = ppo(tmp_path / "d", stage_cache, [*extra, "reward.helpful.reference.q=0.5"])
-    fourth = cbs4["RewardTransformCallback"]
-    assert fourth.loaded_from_cache is True  # same samples ...
-    assert not torch.allclose(fourth.table.values[:, 0], first.table.values[:, 0])  # ... new statistic
-    assert len(list(cache.glob("samples-*.pt"))) == 2
+def test_reference_cache_reused_by_the_next_run(runs, stage_cache):
+    """The second run with the same policy, reward models, prompts and sampling reads r_ref from the cache
+    under ``paths.cache_dir`` (the key's other parts: tests/test_reference_cache.py)."""
+    raw, ls = (runs[n][1]["RewardTransformCallback"] for n in ("raw", "ls"))
+    assert ls.loaded_from_cache is True  # the transform and aggregator are not part of the key
+    assert ls.cache_dir == raw.cache_dir == stage_cache / "reference"
+    assert list(ls.cache_dir.glob("samples-*.pt"))
+    torch.testing.assert_close(ls.table.values, raw.table.values)
 
 
-@pytest.mark.parametrize("aggregator", ["sum", "min", "weighted_sum"])
-def test_aggregators_run_in_ppo(tmp_path, stage_cache, aggregator):
-    spy = RewardSpy()
-    ppo(
-        tmp_path,
-        stage_cache,
-        [f"aggregator={aggregator}", "task.iterations=1", "task.val_check_interval=1"],
-        spy,
-    )
-    s = spy.scores[0]
-    expected = {"sum": s.sum(-1), "min": s.min(-1).values, "weighted_sum": s[:, 0] * 1.0 + s[:, 1] * 0.5}
-    torch.testing.assert_close(spy.rewards[0], expected[aggregator])
-
-
-def test_progress_bar_counts_iterations(tmp_path, stage_cache):
+def test_progress_bar_counts_iterations(runs):
     """The bar reads "ppo iteration i/N" (not Lightning's "Epoch 0/0") and shows KL, reward, above_ref."""
     from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 
-    trainer, _, _ = ppo(tmp_path, stage_cache, ["trainer.enable_progress_bar=true", "task.iterations=2"])
+    trainer, *_ = runs["ls"]
     (bar,) = [c for c in trainer.callbacks if isinstance(c, ProgressBar)]
     assert type(bar).__name__.startswith("Iteration")
     if hasattr(bar, "_get_train_description"):
@@ -191,11 +173,11 @@ def test_progress_bar_counts_iterations(tmp_path, stage_cache):
     assert {"kl", "reward", "above_ref"} <= set(shown)
 
 
-def test_closing_summary_equals_the_logged_scalars(tmp_path, stage_cache):
+def test_closing_summary_equals_the_logged_scalars(runs):
     """summary.json of a PPO run (and of the stages it used) holds the values the run logged."""
     import json
 
-    trainer, _, run_dir = ppo(tmp_path, stage_cache, ["+transform=logsigmoid"])
+    trainer, _, run_dir, _ = runs["ls"]
     summary = json.loads((run_dir / "summary.json").read_text())
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for name in ("gold/win_rate_helpful", "gold/win_rate_both", "gold/kl_to_sft", "reward/helpful_above_ref"):

@@ -45,6 +45,7 @@ class DtypeSpy(L.Callback):
         }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["grpo", "ppo"])
 def test_bf16_mixed_on_cpu_computes_in_bf16_and_the_first_ratio_is_exactly_one(
     tmp_path: Path, stage_cache: Path, task: str
@@ -151,6 +152,7 @@ def test_the_shipped_adamw_is_fused_except_under_fp16_loss_scaling(tmp_path: Pat
     assert opt.defaults["fused"] is fused
 
 
+@pytest.mark.slow
 def test_cached_casts_change_nothing_a_llama_rollout_computes(tmp_path: Path) -> None:
     """A tiny random Llama (pad = eos, chat template): under bf16 autocast the cached casts sample the same
     responses and give the same log-probs as casting at every call (what Lightning's autocast does)."""

@@ -202,6 +202,26 @@ def test_transform_references_come_from_the_same_cached_samples(tmp_path, models
         callback(tmp_path, transform=Sigmoid(samples=5)).reference_table(ppo, items)
 
 
+def test_n_samples_is_part_of_the_key_and_the_statistic_is_not(tmp_path, models, data_file):
+    """Another ``n_samples`` samples anew; another statistic (``reward.helpful.reference.q``) re-derives
+    r_ref from the cached samples."""
+    tok = make_tokenizer("llama")
+    ppo, dm = module(models, tok, max_new_tokens=3), datamodule(tok, data_file, max_prompt_tokens=6)
+    items = prompt_items(dm)
+    tables = {}
+    for name, n, q in (("first", 2, 0.5), ("more", 3, 0.5), ("other_q", 2, 0.9)):
+        cb = callback(tmp_path, reward={"helpful": {"reference": {"statistic": "quantile", "q": q}}}, n=n)
+        cb.table = cb.reference_table(ppo, items)
+        tables[name] = cb
+    assert tables["first"].loaded_from_cache is False
+    assert tables["more"].loaded_from_cache is False  # n changed → sampled anew
+    assert tables["other_q"].loaded_from_cache is True  # same samples ...
+    first, other = tables["first"].table.values[:, 0], tables["other_q"].table.values[:, 0]
+    assert not torch.allclose(other, first)  # ... new statistic
+    assert (other >= first).all()  # the 0.9 quantile of the same samples
+    assert len(list(tmp_path.glob("samples-*.pt"))) == 2
+
+
 def scored_sequences(ppo: PPOModule) -> list[list[int]]:
     """Spy on ``ppo.score``: the attended ids of every sequence it scores, in order."""
     seen: list[list[int]] = []

@@ -62,6 +62,7 @@ def test_load_run_reads_scalars_and_histograms(tmp_path):
     np.testing.assert_allclose(last.rebin(np.array([0.0, 1.0, 2.0, 3.0])), [1.0, 1.0, 2.0], atol=1e-9)
 
 
+@pytest.mark.slow
 def test_report_writes_a_png_of_the_panel_size(tmp_path):
     write_run(tmp_path)
     assert report.main([str(tmp_path)]) == 0
@@ -73,6 +74,7 @@ def test_report_writes_a_png_of_the_panel_size(tmp_path):
     assert len(colors) > 50, "the panel is (nearly) blank"
 
 
+@pytest.mark.slow
 def test_report_without_gold_and_with_one_reward_model(tmp_path):
     write_run(tmp_path, names=("helpful",), gold=False)
     out = tmp_path / "figs" / "one.png"
@@ -81,6 +83,7 @@ def test_report_without_gold_and_with_one_reward_model(tmp_path):
         assert img.size == (1200, 2 * 350)
 
 
+@pytest.mark.slow  # scripts/report.py in a subprocess
 @pytest.mark.parametrize("case", ["empty", "missing", "sft"])
 def test_report_errors_name_the_folder_without_a_traceback(tmp_path, case):
     run = tmp_path / "run"

@@ -203,6 +203,7 @@ def test_run_returns_a_finished_result_without_training(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ stages
+@pytest.mark.slow
 def test_stage_folders_are_those_ensure_stage_builds(tmp_path, stage_cache):
     from lit_rlhf.run.pipeline import ensure_stage
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tiny_hf import make_model_folder
 
 from conftest import ROOT
@@ -26,6 +27,7 @@ def test_sample_renders_the_template_and_counts_tokens(tmp_path: Path) -> None:
     assert out["mean_tokens"] == sum(r["tokens"] for r in out["responses"]) / 2
 
 
+@pytest.mark.slow  # scripts/sample.py in a subprocess
 def test_sample_reports_a_missing_folder_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [

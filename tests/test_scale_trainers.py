@@ -90,6 +90,7 @@ def test_fsdp_strategy_wraps_each_block(tmp_path: Path) -> None:
     assert isinstance(instantiate(cfg, logger=False).strategy, FSDPStrategy)
 
 
+@pytest.mark.slow
 def test_fsdp_wraps_the_decoder_layer_of_a_llama_folder(tmp_path: Path) -> None:
     """model=hf: the wrap unit comes from the folder's architecture (`_no_split_modules`), not from a
     class named in the config."""

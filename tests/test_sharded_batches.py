@@ -205,6 +205,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, t
     return {r: torch.load(tmp / f"out.{r}", weights_only=True) for r in (0, 1)}
 
 
+@pytest.mark.slow  # two spawned gloo processes
 def test_whitening_over_two_processes_is_the_global_whitening(two_ranks) -> None:
     d = shards()
     for key, one in (
@@ -218,6 +219,7 @@ def test_whitening_over_two_processes_is_the_global_whitening(two_ranks) -> None
     assert (alone - masked_whiten(d["x"], d["mask"])).abs().max() > 0.1
 
 
+@pytest.mark.slow  # two spawned gloo processes
 @pytest.mark.parametrize("agg", LOSS_AGGS)
 def test_ddp_average_of_shard_losses_is_the_global_minibatch_loss(two_ranks, agg: str) -> None:
     """Mean over ranks of each loss (and, row by row, of the gradient that DDP averages) equals the loss of

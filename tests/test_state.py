@@ -3,27 +3,20 @@ from their checkpoint, the missing-EOS penalty in reward-model units, and stage 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import test_resume
 import torch
-from test_resume import RESUMABLE, Crash, run_ppo
+from test_resume import RESUMABLE, run_ppo
 
 from conftest import TINY_STAGES, TINY_WORLD, hydra_cfg
 from lit_rlhf.run.pipeline import stage_config, stage_hash
 
 
-def crashed_checkpoint(tmp_path: Path, stage_cache: Path) -> Path:
-    with pytest.raises(SystemError):
-        run_ppo(tmp_path / "a", stage_cache, [Crash(at=3)])
-    return tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
-
-
-def test_resume_is_strict_except_for_the_frozen_models(tmp_path, stage_cache, monkeypatch):
+@pytest.mark.slow
+def test_resume_is_strict_except_for_the_frozen_models(tmp_path, stage_cache, crashed_ppo, monkeypatch):
     """A checkpoint lacking a trained weight (or holding an unknown one) is refused; the frozen reference
     and reward models, which checkpoints leave out on purpose, are the only allowed absentees."""
-    path = crashed_checkpoint(tmp_path, stage_cache)
+    path = crashed_ppo / "checkpoints" / "last.ckpt"
     ckpt = torch.load(path, weights_only=True)
     assert not any(k.startswith(("ref.", "reward_models.")) for k in ckpt["state_dict"])  # left out
     for name, edit in (("missing", lambda sd: sd.pop("critic.head.weight")), ("extra", None)):
@@ -40,13 +33,14 @@ def test_resume_is_strict_except_for_the_frozen_models(tmp_path, stage_cache, mo
             run_ppo(tmp_path / name, stage_cache)
 
 
-def test_ppo_module_rebuilds_from_its_checkpoint(tmp_path, stage_cache):
+@pytest.mark.slow
+def test_ppo_module_rebuilds_from_its_checkpoint(tmp_path, stage_cache, crashed_ppo):
     """save_hyperparameters: `PPOModule.load_from_checkpoint(path, <the networks>)` gives the same settings
     and the trained weights."""
     import lit_rlhf.run.pipeline as pipeline
     from lit_rlhf.tasks.ppo import PPOModule
 
-    path = crashed_checkpoint(tmp_path, stage_cache)
+    path = crashed_ppo / "checkpoints" / "last.ckpt"
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["hyper_parameters"]["kl_target"] == 1.0 and "actor" not in ckpt["hyper_parameters"]
     with hydra_cfg(tmp_path / "d", [*TINY_WORLD, *TINY_STAGES, *RESUMABLE], cache=stage_cache) as cfg:
@@ -61,6 +55,7 @@ def test_ppo_module_rebuilds_from_its_checkpoint(tmp_path, stage_cache):
         assert torch.equal(module.state_dict()[k], v), k
 
 
+@pytest.mark.slow
 def test_missing_eos_penalty_is_in_raw_reward_units(tmp_path, stage_cache, monkeypatch):
     """The penalty lowers each reward model's raw score before the transform: under log-sigmoid a cut
     response gets log σ(r − p − r_ref), not log σ(r − r_ref) − p."""
@@ -86,6 +81,7 @@ def test_missing_eos_penalty_is_in_raw_reward_units(tmp_path, stage_cache, monke
     assert all((r <= 0).all() for r in spy.rewards)  # log σ(·) ≤ 0: the penalty went in before it
 
 
+@pytest.mark.slow
 def test_stage_keys_change_with_tokenisation_settings(tmp_path):
     """A stage (SFT, reward model) is rebuilt when its prompt truncation or chat-template setting changes."""
     base = [*TINY_WORLD, *TINY_STAGES]
@@ -104,6 +100,7 @@ def test_stage_keys_change_with_tokenisation_settings(tmp_path):
     assert len(set(keys.values())) == 3, keys
 
 
+@pytest.mark.slow
 def test_stage_keys_do_not_depend_on_where_the_cache_is(tmp_path):
     """The same stage config with its cache and root folders elsewhere (a relative vs an absolute cache
     path, a moved checkout) has the same key: it is found, not trained again."""

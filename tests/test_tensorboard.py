@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,7 +26,6 @@ from hypothesis import strategies as st
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
-from test_ppo import ppo
 
 from conftest import ROOT, TINY_STAGES, TINY_WORLD, hydra_cfg
 from lit_rlhf.callbacks import GoldEvalCallback, TensorBoardLayout
@@ -236,15 +236,16 @@ def plugin_of(tag: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, stage_cache) -> dict[str, Path]:
-    """Finished tiny runs with the TensorBoard logger: PPO (log-sigmoid transform), SFT, a reward model."""
+def runs(tmp_path_factory, stage_cache, ppo_runs) -> dict[str, Path]:
+    """Finished tiny runs with the TensorBoard logger: PPO (log-sigmoid transform, conftest's shared run),
+    SFT, a reward model."""
     tmp = tmp_path_factory.mktemp("tb_runs")
-    ppo(tmp / "ppo", stage_cache, ["+transform=logsigmoid"])
     short = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2", "task.max_epochs=1"]
     short += ["task.log_every_n_steps=1", "task.module.warmup_steps=2", "logger=tensorboard"]
     for name, task in {"sft": ["task=sft"], "rm": ["task=reward_model", "reward=helpful"]}.items():
         with hydra_cfg(tmp / name, [*TINY_WORLD, *TINY_STAGES, *task, *short], cache=stage_cache) as cfg:
             run(cfg)
+    shutil.copytree(ppo_runs["ls"][2] / "tensorboard", tmp / "ppo" / "run" / "tensorboard")  # one logdir
     return {k: tmp / k / "run" / "tensorboard" for k in ("ppo", "sft", "rm")}
 
 
@@ -257,6 +258,7 @@ def served(get: Callable[[str], Any], run: str) -> dict[str, set[str]]:
     }
 
 
+@pytest.mark.slow
 def test_ppo_run_through_tensorboard_http_api(runs):
     logdir = runs["ppo"]
     with tensorboard(logdir) as get:
@@ -293,6 +295,7 @@ def test_ppo_run_through_tensorboard_http_api(runs):
     assert len(chart["tag_to_events"]["reward/helpful_raw"]) == 4
 
 
+@pytest.mark.slow
 def test_sft_and_reward_model_runs_through_tensorboard_http_api(runs):
     logdir = runs["sft"].parents[2]  # one server for the three runs <tmp>/{ppo,sft,rm}/run/tensorboard
     with tensorboard(logdir) as get:

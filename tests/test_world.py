@@ -191,6 +191,7 @@ def test_bayes_ceiling(world: WorldFiles) -> None:
         bayes_ceiling(world.preference["helpful"], "funny", s)
 
 
+@pytest.mark.slow  # generates the default world
 def test_default_world_properties(tmp_path: Path) -> None:
     """The default sizes build in seconds and show the mechanisms on the full demonstration set."""
     files = build_world(tmp_path / "default")

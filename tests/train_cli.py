@@ -12,6 +12,7 @@ reward models whose weights were broken on disk (NaN, constant or huge scores).
 
 from __future__ import annotations
 
+import atexit
 import csv
 import hashlib
 import json
@@ -19,6 +20,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,17 +56,114 @@ def train_py(
 ) -> Run:
     """``python train.py [-m] paths.root_dir=<root> paths.cache_dir=<cache> logger=none … <overrides>``.
 
-    Without ``-m`` the run folder is ``<root>/run`` unless ``overrides`` set ``hydra.run.dir``.
+    Without ``-m`` the run folder is ``<root>/run`` unless ``overrides`` set ``hydra.run.dir``. The command
+    runs in a process forked from :class:`ForkServer` (one interpreter start-up per session instead of one
+    per run) where ``os.fork`` exists, unless ``LIT_RLHF_TEST_SPAWN=1`` asks for a fresh ``python``.
     """
-    cmd = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else [])]
+    cmd = [str(ROOT / "train.py"), *(["-m"] if multirun else [])]
     cmd += [f"paths.root_dir={root}", f"paths.cache_dir={cache}", "logger=none"]
     cmd += ["trainer.enable_progress_bar=false"]
     if not multirun and not any(o.startswith("hydra.run.dir=") for o in overrides):
         cmd.append(f"hydra.run.dir={root / 'run'}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
+    env = {**os.environ, **BASE_ENV, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])  # this module
-    out = subprocess.run([*cmd, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if hasattr(os, "fork") and os.environ.get("LIT_RLHF_TEST_SPAWN") != "1":
+        return ForkServer.get().run([*cmd, *overrides], env, timeout=600)
+    out = subprocess.run(
+        [sys.executable, *cmd, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     return Run(out.returncode, out.stdout + out.stderr)
+
+
+BASE_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+# The fork server: imports what train.py imports, then forks one child per request. A child takes the
+# request's environment, argv and output files and runs train.py as `python train.py` would (`__main__`,
+# an uncaught exception printed with its traceback and exit status 1, atexit handlers at the end); the
+# server answers with the child's pid, then with its exit status (-9 after kill -9, as subprocess says).
+_SERVER = r"""
+import atexit, json, os, runpy, sys, traceback
+import hydra, lightning, torch, transformers  # noqa: F401  (the start-up every run would pay)
+import lit_rlhf.run.errors, lit_rlhf.run.pipeline  # noqa: F401
+print("ready", flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["out"], os.O_WRONLY | os.O_CREAT),
+                                    (2, req["err"], os.O_WRONLY | os.O_CREAT)):
+                os.dup2(os.open(path, flags), fd)
+            os.environ.clear()
+            os.environ.update(req["env"])
+            sys.argv, sys.path[0] = req["argv"], os.path.dirname(req["argv"][0])
+            try:
+                runpy.run_path(req["argv"][0], run_name="__main__")
+                code = 0
+            except SystemExit as e:
+                if e.code is None or isinstance(e.code, int):
+                    code = e.code or 0
+                else:
+                    print(e.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+            atexit._run_exitfuncs()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print(json.dumps(pid), flush=True)
+    print(json.dumps(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])), flush=True)
+"""
+
+
+class ForkServer:
+    """One per test session (:meth:`get`), started on first use, stopped at exit."""
+
+    _instance: ForkServer | None = None
+
+    def __init__(self) -> None:
+        env = {**os.environ, **BASE_ENV}
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout.readline().strip() == "ready", "the train.py fork server did not start"
+
+    @classmethod
+    def get(cls) -> ForkServer:
+        if cls._instance is None or cls._instance.proc.poll() is not None:
+            cls._instance = cls()
+            atexit.register(cls._instance.stop)
+        return cls._instance
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+    def run(self, argv: list[str], env: dict[str, str], timeout: float) -> Run:
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = Path(tmp) / "out", Path(tmp) / "err"
+            request = {"argv": argv, "env": env, "out": str(out), "err": str(err)}
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            pid, expired = json.loads(self.proc.stdout.readline()), []
+            timer = threading.Timer(timeout, lambda: expired.append(1) or os.kill(pid, signal.SIGKILL))
+            timer.start()
+            try:
+                rc = json.loads(self.proc.stdout.readline())
+            finally:
+                timer.cancel()
+            if expired:
+                raise subprocess.TimeoutExpired(["train.py", *argv[1:]], timeout)
+            return Run(rc, out.read_text(errors="replace") + err.read_text(errors="replace"))
 
 
 def expect(run: Run, status: int, *fragments: str) -> None:
