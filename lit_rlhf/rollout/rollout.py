@@ -137,6 +137,20 @@ def pinned_generation(model: nn.Module) -> Iterator[None]:
         hf.generation_config = saved
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block, then back in the mode it had. Sampling from a model that
+    trains with gradient checkpointing in train mode loses the KV cache: transformers turns it off (Llama
+    before 4.57, with a warning ``quiet_transformers`` mutes) or, in GPT-2, stops filling it while still
+    feeding one token per step, so every token is sampled from a model that sees only itself."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -166,7 +180,7 @@ def generate(
     if seeds.shape != input_ids.shape[:1]:
         raise ValueError(f"generate got {tuple(seeds.shape)} seeds for {input_ids.shape[0]} prompts")
     greedy, processors = gumbel_decoding(config, seeds, input_ids.device)
-    with pinned_generation(model):
+    with pinned_generation(model), eval_mode(model):
         out = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
