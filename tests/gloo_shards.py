@@ -33,6 +33,12 @@ def shards() -> dict[str, torch.Tensor]:
 ROWS = {0: slice(0, 2), 1: slice(2, 6)}
 
 
+def stand_in(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a rank none of whose rows fell in a minibatch takes part with (``DataParallel.minibatches``): its
+    row 0 under a zero mask."""
+    return {k: torch.zeros_like(v[:1]) if k == "mask" else v[:1] for k, v in d.items()}
+
+
 def losses(d: dict[str, torch.Tensor], norms, agg: str) -> dict[str, torch.Tensor]:
     """Every loss of a (shard of a) minibatch and its gradient w.r.t. the log-probs and values."""
     lp = d["logprobs"].clone().requires_grad_()
@@ -72,5 +78,10 @@ def worker(rank: int, store: str, out: str) -> None:
         for k, v in losses(d, shard_norms(d["mask"], all_sum, 2), agg).items():
             # what DDP does: the mean over ranks (gradients: its all-reduce / world size)
             res[f"{agg}/{k}"] = all_sum(v.detach()) / 2 if v.dim() == 0 else v.detach()
+    # a minibatch of rows 2-5 only: rank 0 holds none of them and takes part with a stand-in row
+    part = stand_in(d) if rank == 0 else d
+    for agg in LOSS_AGGS:
+        for k, v in losses(part, shard_norms(part["mask"], all_sum, 2), agg).items():
+            res[f"empty/{agg}/{k}"] = all_sum(v.detach()) / 2 if v.dim() == 0 else v.detach()
     torch.save(res, f"{out}.{rank}")
     dist.destroy_process_group()

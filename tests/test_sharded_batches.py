@@ -238,3 +238,20 @@ def test_ddp_average_of_shard_losses_is_the_global_minibatch_loss(two_ranks, agg
         float(one["ppo"].detach()),
         rel_tol=1e-3,
     )
+
+
+@pytest.mark.parametrize("agg", LOSS_AGGS)
+def test_a_rank_holding_only_a_stand_in_row_leaves_the_global_minibatch_loss_unchanged(
+    two_ranks, agg: str
+) -> None:
+    """A minibatch whose rows all sit on rank 1: rank 0 takes part with a zero-mask stand-in row, which
+    must not count as a response in the global row count (seq_mean_token_mean's and Dr. GRPO's
+    normaliser B) — the losses and gradients are those of the 4-row minibatch in one process."""
+    one = losses({k: v[ROWS[1]] for k, v in shards().items()}, None, agg)
+    for k in ("pg", "kl", "ppo", "vf", "approx_kl"):
+        for rank in (0, 1):
+            got = two_ranks[rank][f"empty/{agg}/{k}"]
+            torch.testing.assert_close(got, one[k], rtol=1e-5, atol=1e-7, msg=f"{k} on rank {rank}")
+    for k in ("dlp", "dv"):
+        torch.testing.assert_close(two_ranks[1][f"empty/{agg}/{k}"] / 2, one[k], rtol=1e-5, atol=1e-7, msg=k)
+        assert not two_ranks[0][f"empty/{agg}/{k}"].any()  # the stand-in row gets no gradient

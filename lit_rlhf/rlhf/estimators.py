@@ -52,8 +52,11 @@ class ShardNorms(NamedTuple):
 def shard_norms(mask: Tensor, all_sum: AllSum, world_size: int) -> ShardNorms:
     """:class:`ShardNorms` of this shard's minibatch ``mask`` (B, R), with one all-reduce ``all_sum``.
 
-    Counts are clamped to 1 (an empty minibatch has loss 0, not NaN)."""
-    local = torch.stack([torch.tensor(float(mask.shape[0]), device=mask.device), mask.bool().sum().float()])
+    A row counts as a response if it has a token: a process none of whose rows fell in the minibatch takes
+    part with a zero-mask stand-in row (:meth:`~lit_rlhf.training.sharding.DataParallel.minibatches`), which
+    is not a response of the minibatch. Counts are clamped to 1 (an empty minibatch has loss 0, not NaN)."""
+    mask = mask.bool()
+    local = torch.stack([mask.any(-1).sum().float(), mask.sum().float()])
     rows, tokens = all_sum(local).clamp_min(1.0) / world_size  # (2,)
     return ShardNorms(rows=rows, tokens=tokens)
 
