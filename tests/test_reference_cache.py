@@ -308,3 +308,33 @@ def test_ensemble_key_has_its_members_and_aggregate_and_plain_keys_are_unchanged
     assert table(RewardEnsemble([rm, rm2], "min")).loaded_from_cache is False
     assert table(RewardEnsemble([rm2, rm], "mean_minus_std", 1.0)).loaded_from_cache is False  # members
     assert len(list(tmp_path.glob("samples-*.pt"))) == 4
+
+
+def test_r_ref_carries_the_missing_eos_penalty_the_rollouts_get(tmp_path, models, data_file):
+    """With task.module.missing_eos_penalty set, a rollout cut without EOS is scored r − penalty before the
+    transform; r_ref must be derived from reference samples scored the same way, or a policy that never
+    ends its responses is compared with an unpenalised baseline. The penalty is applied on load: the
+    cached raw samples serve every penalty."""
+    tok = make_tokenizer("llama")
+    mean = {"helpful": {"reference": {"statistic": "mean"}}}
+    items = prompt_items(datamodule(tok, data_file, max_prompt_tokens=6))
+    ppo = module(models, tok, max_new_tokens=2)
+    ended: list[torch.Tensor] = []
+    generate = ppo.generate_reference
+
+    def spy(ids, mask):  # records which reference samples ended with EOS
+        seq, rmask, has_eos = generate(ids, mask)
+        ended.append(has_eos)
+        return seq, rmask, has_eos
+
+    ppo.generate_reference = spy
+    plain = callback(tmp_path, reward=mean, n=4)
+    plain.table = plain.reference_table(ppo, items)
+    cut = (~torch.cat(ended)).float().view(len(items), 4)  # (P, n) 1 where cut at max_new_tokens
+    assert cut.any()  # a random tiny model rarely says EOS within 2 tokens: most samples are cut
+
+    penalised = callback(tmp_path, reward=mean, n=4)
+    penalised.table = penalised.reference_table(module(models, tok, max_new_tokens=2, missing_eos_penalty=5.0), items)
+    assert penalised.loaded_from_cache is True  # the same samples
+    expected = plain.table.values[:, 0] - 5.0 * cut.mean(-1)
+    torch.testing.assert_close(penalised.table.values[:, 0], expected)

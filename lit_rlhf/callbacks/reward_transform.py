@@ -42,6 +42,7 @@ from lit_rlhf.data.tokenize import PromptItem, pad_batch
 from lit_rlhf.rewards.aggregators import Sum, aggregate
 from lit_rlhf.rewards.reference import (
     FIXED,
+    HAS_EOS,
     ReferenceSpec,
     ReferenceTable,
     fill_missing,
@@ -49,6 +50,7 @@ from lit_rlhf.rewards.reference import (
     generation_settings,
     load_or_compute,
     module_fingerprint,
+    penalised,
     reward_fingerprint,
     sample_references,
     sample_rewards,
@@ -164,13 +166,20 @@ class RewardTransformCallback(L.Callback):
         Args:
             pl_module: the PPO module (its reference policy, reward models, tokenizer, generation config).
             items: the prompts exactly as the rollouts use them (``id`` and truncated ``input_ids``).
-            trainer: under DDP, rank 0 samples and writes the cache while the others wait, then read it.
+            trainer: with several processes, every rank samples (in step: a sharded π_ref needs all of
+                them in each forward) and rank 0 writes the cache (:func:`~lit_rlhf.rewards.reference.load_or_compute`).
+
+        The samples carry the missing-EOS penalty the rollouts get (``task.module.missing_eos_penalty``),
+        applied on load: a sample cut without EOS scores r − penalty.
         """
         tok, names = pl_module.tokenizer, pl_module.reward_names
         missing = [n for n in names if n not in self.specs]
         if missing and self.specs:
             raise KeyError(f"reward models {missing} have no entry in the `reward` config")
+        if HAS_EOS in names:
+            raise ValueError(f"a reward model may not be named {HAS_EOS!r} (the reference cache's own key)")
         specs = {n: self.specs.get(n, ReferenceSpec()) for n in names}
+        penalty = getattr(pl_module, "missing_eos_penalty", None)
         ids = [int(it["id"]) for it in items]
         prompts = [list(it["input_ids"]) for it in items]
 
@@ -203,7 +212,7 @@ class RewardTransformCallback(L.Callback):
             state = torch.random.get_rng_state()
             torch.manual_seed(self.seed)
             try:
-                samples = sample_rewards(  # (P, n, K)
+                samples, has_eos = sample_rewards(  # (P, n, K), (P, n)
                     pl_module.generate_reference,
                     scorer(pl_module),
                     pad,
@@ -213,13 +222,13 @@ class RewardTransformCallback(L.Callback):
                 )
             finally:
                 torch.random.set_rng_state(state)
-            return {n: samples[..., k] for k, n in enumerate(names)}
+            return {**{n: samples[..., k] for k, n in enumerate(names)}, HAS_EOS: has_eos}
 
-        if trainer is not None and trainer.world_size > 1:  # rank 0 samples and writes; the others read
-            if trainer.is_global_zero:
-                load_or_compute(path, compute)
-            trainer.strategy.barrier("r_ref")
-        samples, self.loaded_from_cache = load_or_compute(path, compute)
+        strategy = trainer.strategy if trainer is not None and trainer.world_size > 1 else None
+        samples, self.loaded_from_cache = load_or_compute(
+            path, compute, strategy, usable=lambda d: penalty is None or HAS_EOS in d  # older caches lack it
+        )
+        samples = {n: penalised(samples[n], samples.get(HAS_EOS), penalty) for n in names}
 
         values = {}
         for k, n in enumerate(names):

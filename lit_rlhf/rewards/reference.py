@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from lit_rlhf.utils.io import atomic_write
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 STATISTICS = ("quantile", "mean", "response", "refusal")
 FIXED = ("response", "refusal")  # statistics that score one fixed response instead of samples
+HAS_EOS = "__has_eos__"  # the cached samples' key of whether each ended with EOS (P, n)
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,13 @@ def sample_references(
 
 def module_fingerprint(module: nn.Module | dict[str, Tensor]) -> str:
     """Hash of a model's parameters, or of a state dict (what the cache keys on); cheap for the models
-    trained here."""
+    trained here. A parameter sharded by FSDP2 is hashed whole, so every rank gets the key of the whole
+    model (every rank must call this, in the same order)."""
     h = hashlib.sha256()
     state = module if isinstance(module, dict) else module.state_dict()
     for name, p in sorted(state.items()):
+        if isinstance(p, DTensor):  # FSDP2: the whole tensor (a collective: every rank hashes alike)
+            p = p.full_tensor()
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
@@ -169,20 +174,60 @@ def sampling_key(
     return cache_key(parts)
 
 
-def load_or_compute(path: Path, compute: Callable[[], dict[str, Tensor]]) -> tuple[dict[str, Tensor], bool]:
+def _cached(path: Path) -> dict[str, Tensor] | None:
+    """The cached dict at ``path`` (``weights_only=True``), or None if missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # a damaged cache file is recomputed, never trusted
+        log.warning("reference cache %s is unreadable (%s); recomputing", path, err)
+        return None
+
+
+def load_or_compute(
+    path: Path,
+    compute: Callable[[], dict[str, Tensor]],
+    strategy: Any | None = None,
+    usable: Callable[[dict[str, Tensor]], bool] = lambda d: True,
+) -> tuple[dict[str, Tensor], bool]:
     """Load a cached dict of tensors (``weights_only=True``) or compute and write it atomically.
+
+    Under several processes (``strategy``: the trainer's, with ``world_size`` > 1) rank 0 decides whether
+    the cache serves, and if it does not, EVERY process computes: under FSDP or ZeRO-3 each forward of a
+    sharded model needs every rank, so a rank-0-only computation would deadlock. The processes compute the
+    same thing (the same seed, prompts and weights); rank 0 writes it.
+
+    Args:
+        usable: whether a cached dict holds what the caller needs (else it is recomputed and replaced).
 
     Returns the dict and whether it came from the cache.
     """
-    if path.is_file():
-        try:
-            return torch.load(path, weights_only=True), True
-        except Exception as err:  # a damaged cache file is recomputed, never trusted
-            log.warning("reference cache %s is unreadable (%s); recomputing", path, err)
+    many = strategy is not None and strategy.world_size > 1
+    cached = _cached(path) if not many or strategy.is_global_zero else None
+    hit = cached is not None and usable(cached)
+    if many:
+        hit = strategy.broadcast(hit)
+        if hit and cached is None:  # another rank: read what rank 0 found
+            cached = torch.load(path, weights_only=True)
+    if hit:
+        return cached, True
     value = compute()
-    with atomic_write(path, "wb") as f:
-        torch.save(value, f)
+    if not many or strategy.is_global_zero:
+        with atomic_write(path, "wb") as f:
+            torch.save(value, f)
+    if many:
+        strategy.barrier("r_ref")
     return value, False
+
+
+def penalised(scores: Tensor, has_eos: Tensor, penalty: float | None) -> Tensor:
+    """(P, n) raw rewards of reference samples minus ``penalty`` where the sample was cut without EOS: the
+    missing-EOS penalty rollouts get before the transform (``task.module.missing_eos_penalty``), so r_ref
+    and r are in the same units."""
+    if penalty is None:
+        return scores
+    return scores - penalty * (~has_eos.bool()).to(scores.dtype)
 
 
 @torch.no_grad()
@@ -194,8 +239,9 @@ def sample_rewards(
     n: int,
     batch_prompts: int = 64,
     prompt_ids: Sequence[int] | None = None,
-) -> Tensor:
-    """Rewards of n sampled responses per prompt: (P, n, K) for K reward models.
+) -> tuple[Tensor, Tensor]:
+    """Rewards of n sampled responses per prompt: (P, n, K) for K reward models, and whether each sample
+    ended with EOS, (P, n).
 
     Args:
         generate: (ids, mask) → (sequences, response_mask, has_eos), sampling from the reference policy.
@@ -208,11 +254,11 @@ def sample_rewards(
         prompt_ids: the prompts' ids; if given, ``score`` is called as ``score(sequences, mask, ids, P)``
             (what reward functions need: the dataset record and where the response starts).
     """
-    out = []
+    out, ended = [], []
     for i in range(0, len(prompts), batch_prompts):
         ids, mask = pad(prompts[i : i + batch_prompts])
         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-        seq, rmask, _ = generate(ids, mask)
+        seq, rmask, has_eos = generate(ids, mask)
         full = torch.cat([mask, rmask], 1)
         if prompt_ids is None:
             scores = score(seq, full, ids.shape[1])  # (b·n, K)
@@ -220,7 +266,8 @@ def sample_rewards(
             pids = torch.tensor(prompt_ids[i : i + batch_prompts], device=ids.device).repeat_interleave(n)
             scores = score(seq, full, pids, ids.shape[1])
         out.append(scores.view(-1, n, scores.shape[-1]).cpu())
-    return torch.cat(out)
+        ended.append(has_eos.view(-1, n).cpu())
+    return torch.cat(out), torch.cat(ended)
 
 
 def scorer(pl_module: nn.Module):
