@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import inspect
 import re
-import tomllib
 
 import pytest
 from packaging.version import Version
 
 from conftest import ROOT
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 # package → (first release with the API, what the code calls and where, a check on the installed library)
 NEEDS = {

@@ -334,7 +334,8 @@ def test_r_ref_carries_the_missing_eos_penalty_the_rollouts_get(tmp_path, models
     assert cut.any()  # a random tiny model rarely says EOS within 2 tokens: most samples are cut
 
     penalised = callback(tmp_path, reward=mean, n=4)
-    penalised.table = penalised.reference_table(module(models, tok, max_new_tokens=2, missing_eos_penalty=5.0), items)
+    with_penalty = module(models, tok, max_new_tokens=2, missing_eos_penalty=5.0)
+    penalised.table = penalised.reference_table(with_penalty, items)
     assert penalised.loaded_from_cache is True  # the same samples
     expected = plain.table.values[:, 0] - 5.0 * cut.mean(-1)
     torch.testing.assert_close(penalised.table.values[:, 0], expected)

@@ -167,7 +167,7 @@ class RewardTransformCallback(L.Callback):
             pl_module: the PPO module (its reference policy, reward models, tokenizer, generation config).
             items: the prompts exactly as the rollouts use them (``id`` and truncated ``input_ids``).
             trainer: with several processes, every rank samples (in step: a sharded π_ref needs all of
-                them in each forward) and rank 0 writes the cache (:func:`~lit_rlhf.rewards.reference.load_or_compute`).
+                them in each forward) and rank 0 writes the cache (``reference.load_or_compute``).
 
         The samples carry the missing-EOS penalty the rollouts get (``task.module.missing_eos_penalty``),
         applied on load: a sample cut without EOS scores r − penalty.
@@ -226,7 +226,10 @@ class RewardTransformCallback(L.Callback):
 
         strategy = trainer.strategy if trainer is not None and trainer.world_size > 1 else None
         samples, self.loaded_from_cache = load_or_compute(
-            path, compute, strategy, usable=lambda d: penalty is None or HAS_EOS in d  # older caches lack it
+            path,
+            compute,
+            strategy,
+            usable=lambda d: penalty is None or HAS_EOS in d,  # older caches lack it
         )
         samples = {n: penalised(samples[n], samples.get(HAS_EOS), penalty) for n in names}
 
