@@ -13,7 +13,7 @@ from lit_rlhf.rlhf.estimators import (
     reinforce_pp_advantages,
     rloo_advantages,
 )
-from lit_rlhf.rlhf.kl import kl_penalty, last_token_index, per_token_rewards
+from lit_rlhf.rlhf.kl import kl_penalty, last_token_index, masked_kl, per_token_rewards
 from lit_rlhf.rlhf.kl_controller import AdaptiveKLController, FixedKLController
 from lit_rlhf.rlhf.losses import bradley_terry_loss, logprobs_from_logits, ppo_policy_loss, value_loss
 
@@ -32,6 +32,7 @@ __all__ = [
     "last_token_index",
     "logprobs_from_logits",
     "loss_weights",
+    "masked_kl",
     "masked_mean",
     "masked_var",
     "masked_whiten",

@@ -43,6 +43,14 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator = 
     raise ValueError(f"kl estimator must be one of 'k1', 'k2', 'k3', got {estimator!r}")
 
 
+def masked_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: KLEstimator = "k1") -> Tensor:
+    """:func:`kl_penalty` on the tokens of ``mask`` ``(B, T)``, exactly 0 elsewhere, whatever the log-probs
+    hold there (selected away, not multiplied by 0: ``-inf * 0`` is NaN)."""
+    mask = mask.bool()
+    kl = kl_penalty(torch.where(mask, logprobs, 0.0), torch.where(mask, ref_logprobs, 0.0), estimator)
+    return torch.where(mask, kl, 0.0)  # (B, T)
+
+
 def last_token_index(mask: Tensor) -> Tensor:
     """Index of the last True position in each row of ``mask`` ``(B, T)`` -> ``(B,)``.
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lit_rlhf.rlhf.kl import masked_kl
 from lit_rlhf.rollout.decoding import row_seeds
 
 EVAL = 0x5EED_E7A1  # the key of evaluation samples (training rollouts use the run seed and the iteration)
@@ -51,7 +52,7 @@ def evaluate(module: Any, batch: dict) -> dict:
         if who == "policy":
             lp = module._token_logprobs(module.actor, seq, full, P)
             ref_lp = module._reference_logprobs(seq, full, P)
-            out["kl"] = ((lp - ref_lp) * rmask).sum(-1)
+            out["kl"] = masked_kl(lp, ref_lp, rmask, "k1").sum(-1)  # padding selected away, not × 0
     module.log_dict(
         {"val/kl": out["kl"].mean(), "val/response_length": out["policy_length"].mean()},
         batch_size=len(ids),

@@ -34,7 +34,7 @@ from transformers import PreTrainedModel
 from lit_rlhf.models import lora
 from lit_rlhf.models.scoring import reward_scores
 from lit_rlhf.rewards.reward_function import RewardFunction, function_scores
-from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, kl_penalty, masked_mean
+from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, masked_kl, masked_mean
 from lit_rlhf.rollout import shared_prefix
 from lit_rlhf.rollout.decoding import row_seeds
 from lit_rlhf.rollout.evaluation import evaluate
@@ -282,7 +282,7 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
 
         # 2-3. the algorithm
         beta = self.kl_ctl.value
-        kl = kl_penalty(ro.logprobs, ro.ref_logprobs, self.kl_estimator) * mask  # (B, R)
+        kl = masked_kl(ro.logprobs, ro.ref_logprobs, mask, self.kl_estimator)  # (B, R), 0 past the EOS
         updates_before = self.skipped_updates
         stats = self.optimise(ro, reward, kl)
         if self.skipped_updates - updates_before < self.updates_per_iteration():  # an update was applied

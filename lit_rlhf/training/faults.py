@@ -58,12 +58,16 @@ class FaultPolicy:
 
     def _finite_rollout(self, ro: Rollout) -> bool:
         """Fault policy: skip a batch whose scores, log-probs or values are not finite; stop after
-        ``max_bad_batches`` such batches in a row with an error that says where the NaNs came from."""
+        ``max_bad_batches`` such batches in a row with an error that says where the NaNs came from.
+
+        Per-token values count on the response tokens only: padding after the EOS holds whatever the
+        models return there (a −inf log-prob of the pad token), which no loss or statistic reads."""
+        tokens = ro.response_mask.bool()
         checks = {
             "reward-model scores": ro.scores[:, : len(self.reward_models)],  # a function's NaN = None
-            "policy log-probs": ro.logprobs,
-            "reference log-probs": ro.ref_logprobs,
-            "critic values": ro.values,
+            "policy log-probs": ro.logprobs[tokens],
+            "reference log-probs": ro.ref_logprobs[tokens],
+            "critic values": ro.values[tokens],
         }
         bad = {k: int((~torch.isfinite(v)).sum()) for k, v in checks.items()}
         bad = {k: n for k, n in bad.items() if n}
