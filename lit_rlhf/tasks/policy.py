@@ -357,6 +357,7 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
         checkpoint["ppo_iteration"] = self.iteration
         checkpoint["algorithm"] = self.algorithm
         checkpoint["start_metrics"] = self.start_metrics
+        checkpoint["fault_policy"] = self.fault_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = [k for k in ("kl_controller", "ppo_iteration") if k not in checkpoint]
@@ -378,3 +379,4 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
         for key in self.frozen_keys():
             checkpoint["state_dict"].setdefault(key, own[key])
         self.start_metrics = dict(checkpoint.get("start_metrics") or {})
+        self.load_fault_state(checkpoint.get("fault_policy"))

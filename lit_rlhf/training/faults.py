@@ -34,6 +34,21 @@ class FaultPolicy:
         self.skipped_updates += not ok
         return ok
 
+    def fault_state(self) -> dict[str, int]:
+        """The counters a checkpoint keeps (``on_save_checkpoint``): a resumed run goes on counting."""
+        return {
+            "skipped_batches": self.skipped_batches,
+            "skipped_updates": self.skipped_updates,
+            "bad_streak": self._bad_streak,
+        }
+
+    def load_fault_state(self, state: dict[str, int] | None) -> None:
+        """Restore :meth:`fault_state` (a checkpoint written before it was saved: zeros)."""
+        state = state or {}
+        self.skipped_batches = int(state.get("skipped_batches", 0))
+        self.skipped_updates = int(state.get("skipped_updates", 0))
+        self._bad_streak = int(state.get("bad_streak", 0))
+
     def _all_ranks(self, ok: bool) -> bool:
         """True only if ``ok`` on every process (a single process: ``ok``)."""
         return bool(self.trainer.strategy.reduce_boolean_decision(ok, all=True))
