@@ -31,6 +31,7 @@ import lightning as L
 import torch
 
 from lit_rlhf.callbacks.distributed import gather_objects
+from lit_rlhf.callbacks.progress import scalar_step
 from lit_rlhf.utils.io import atomic_write
 from lit_rlhf.world import gold_rewards_batch, prompt_groups
 
@@ -136,13 +137,13 @@ class GoldEvalCallback(L.Callback):
             return
         exp = getattr(pl_module.logger, "experiment", None)
         if exp is not None and hasattr(exp, "add_text"):
-            exp.add_text("samples", self.table(pl_module.reward_names), trainer.global_step)
+            exp.add_text("samples", self.table(pl_module.reward_names), scalar_step(trainer))
         log_dir = getattr(pl_module.logger, "log_dir", None)
         if self.write_jsonl and log_dir:
             path = Path(log_dir) / "gold_eval.jsonl"
             with atomic_write(path) as f:
                 for r in self.rows:
-                    f.write(json.dumps({"step": trainer.global_step, **r}) + "\n")
+                    f.write(json.dumps({"step": scalar_step(trainer), **r}) + "\n")
 
     def table(self, reward_names: list[str]) -> str:
         """Markdown table: a few prompts with SFT and policy responses and their rewards."""

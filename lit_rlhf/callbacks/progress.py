@@ -31,3 +31,10 @@ class IterationTQDMProgressBar(TQDMProgressBar):
 def iteration_progress_bar() -> RichProgressBar | TQDMProgressBar:
     """The bar Lightning would pick (Rich if installed), titled by iterations."""
     return IterationRichProgressBar() if _RICH_AVAILABLE else IterationTQDMProgressBar()
+
+
+def scalar_step(trainer) -> int:
+    """The step Lightning logs scalars at: once per training batch (an iteration of a policy task), where
+    ``trainer.global_step`` counts every optimizer's steps. Tables and histograms logged beside scalars
+    use it, so that TensorBoard shows them on one axis."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped if trainer is not None else 0

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from lit_rlhf.callbacks.distributed import gather_rows
+from lit_rlhf.callbacks.progress import scalar_step
 from lit_rlhf.data.tokenize import PromptItem, pad_batch
 from lit_rlhf.rewards.aggregators import Sum, aggregate
 from lit_rlhf.rewards.reference import (
@@ -381,8 +382,7 @@ class RewardTransformCallback(L.Callback):
         exp = getattr(pl_module.logger, "experiment", None)
         if exp is None or not hasattr(exp, "add_histogram"):
             return
-        # the step Lightning logs scalars at: once per batch (global_step counts every optimizer's steps)
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped if trainer else 0
+        step = scalar_step(trainer)  # the scalars' step (global_step counts every optimizer's steps)
         for k, name in enumerate(self.table.names):
             for what, x in (("raw", r[:, k]), ("transformed", u[:, k]), ("margin", margin[:, k])):
                 x = x[torch.isfinite(x)].detach().float().cpu()
