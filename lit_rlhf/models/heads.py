@@ -46,8 +46,37 @@ def score_head(model: nn.Module) -> nn.Module:
     raise TypeError(f"{type(hf).__name__} has no `score` or `classifier` head; is it a reward model?")
 
 
+POOLINGS = ("eos", "last_non_pad")
+_POOLING = "_lit_rlhf_pooling"
+
+
+def set_pooling(model: nn.Module, pooling: str, pad_token_id: int | None = None) -> nn.Module:
+    """Where :func:`sequence_scores` reads ``model``: ``eos`` (the last attended token, lit_rlhf's own reward
+    models) or ``last_non_pad`` (the last token that is not ``pad_token_id``, as transformers'
+    ``*ForSequenceClassification`` forward and so TRL's RewardTrainer pool)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if pooling == "last_non_pad" and pad_token_id is None:
+        raise ValueError("pooling=last_non_pad needs the pad token id the reward model was trained with")
+    setattr(model, _POOLING, (pooling, pad_token_id))
+    return model
+
+
+def pooling_of(model: nn.Module) -> tuple[str, int | None]:
+    """``(pooling, pad_token_id)`` of :func:`set_pooling`; ``("eos", None)`` if never set."""
+    return getattr(model, _POOLING, ("eos", None))
+
+
+def last_non_pad_index(input_ids: Tensor, pad_token_id: int) -> Tensor:
+    """(N, T) ids → (N,) index of the right-most token that is not ``pad_token_id``: transformers'
+    sequence-classification pooling (with pad = eos, the token before a final EOS)."""
+    T = input_ids.shape[-1]
+    pos = torch.arange(T, device=input_ids.device)  # (T,)
+    return (pos * (input_ids != pad_token_id).long()).argmax(-1)  # (N,)
+
+
 def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Scalar score of each sequence at its last attended token.
+    """Scalar score of each sequence at its last attended token (or where :func:`set_pooling` says).
 
     Args:
         model: a ``*ForSequenceClassification`` with one label (optionally PEFT-wrapped), or a
@@ -59,7 +88,8 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor)
         (N,) float32 scores.
     """
     rows = torch.arange(len(input_ids), device=input_ids.device)
-    last = last_index(attention_mask)  # (N,)
+    pooling, pad = pooling_of(model)
+    last = last_index(attention_mask) if pooling == "eos" else last_non_pad_index(input_ids, pad)  # (N,)
     if isinstance(model, ValueModel):
         return model(input_ids, attention_mask)[rows, last]
     hf = unwrap(model)

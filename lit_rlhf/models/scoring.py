@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_rlhf.models.heads import sequence_scores
+from lit_rlhf.models.heads import POOLINGS, sequence_scores
 
 
 def reward_scores(
@@ -82,3 +82,33 @@ def weights_fingerprint(folder: str | Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def written_by_lit_rlhf(folder: str | Path) -> bool:
+    """Whether a model folder was saved by lit_rlhf: its model card (``README.md``) carries the
+    ``lit_rlhf`` tag (:func:`lit_rlhf.run.card.card_data`)."""
+    card = Path(folder) / "README.md"
+    if not card.is_file():
+        return False
+    from huggingface_hub import ModelCard  # noqa: PLC0415
+
+    try:
+        tags = ModelCard.load(card).data.tags or []
+    except Exception:  # a card without valid front matter: not ours
+        return False
+    return "lit_rlhf" in tags
+
+
+def resolve_pooling(setting: str | None, folder: str | Path, key: str) -> str:
+    """The pooling of a reward model folder: ``eos`` | ``last_non_pad`` as set, or for ``auto`` (and None)
+    ``eos`` for a folder lit_rlhf trained and ``last_non_pad`` (transformers' and TRL's) for any other.
+
+    Raises:
+        ValueError: another value, naming ``key``.
+    """
+    setting = setting or "auto"
+    if setting not in (*POOLINGS, "auto"):
+        raise ValueError(f"{key} must be one of {(*POOLINGS, 'auto')}, got {setting!r}")
+    if setting != "auto":
+        return setting
+    return "eos" if written_by_lit_rlhf(folder) else "last_non_pad"

@@ -22,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_rlhf.callbacks.progress import iteration_progress_bar
 from lit_rlhf.models import Pretrained, ValueModel, lora, quiet_transformers
+from lit_rlhf.models.heads import pooling_of, set_pooling
+from lit_rlhf.models.scoring import resolve_pooling
 from lit_rlhf.rewards.ensemble import EnsembleSpec, RewardEnsemble
 from lit_rlhf.rewards.reward_function import RewardFunction, is_function_spec
 from lit_rlhf.run import record as run_record
@@ -247,12 +249,23 @@ def build_reward_model(
             for i, p in enumerate(path)
         ]
         log.info("reward %s: ensemble of %d (%s, k=%s): %s", name, len(members), ens.aggregate, ens.k, path)
-        return RewardEnsemble(members, ens.aggregate, ens.k)
+        poolings = {pooling_of(m) for m in members}
+        if len(poolings) > 1:
+            raise ValueError(
+                f"reward.{name}.ensemble: the members are read at different positions ({sorted(poolings)}); "
+                f"set reward.{name}.pooling=eos or last_non_pad"
+            )
+        return set_pooling(RewardEnsemble(members, ens.aggregate, ens.k), *poolings.pop())
     key = key or f"reward.{name}.path"
     rm = role_spec(cfg, "reward", path)
     rm.check_reward_model(key)
     check_same_tokenizer(tok, rm.load_tokenizer(), f"{key}={path}")
-    return rm.build("reward", tok, trainable=False)
+    pooling = resolve_pooling(cfg.reward[name].get("pooling"), path, f"reward.{name}.pooling")
+    model = rm.build("reward", tok, trainable=False)
+    log.info(
+        "reward %s: %s read at %s", name, path, "the EOS" if pooling == "eos" else "the last non-pad token"
+    )
+    return set_pooling(model, pooling, model.config.pad_token_id)
 
 
 def build_critic(
