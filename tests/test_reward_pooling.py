@@ -61,7 +61,7 @@ def test_a_reward_model_trained_elsewhere_scores_as_in_transformers_forward(tmp_
         input_ids=ids, attention_mask=mask
     ).logits[:, 0]
     torch.testing.assert_close(reward_scores(rm, ids, mask), theirs, rtol=1e-5, atol=1e-6)
-    at_eos, _ = build(tmp_path, folder, "reward.helpful.pooling=eos")  # the other reading differs
+    at_eos, _ = build(tmp_path, folder, "+reward.helpful.pooling=eos")  # the other reading differs
     assert not torch.allclose(reward_scores(at_eos, ids, mask), theirs, atol=1e-3)
 
 
@@ -80,4 +80,4 @@ def test_lit_rlhf_reward_models_are_read_at_the_eos(tmp_path: Path) -> None:
 def test_an_unknown_pooling_is_refused_naming_the_key(tmp_path: Path) -> None:
     folder = reward_folder(tmp_path / "rm", lit_rlhf_card=False)
     with pytest.raises(ValueError, match=r"reward\.helpful\.pooling must be one of"):
-        build(tmp_path, folder, "reward.helpful.pooling=first")
+        build(tmp_path, folder, "+reward.helpful.pooling=first")
