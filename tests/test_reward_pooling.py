@@ -81,3 +81,51 @@ def test_an_unknown_pooling_is_refused_naming_the_key(tmp_path: Path) -> None:
     folder = reward_folder(tmp_path / "rm", lit_rlhf_card=False)
     with pytest.raises(ValueError, match=r"reward\.helpful\.pooling must be one of"):
         build(tmp_path, folder, "+reward.helpful.pooling=first")
+
+
+@pytest.mark.slow  # ~20 s: TRL's RewardTrainer trains a tiny Llama on the shipped pairs
+def test_a_trl_reward_model_scores_the_same_in_lit_rlhf_and_transformers(tmp_path: Path) -> None:
+    """The issue's case end to end: TRL's RewardTrainer (pad = eos) trains on examples/chat_pairs.jsonl;
+    lit_rlhf (pooling auto) scores the shipped responses exactly as transformers' forward does."""
+    trl = pytest.importorskip("trl")
+    from datasets import load_dataset
+
+    from conftest import ROOT
+    from lit_rlhf.data.tokenize import encode_examples
+
+    folder = reward_folder(tmp_path / "init", lit_rlhf_card=False)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tok = make_tokenizer("llama")
+    pairs = load_dataset("json", data_files=str(ROOT / "examples" / "chat_pairs.jsonl"), split="train")
+    args = trl.RewardConfig(
+        output_dir=str(tmp_path / "trl"),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+    )
+    trl.RewardTrainer(model=model, args=args, train_dataset=pairs, processing_class=tok).train()
+    trained = tmp_path / "trl_rm"
+    model.save_pretrained(trained)
+    tok.save_pretrained(trained)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # TRL trained it
+
+    rm, tok = build(tmp_path, trained)
+    # the ids lit_rlhf scores (rollouts, reward-model data): the rendered prompt, the response, then EOS —
+    # no template text after the EOS, so with pad = eos the two readings are one token apart
+    shown = pairs.select(range(6))
+    responses = [r["chosen"][0]["content"] for r in shown]
+    rows = [ids for ids, _ in encode_examples(tok, shown["prompt"], responses, 256, 512, True)]
+    assert all(r[-1] == tok.eos_token_id == tok.pad_token_id for r in rows)
+    T = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])
+    with torch.no_grad():
+        theirs = AutoModelForSequenceClassification.from_pretrained(trained)(
+            input_ids=ids, attention_mask=mask
+        ).logits[:, 0]
+        torch.testing.assert_close(reward_scores(rm, ids, mask), theirs, rtol=1e-5, atol=1e-5)
