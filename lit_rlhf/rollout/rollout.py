@@ -31,6 +31,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from lit_rlhf.models.heads import position_ids, unwrap
 from lit_rlhf.rlhf import logprobs_from_logits
 from lit_rlhf.rollout.decoding import gumbel_decoding
+from lit_rlhf.training.fsdp import is_sharded, synced
 
 
 class Rollout(NamedTuple):
@@ -186,6 +187,8 @@ def generate(
             attention_mask=attention_mask,
             generation_config=greedy,
             logits_processor=processors,
+            # FSDP2: every forward needs every rank, so a rank whose rows have ended keeps stepping
+            synced_gpus=is_sharded(model) and synced(),
         )
     P = input_ids.shape[1]
     response = out[:, P:]  # (B, R)

@@ -18,7 +18,9 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lit_rlhf.callbacks.progress import iteration_progress_bar
 from lit_rlhf.models import Pretrained, ValueModel, lora, quiet_transformers
@@ -32,6 +34,7 @@ from lit_rlhf.run.reporting import finish
 from lit_rlhf.run.stages import POLICY_TASKS, TASKS, prepare_data, stage_config, stage_hash  # noqa: F401 (re-exported)
 from lit_rlhf.run.strategies import one_ddp_job  # noqa: F401 (train.py's)
 from lit_rlhf.run.summary import timed
+from lit_rlhf.run.validate import check_trainer
 from lit_rlhf.utils.io import atomic_dir
 
 log = logging.getLogger("lit_rlhf")
@@ -102,8 +105,11 @@ def role_spec(cfg: DictConfig, role: str, path: str | Path) -> Pretrained:
 
 
 def full_state_dict(trainer: L.Trainer, prefix: str) -> dict | None:
-    """Under a sharded strategy (FSDP, DeepSpeed ZeRO-3) the whole weights of ``<prefix>.*`` gathered from
-    every rank (every rank must call this); ``None`` when each rank holds the full model anyway."""
+    """Under a sharded strategy (FSDP, FSDP2, DeepSpeed ZeRO-3) the whole weights of ``<prefix>.*`` gathered
+    from every rank (every rank must call this); ``None`` when each rank holds the full model anyway."""
+    if isinstance(trainer.strategy, ModelParallelStrategy):  # FSDP2: the whole weights, on rank 0
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(getattr(trainer.lightning_module, prefix), options=options)
     name = type(trainer.strategy).__name__
     if "FSDP" not in name and "DeepSpeed" not in name:
         return None
@@ -361,6 +367,7 @@ def run(cfg: DictConfig) -> float | None:
     quiet()
     if cfg.task.name not in TASKS:
         raise ValueError(f"task.name must be one of {TASKS}, got {cfg.task.name!r}")
+    check_trainer(cfg)  # before any work: a strategy or accelerator that cannot run is refused in seconds
     stages.own_data(cfg)  # data.path on the default data=world: the user's data
     done = run_record.begin_run(cfg)  # checks the run folder against its run.json; records a new one
     if done is not None:  # this run finished before (a re-run sweep skips its finished jobs)

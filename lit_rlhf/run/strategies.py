@@ -1,5 +1,6 @@
-"""What the ``trainer/`` strategies need: FSDP's wrap units from ``_no_split_modules``, and DDP's children
-joining the right job of a Hydra multirun (:func:`one_ddp_job`).
+"""What the ``trainer/`` strategies need: FSDP's wrap units from ``_no_split_modules``, FSDP2 over every
+process (:class:`FSDP2Strategy`, ``trainer=model_parallel``), and DDP's children joining the right job of a
+Hydra multirun (:func:`one_ddp_job`). Which strategy runs which task: :mod:`lit_rlhf.run.validate`.
 
 transformers lists, per architecture, the blocks that must not be split across devices
 (``LlamaDecoderLayer``, ``GPT2Block``, ``Qwen2DecoderLayer`` …). Each becomes one FSDP unit, gathered only
@@ -18,12 +19,28 @@ import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import read_write
 from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
 
 DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's ``ModelParallelStrategy`` as plain FSDP2: one data-parallel dimension over every process
+    (no tensor parallelism), whatever the number of nodes and devices. The modules shard themselves in
+    ``configure_model`` (:class:`lit_rlhf.training.fsdp.Sharded`)."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("tensor_parallel_size", 1)
+        super().__init__(**kwargs)
+
+    def setup_environment(self) -> None:
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = self.world_size
+        super().setup_environment()
 
 
 def no_split_classes(model: nn.Module) -> set[type[nn.Module]]:

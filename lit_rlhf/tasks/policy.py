@@ -41,6 +41,7 @@ from lit_rlhf.rollout.evaluation import evaluate
 from lit_rlhf.rollout.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
 from lit_rlhf.tasks.config import PolicyConfig, build_config
 from lit_rlhf.training.faults import FaultPolicy
+from lit_rlhf.training.fsdp import Sharded
 from lit_rlhf.training.optim import warmup_schedule
 from lit_rlhf.training.precision import FusedClipping, cached_casts
 from lit_rlhf.training.sharding import ROLLOUT, DataParallel
@@ -61,7 +62,7 @@ def disable_dropout(model: nn.Module) -> None:
             m.p = 0.0
 
 
-class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
+class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
     """Rollouts, scoring, evaluation, fault policy and state of a policy against frozen reward models.
 
     Args:
@@ -152,6 +153,11 @@ class PolicyModule(DataParallel, FaultPolicy, FusedClipping):
         self.start_metrics: dict[str, float] = {}  # the first iteration's transform telemetry (summary)
 
     # ---------------------------------------------------------------- the reference policy
+    def sharded_models(self) -> list[nn.Module]:
+        """What ``trainer=model_parallel`` shards: every network the module holds."""
+        critic = getattr(self, "critic", None)
+        return [m for m in (self.actor, self.ref, critic, *self.reward_models.values()) if m is not None]
+
     def frozen_models(self) -> list[nn.Module]:
         return [m for m in (self.ref, *self.reward_models.values()) if m is not None]
 

@@ -14,11 +14,12 @@ from transformers import PreTrainedModel
 
 from lit_rlhf.models.scoring import reward_scores
 from lit_rlhf.rlhf import bradley_terry_loss
+from lit_rlhf.training.fsdp import Sharded
 from lit_rlhf.training.optim import warmup_schedule
 from lit_rlhf.training.precision import FusedClipping
 
 
-class RewardModelModule(FusedClipping):
+class RewardModelModule(Sharded, FusedClipping):
     """Trains a scalar reward head on preference pairs.
 
     Batches come from ``PreferenceCollator``: 2B rows, the first B chosen, the last B rejected.
@@ -92,6 +93,9 @@ class RewardModelModule(FusedClipping):
         )
         for m in (self.val_acc, self.val_margin, self.val_r, self.val_r2):
             m.reset()
+
+    def sharded_models(self) -> list[torch.nn.Module]:
+        return [self.model]  # trainer=model_parallel
 
     def configure_optimizers(self):
         opt = self.optimizer_fn(self.model.parameters(), lr=self.lr)

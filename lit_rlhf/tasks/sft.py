@@ -7,11 +7,12 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel
 
+from lit_rlhf.training.fsdp import Sharded
 from lit_rlhf.training.optim import warmup_schedule
 from lit_rlhf.training.precision import FusedClipping
 
 
-class SFTModule(FusedClipping):
+class SFTModule(Sharded, FusedClipping):
     """Fine-tunes a causal LM on (prompt, response) demonstrations.
 
     The collator puts ``-100`` on prompt and padding labels, so the loss
@@ -53,6 +54,9 @@ class SFTModule(FusedClipping):
         self.log(
             "val/loss", self._loss(batch), prog_bar=True, sync_dist=True, batch_size=len(batch["input_ids"])
         )
+
+    def sharded_models(self) -> list[torch.nn.Module]:
+        return [self.model]  # trainer=model_parallel
 
     def configure_optimizers(self):
         opt = self.optimizer_fn(self.model.parameters(), lr=self.lr)
