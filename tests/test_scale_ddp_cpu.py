@@ -74,12 +74,18 @@ def csv_metrics(run_dir: Path) -> dict[str, float]:
 
 
 def one_and_ddp(
-    tmp_path: Path, world: Path, overrides: list[str], batches: tuple[int, int], loggers: list[str] = ()
+    tmp_path: Path,
+    world: Path,
+    overrides: list[str],
+    batches: tuple[int, int],
+    loggers: list[str] = (),
+    multi: list[str] = DDP_CPU,
 ) -> dict[str, tuple[Path, subprocess.Popen]]:
-    """Run ``train.py`` once in one process and once under DDP(2, gloo) with the per-rank batch, both at
-    once, each in its own folder with its own copy of the stage cache and a CSV logger; wait for both."""
+    """Run ``train.py`` once in one process and once with 2 gloo processes (``multi``: DDP by default) with
+    the per-rank batch, both at once, each in its own folder with its own copy of the stage cache and a CSV
+    logger; wait for both. The runs are named ``one`` and ``ddp``."""
     runs = {}
-    for name, batch, extra in (("one", batches[0], []), ("ddp", batches[1], DDP_CPU)):
+    for name, batch, extra in (("one", batches[0], []), ("ddp", batches[1], multi)):
         root = tmp_path / name
         root.mkdir()
         csv_logger = [*loggers, "+logger.csv._target_=lightning.pytorch.loggers.CSVLogger"]
@@ -157,6 +163,48 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / a.norm().clamp_min(1e-12))
 
 
+def assert_same_run(tmp_path: Path, task: str, iterations: int = 8, min_kl: float = 0.05) -> None:
+    """The 2-process run (``ddp``) of :func:`one_and_ddp` did what the one-process run did: the same rollouts
+    and updates at every iteration, the same evaluation samples and the same final policy (bounds: see
+    ``test_ppo_ddp_on_cpu_matches_one_process_with_the_same_global_batch``)."""
+    runs = ("one", "ddp")
+    one, ddp = (csv_metrics(tmp_path / name / "run") for name in runs)
+    assert ddp["step"] == one["step"]  # the same number of iterations and optimizer steps
+    assert one["val/kl"] > min_kl  # the policy learned: the comparison means something
+    # the same rollouts at every iteration, and the same updates of them
+    iters = {name: iteration_rows(tmp_path / name / "run", task) for name in runs}
+    assert len(iters["one"]) == len(iters["ddp"]) == iterations
+    same = [f"{task}/response_length", f"{task}/eos_rate", "reward/total"]
+    close = [
+        f"{task}/{k}" for k in ("kl", "pg_loss", "approx_kl", "entropy_proxy", "advantage_abs", "vf_loss")
+    ]
+    for i, (a, b) in enumerate(zip(iters["one"], iters["ddp"])):
+        for key in same:
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (i, key)
+        for key in [k for k in close if k in a] + ["train/loss"]:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (i, key)
+    # the same evaluation samples, KL and gold win rate
+    assert eval_samples(tmp_path / "ddp" / "run") == eval_samples(tmp_path / "one" / "run")
+    assert ddp["val/kl"] == pytest.approx(one["val/kl"], rel=1e-5)
+    assert ddp["gold/win_rate_helpful"] == pytest.approx(one["gold/win_rate_helpful"], abs=1e-6)
+    # the same final policy
+    w_one, w_ddp = (load_file(tmp_path / name / "run" / "model" / "model.safetensors") for name in runs)
+    assert w_one.keys() == w_ddp.keys()
+    for name, a in w_one.items():
+        b = w_ddp[name]
+        if name.endswith("attn.c_attn.bias"):  # (3E,) query, key and value biases
+            (qa, ka, va), (qb, kb, vb) = a.chunk(3), b.chunk(3)
+            assert relative(qa, qb) <= 1e-5 and relative(va, vb) <= 1e-5, name
+            assert (ka - kb).abs().max() <= 1e-3, name  # zero gradient: Adam's noise, bounded by lr · steps
+        else:
+            assert relative(a, b) <= 1e-5, name
+    run = tmp_path / "ddp" / "run"
+    assert (run / "train_ddp_process_1.log").is_file()  # rank 1 ran in (and logged into) the same run dir
+    assert len(list(run.rglob("metrics.csv"))) == 1  # one logger: rank 0's
+    assert (run / "model" / "config.json").is_file()  # the final policy, saved once (by rank 0)
+    assert [p.name for p in run.iterdir() if p.name.startswith("model")] == ["model"]
+
+
 @pytest.mark.slow  # ~40 s each: both runs at once (3 processes on 2 cores), the stages built once (a lock)
 @pytest.mark.parametrize("task", ["ppo", "reinforce_pp"])
 def test_ppo_ddp_on_cpu_matches_one_process_with_the_same_global_batch(
@@ -191,43 +239,9 @@ def test_ppo_ddp_on_cpu_matches_one_process_with_the_same_global_batch(
     scores of a row came within the logits' rounding (~1e-6) of each other; none of the 1920 responses
     (~2e4 tokens: 128 rollouts and 2 × 256 evaluation samples per run) of the measured runs did.
     """
-    runs = one_and_ddp(tmp_path, world, [*PPO_RUN, f"task={task}"], batches=(16, 8))
+    one_and_ddp(tmp_path, world, [*PPO_RUN, f"task={task}"], batches=(16, 8))
 
-    one, ddp = (csv_metrics(root / "run") for root, _ in runs.values())
-    assert ddp["step"] == one["step"]  # the same number of iterations and optimizer steps
-    assert one["val/kl"] > 0.05  # the policy learned: the comparison means something
-    # the same rollouts at every iteration, and the same updates of them
-    iters = {name: iteration_rows(tmp_path / name / "run", task) for name in runs}
-    assert len(iters["one"]) == len(iters["ddp"]) == 8
-    same = [f"{task}/response_length", f"{task}/eos_rate", "reward/total"]
-    close = [
-        f"{task}/{k}" for k in ("kl", "pg_loss", "approx_kl", "entropy_proxy", "advantage_abs", "vf_loss")
-    ]
-    for i, (a, b) in enumerate(zip(iters["one"], iters["ddp"])):
-        for key in same:
-            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (i, key)
-        for key in [k for k in close if k in a] + ["train/loss"]:
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (i, key)
-    # the same evaluation samples, KL and gold win rate
-    assert eval_samples(tmp_path / "ddp" / "run") == eval_samples(tmp_path / "one" / "run")
-    assert ddp["val/kl"] == pytest.approx(one["val/kl"], rel=1e-5)
-    assert ddp["gold/win_rate_helpful"] == pytest.approx(one["gold/win_rate_helpful"], abs=1e-6)
-    # the same final policy
-    w_one, w_ddp = (load_file(tmp_path / name / "run" / "model" / "model.safetensors") for name in runs)
-    assert w_one.keys() == w_ddp.keys()
-    for name, a in w_one.items():
-        b = w_ddp[name]
-        if name.endswith("attn.c_attn.bias"):  # (3E,) query, key and value biases
-            (qa, ka, va), (qb, kb, vb) = a.chunk(3), b.chunk(3)
-            assert relative(qa, qb) <= 1e-5 and relative(va, vb) <= 1e-5, name
-            assert (ka - kb).abs().max() <= 1e-3, name  # zero gradient: Adam's noise, bounded by lr · steps
-        else:
-            assert relative(a, b) <= 1e-5, name
-    run = tmp_path / "ddp" / "run"
-    assert (run / "train_ddp_process_1.log").is_file()  # rank 1 ran in (and logged into) the same run dir
-    assert len(list(run.rglob("metrics.csv"))) == 1  # one logger: rank 0's
-    assert (run / "model" / "config.json").is_file()  # the final policy, saved once (by rank 0)
-    assert [p.name for p in run.iterdir() if p.name.startswith("model")] == ["model"]
+    assert_same_run(tmp_path, task)
 
 
 def test_prompt_batches_are_sharded_over_ranks() -> None:

@@ -35,9 +35,9 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_policy_task_under_a_strategy_without_collective_rollouts_is_refused_first(
     tmp_path, no_work, task: str, trainer: str
 ) -> None:
-    with hydra_cfg(tmp_path, [f"task={task}", f"trainer={trainer}", "trainer.accelerator=cpu"]) as cfg:
-        with pytest.raises(ValueError) as err:
-            pipeline.run(cfg)
+    overrides = [f"task={task}", f"trainer={trainer}", "trainer.accelerator=cpu"]
+    with hydra_cfg(tmp_path, overrides) as cfg, pytest.raises(ValueError) as err:
+        pipeline.run(cfg)
     message = user_message(err.value)
     assert message is not None and "\n" not in message
     assert message.startswith(f"trainer={trainer} does not run task={task}: ")
@@ -45,16 +45,16 @@ def test_policy_task_under_a_strategy_without_collective_rollouts_is_refused_fir
 
 
 def test_a_strategy_named_on_the_command_line_is_refused_alike(tmp_path, no_work) -> None:
-    with hydra_cfg(tmp_path, ["task=grpo", "trainer.strategy=deepspeed_stage_3"]) as cfg:
-        with pytest.raises(ValueError, match=r"^trainer.strategy=deepspeed_stage_3 does not run task=grpo"):
-            pipeline.run(cfg)
+    refused = pytest.raises(ValueError, match=r"^trainer.strategy=deepspeed_stage_3 does not run task=grpo")
+    with hydra_cfg(tmp_path, ["task=grpo", "trainer.strategy=deepspeed_stage_3"]) as cfg, refused:
+        pipeline.run(cfg)
 
 
 def test_lora_under_model_parallel_is_refused_first(tmp_path, no_work) -> None:
     overrides = ["task=ppo", "trainer=model_parallel", "trainer.accelerator=cpu", "lora=default"]
-    with hydra_cfg(tmp_path, overrides) as cfg:
-        with pytest.raises(ValueError, match=r"^trainer=model_parallel does not run lora=…"):
-            pipeline.run(cfg)
+    refused = pytest.raises(ValueError, match=r"^trainer=model_parallel does not run lora=…")
+    with hydra_cfg(tmp_path, overrides) as cfg, refused:
+        pipeline.run(cfg)
 
 
 @pytest.mark.parametrize("task", ["sft", "reward_model", "ppo"])
@@ -66,9 +66,8 @@ def test_lightnings_own_refusal_comes_before_any_work(tmp_path, no_work, task: s
         if torch.cuda.is_available():
             pytest.skip("needs a machine without CUDA")
         overrides = ["task=ppo", "trainer=model_parallel", "trainer.accelerator=gpu"]
-    with hydra_cfg(tmp_path, overrides) as cfg:
-        with pytest.raises(InstantiationException) as err:
-            pipeline.run(cfg)
+    with hydra_cfg(tmp_path, overrides) as cfg, pytest.raises(InstantiationException) as err:
+        pipeline.run(cfg)
     message = user_message(err.value)
     assert message is not None and ("GPU" in message or "gpu" in message), message
 

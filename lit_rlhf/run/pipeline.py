@@ -117,6 +117,17 @@ def full_state_dict(trainer: L.Trainer, prefix: str) -> dict | None:
     return {k.removeprefix(prefix + "."): v for k, v in state.items() if k.startswith(prefix + ".")}
 
 
+def untied(model: Any, state_dict: dict) -> dict:
+    """``state_dict`` without the tied copies (``lm_head.weight`` of a model whose output embedding is its
+    input embedding): a gathered state dict holds both as separate tensors, which ``save_pretrained`` would
+    write twice."""
+    tied = getattr(model, "_tied_weights_keys", None)
+    if not isinstance(tied, dict) or not getattr(model.config, "tie_word_embeddings", False):
+        return state_dict
+    drop = {k for k, src in tied.items() if k in state_dict and src in state_dict}
+    return {k: v for k, v in state_dict.items() if k not in drop}
+
+
 def save_model(model: Any, tokenizer: Any, out: Path, state_dict: dict | None = None) -> Path:
     """``save_pretrained`` model and tokenizer into ``out`` atomically (a kill never leaves half a folder).
 
@@ -126,7 +137,7 @@ def save_model(model: Any, tokenizer: Any, out: Path, state_dict: dict | None = 
     """
     with atomic_dir(out) as tmp:
         if state_dict is not None and not lora.is_lora(model):
-            model.save_pretrained(tmp, state_dict=state_dict)
+            model.save_pretrained(tmp, state_dict=untied(model, state_dict))
         else:
             lora.merged(model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
