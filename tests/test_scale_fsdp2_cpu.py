@@ -84,3 +84,36 @@ def test_other_tasks_train_under_fsdp2_on_cpu(tmp_path: Path, world: Path, task:
         (sft,) = (cache / "stages").glob("sft-*/model/model.safetensors")
         start = load_file(sft)
         assert any(not torch.equal(start[k], weights[k]) for k in start if k in weights)
+
+
+@pytest.mark.slow  # ~90 s: three sharded runs
+def test_a_sharded_run_resumes_where_it_stopped(tmp_path: Path, world: Path) -> None:
+    """GRPO under FSDP2: 2 iterations, then 2 more from its last.ckpt (the frozen models are left out of the
+    checkpoint and the weights load before ``on_load_checkpoint``), ends where 4 uninterrupted iterations
+    end — the same final policy — and keeps its iteration count."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from test_scale_ddp_cpu import train_py, wait
+
+    cache = tmp_path / "cache"
+    shutil.copytree(world, cache)
+    grpo = [*PPO_RUN, "task=grpo", "task.module.samples_per_prompt=2", "task.datamodule.batch_size=4"]
+    grpo += ["task.module.ppo_epochs=1", "task.module.num_minibatches=2", "task.iterations=4"]
+    grpo += ["task.checkpoint_every_n_steps=2", "task.val_check_interval=2", *FSDP2_CPU]
+    for name, extra in (
+        ("straight", []),
+        ("first", ["trainer.max_steps=4"]),  # stops after 2 of the 4 iterations (2 updates each)
+        ("resumed", [f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt"]),
+    ):
+        (tmp_path / name).mkdir()
+        proc = train_py(tmp_path / name, cache, *grpo, *extra, f"hydra.run.dir={tmp_path}/{name}")
+        wait(proc, tmp_path / name, timeout=600)
+    straight, resumed = (
+        load_file(tmp_path / n / "model" / "model.safetensors") for n in ("straight", "resumed")
+    )
+    first = load_file(tmp_path / "first" / "model" / "model.safetensors")
+    assert any(not torch.equal(first[k], resumed[k]) for k in first)  # it trained on
+    for k, v in straight.items():
+        torch.testing.assert_close(resumed[k], v, rtol=1e-4, atol=1e-5, msg=k)

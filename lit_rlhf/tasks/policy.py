@@ -41,7 +41,7 @@ from lit_rlhf.rollout.evaluation import evaluate
 from lit_rlhf.rollout.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
 from lit_rlhf.tasks.config import PolicyConfig, build_config
 from lit_rlhf.training.faults import FaultPolicy
-from lit_rlhf.training.fsdp import Sharded
+from lit_rlhf.training.fsdp import Sharded, is_sharded
 from lit_rlhf.training.optim import warmup_schedule
 from lit_rlhf.training.precision import FusedClipping, cached_casts
 from lit_rlhf.training.sharding import ROLLOUT, DataParallel
@@ -157,6 +157,11 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
         """What ``trainer=model_parallel`` shards: every network the module holds."""
         critic = getattr(self, "critic", None)
         return [m for m in (self.actor, self.ref, critic, *self.reward_models.values()) if m is not None]
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if is_sharded(self.actor):  # FSDP2 loads a checkpoint before on_load_checkpoint can add the frozen
+            self.strict_loading = False  # models' keys it leaves out: the trained ones are all there
 
     def frozen_models(self) -> list[nn.Module]:
         return [m for m in (self.ref, *self.reward_models.values()) if m is not None]
@@ -380,9 +385,11 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
         self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
         self.iteration = checkpoint["ppo_iteration"]
         # the frozen models were left out on save: take them from this module, so that strict loading
-        # fails on any OTHER missing or unexpected key (a real mismatch)
-        own = self.state_dict()
-        for key in self.frozen_keys():
-            checkpoint["state_dict"].setdefault(key, own[key])
+        # fails on any OTHER missing or unexpected key (a real mismatch). FSDP2 has loaded the weights
+        # already, non-strictly (configure_model), and removed them from the checkpoint
+        if "state_dict" in checkpoint:
+            own = self.state_dict()
+            for key in self.frozen_keys():
+                checkpoint["state_dict"].setdefault(key, own[key])
         self.start_metrics = dict(checkpoint.get("start_metrics") or {})
         self.load_fault_state(checkpoint.get("fault_policy"))
