@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from hydra.types import RunMode
 from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import read_write
 from torch import nn
+from torch.distributed.constants import default_pg_timeout
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
 
@@ -33,9 +35,19 @@ class FSDP2Strategy(ModelParallelStrategy):
     (no tensor parallelism), whatever the number of nodes and devices. The modules shard themselves in
     ``configure_model`` (:class:`lit_rlhf.training.fsdp.Sharded`)."""
 
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("tensor_parallel_size", 1)
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        save_distributed_checkpoint: bool = False,
+        process_group_backend: str | None = None,
+        timeout: timedelta = default_pg_timeout,
+    ) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+        )
 
     def setup_environment(self) -> None:
         if self._data_parallel_size == "auto":
