@@ -17,7 +17,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lit_rlhf.run.stages import POLICY_TASKS
 
@@ -80,6 +80,5 @@ def check_trainer(cfg: DictConfig) -> None:
             f"{trainer_choice(cfg)} does not run lora=…: adapters over FSDP2 shards are untested; "
             "use trainer=ddp with LoRA"
         )
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg.pop("plugins", None)  # checkpoint IO: nothing to check, and it may touch the run folder
-    instantiate(trainer_cfg, callbacks=[], logger=False, enable_progress_bar=False)
+    # plugins (checkpoint IO): nothing to check there; callbacks and loggers come with the real trainer
+    instantiate(cfg.trainer, callbacks=[], logger=False, plugins=None, enable_progress_bar=False)
