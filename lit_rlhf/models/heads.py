@@ -75,6 +75,12 @@ def last_non_pad_index(input_ids: Tensor, pad_token_id: int) -> Tensor:
     return (pos * (input_ids != pad_token_id).long()).argmax(-1)  # (N,)
 
 
+def pool_index(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """(N,) the position each row of ``model``'s scores is read at (:func:`set_pooling`)."""
+    pooling, pad = pooling_of(model)
+    return last_index(attention_mask) if pooling == "eos" else last_non_pad_index(input_ids, pad)
+
+
 def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """Scalar score of each sequence at its last attended token (or where :func:`set_pooling` says).
 
@@ -88,8 +94,7 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor)
         (N,) float32 scores.
     """
     rows = torch.arange(len(input_ids), device=input_ids.device)
-    pooling, pad = pooling_of(model)
-    last = last_index(attention_mask) if pooling == "eos" else last_non_pad_index(input_ids, pad)  # (N,)
+    last = pool_index(model, input_ids, attention_mask)  # (N,)
     if isinstance(model, ValueModel):
         return model(input_ids, attention_mask)[rows, last]
     hf = unwrap(model)

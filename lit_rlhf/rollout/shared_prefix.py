@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 
-from lit_rlhf.models.heads import ValueModel, last_index, position_ids, score_head, unwrap
+from lit_rlhf.models.heads import ValueModel, pool_index, position_ids, score_head, unwrap
 from lit_rlhf.models.heads import sequence_scores as plain_sequence_scores
 from lit_rlhf.rewards.ensemble import RewardEnsemble
 from lit_rlhf.rlhf import logprobs_from_logits
@@ -214,7 +214,9 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
         return plain_sequence_scores(model, input_ids, attention_mask)
     R = input_ids.shape[1] - P
     pre, p_out, r_out = split_forward(backbone, input_ids, attention_mask, P, R)
-    last = last_index(attention_mask)  # (N,) usually a response position; a prompt one if R has no token
+    last = pool_index(
+        model, input_ids, attention_mask
+    )  # (N,) usually a response position; a prompt one if R has no token
     rows = torch.arange(len(input_ids), device=input_ids.device)
     in_response = r_out.last_hidden_state[rows, (last - P).clamp(min=0)]  # (N, H)
     in_prompt = p_out.last_hidden_state[pre.owner, last.clamp(max=P - 1)]  # (N, H)

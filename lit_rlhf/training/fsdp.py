@@ -5,11 +5,12 @@ Lightning's :class:`~lightning.pytorch.strategies.ModelParallelStrategy` leaves 
 classes its ``_no_split_modules`` names) becomes one unit, gathered only while it computes, then the units
 the code calls directly:
 
-* a causal LM or a critic (:class:`~lit_rlhf.models.heads.ValueModel`) is called as a whole — its root
-  gathers what the blocks leave (embeddings, final norm, head);
+* a causal LM is called as a whole — its root gathers what the blocks leave (embeddings, final norm,
+  head);
 * a reward model is read through its backbone and its score head apart
-  (:func:`~lit_rlhf.models.heads.sequence_scores`), so each of the two is a unit of its own; an ensemble's
-  members alike.
+  (:func:`~lit_rlhf.models.heads.sequence_scores`), and so is the critic on the shared-prefix path
+  (:mod:`lit_rlhf.rollout.shared_prefix`): each of the two is a unit of its own; an ensemble's members
+  alike.
 
 Every forward of a sharded model needs every rank: the rollouts generate with ``synced_gpus`` (a rank whose
 rows have all ended keeps stepping until every rank's have), r_ref is sampled by every rank in step, and a
@@ -63,9 +64,11 @@ def shard_model(model: nn.Module, mesh) -> None:
     for block in blocks(model):
         fully_shard(block, mesh=mesh)
     hf = unwrap(model)
-    head = None if isinstance(model, ValueModel) else getattr(hf, "score", getattr(hf, "classifier", None))
-    if isinstance(head, nn.Module):  # a reward model: backbone and head are called apart
-        fully_shard(hf.base_model, mesh=mesh)
+    if isinstance(model, ValueModel):  # the shared-prefix path calls the backbone and the head apart
+        fully_shard(model.backbone, mesh=mesh)
+        fully_shard(model.head, mesh=mesh)
+    elif isinstance(getattr(hf, "score", getattr(hf, "classifier", None)), nn.Module):  # a reward model
+        fully_shard(hf.base_model, mesh=mesh)  # read through its backbone and its head apart
         fully_shard(score_head(model), mesh=mesh)
     else:
         fully_shard(model, mesh=mesh)
