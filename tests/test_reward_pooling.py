@@ -66,6 +66,25 @@ def test_a_reward_model_trained_elsewhere_scores_as_in_transformers_forward(tmp_
 
 
 @torch.no_grad()
+def test_the_shared_prefix_path_reads_where_the_pooling_says(tmp_path: Path) -> None:
+    """Rollouts score G responses of a prompt with the prompt computed once (rollout/shared_prefix.py)."""
+    from lit_rlhf.rollout import shared_prefix
+
+    folder = reward_folder(tmp_path / "trl_rm", lit_rlhf_card=False)
+    rm, tok = build(tmp_path, folder)
+    prompt = tok("How do I boil an egg?").input_ids
+    answers = [tok(r).input_ids + [tok.eos_token_id] for r in ("Boil it.", "Put it in boiling water.")]
+    R = max(map(len, answers))
+    ids = torch.tensor([prompt + a + [tok.pad_token_id] * (R - len(a)) for a in answers])
+    mask = torch.tensor([[1] * (len(prompt) + len(a)) + [0] * (R - len(a)) for a in answers])
+    theirs = AutoModelForSequenceClassification.from_pretrained(folder)(
+        input_ids=ids, attention_mask=mask
+    ).logits[:, 0]
+    shared = shared_prefix.sequence_scores(rm, ids, mask, len(prompt))
+    torch.testing.assert_close(shared, theirs, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
 def test_lit_rlhf_reward_models_are_read_at_the_eos(tmp_path: Path) -> None:
     folder = reward_folder(tmp_path / "ours", lit_rlhf_card=True)
     rm, tok = build(tmp_path, folder)
