@@ -214,9 +214,8 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
         return plain_sequence_scores(model, input_ids, attention_mask)
     R = input_ids.shape[1] - P
     pre, p_out, r_out = split_forward(backbone, input_ids, attention_mask, P, R)
-    last = pool_index(
-        model, input_ids, attention_mask
-    )  # (N,) usually a response position; a prompt one if R has no token
+    # (N,) where the model is read (its pooling): usually a response position; a prompt one if R has no token
+    last = pool_index(model, input_ids, attention_mask)
     rows = torch.arange(len(input_ids), device=input_ids.device)
     in_response = r_out.last_hidden_state[rows, (last - P).clamp(min=0)]  # (N, H)
     in_prompt = p_out.last_hidden_state[pre.owner, last.clamp(max=P - 1)]  # (N, H)
