@@ -84,7 +84,8 @@ class Sharded:
     def configure_model(self) -> None:
         from lightning.pytorch.strategies import ModelParallelStrategy  # noqa: PLC0415
 
-        if not isinstance(self.trainer.strategy, ModelParallelStrategy):
+        trainer = self._trainer  # None outside fit/validate (load_from_checkpoint calls this too)
+        if trainer is None or not isinstance(trainer.strategy, ModelParallelStrategy):
             return
         mesh = self.device_mesh["data_parallel"]
         for model in self.sharded_models():
