@@ -80,5 +80,14 @@ def check_trainer(cfg: DictConfig) -> None:
             f"{trainer_choice(cfg)} does not run lora=…: adapters over FSDP2 shards are untested; "
             "use trainer=ddp with LoRA"
         )
+    if (
+        kind == "model_parallel"
+        and str(cfg.task.get("module", {}).get("shared_prefix", "auto")).lower() == "true"
+    ):
+        raise ValueError(
+            f"{trainer_choice(cfg)} does not run task.module.shared_prefix=true: how many forwards sharing a "
+            "prompt takes depends on each rank's rows, and every forward of a sharded model needs all ranks; "
+            "use task.module.shared_prefix=auto (off under sharding)"
+        )
     # plugins (checkpoint IO): nothing to check there; callbacks and loggers come with the real trainer
     instantiate(cfg.trainer, callbacks=[], logger=False, plugins=None, enable_progress_bar=False)

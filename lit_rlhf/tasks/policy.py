@@ -162,6 +162,9 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
         super().configure_model()
         if is_sharded(self.actor):  # FSDP2 loads a checkpoint before on_load_checkpoint can add the frozen
             self.strict_loading = False  # models' keys it leaves out: the trained ones are all there
+            # sharing a prompt takes one forward or two depending on the rows a rank holds: the ranks'
+            # forwards (each a collective) would disagree
+            self.share_prefix = False
 
     def frozen_models(self) -> list[nn.Module]:
         return [m for m in (self.ref, *self.reward_models.values()) if m is not None]
