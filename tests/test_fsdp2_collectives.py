@@ -18,6 +18,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
     return {r: torch.load(tmp / f"out.{r}", weights_only=True) for r in (0, 1)}
 
 
+@pytest.mark.slow  # two spawned gloo processes
 def test_cache_keys_are_equal_on_every_rank_and_follow_the_weights(two_ranks) -> None:
     alone = compute(*models(), slice(0, 4))
     for rank in (0, 1):
@@ -27,6 +28,7 @@ def test_cache_keys_are_equal_on_every_rank_and_follow_the_weights(two_ranks) ->
     assert two_ranks[0]["other"]["lm"] == two_ranks[1]["other"]["lm"]
 
 
+@pytest.mark.slow  # two spawned gloo processes
 def test_sharded_sampling_and_scoring_match_one_process(two_ranks) -> None:
     alone = compute(*models(), slice(0, 4))
     responses = two_ranks[0]["same"]["responses"] + two_ranks[1]["same"]["responses"]

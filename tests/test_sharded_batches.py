@@ -240,6 +240,7 @@ def test_ddp_average_of_shard_losses_is_the_global_minibatch_loss(two_ranks, agg
     )
 
 
+@pytest.mark.slow  # two spawned gloo processes
 @pytest.mark.parametrize("agg", LOSS_AGGS)
 def test_a_rank_holding_only_a_stand_in_row_leaves_the_global_minibatch_loss_unchanged(
     two_ranks, agg: str
