@@ -232,7 +232,10 @@ class RewardTransformCallback(L.Callback):
             strategy,
             usable=lambda d: penalty is None or HAS_EOS in d,  # older caches lack it
         )
-        samples = {n: penalised(samples[n], samples.get(HAS_EOS), penalty) for n in names}
+        models = getattr(pl_module, "reward_models", {})  # as rollouts: reward models' scores only
+        samples = {
+            n: penalised(samples[n], samples.get(HAS_EOS), penalty if n in models else None) for n in names
+        }
 
         values = {}
         for k, n in enumerate(names):
