@@ -66,7 +66,7 @@ def test_evaluation_kl_ignores_a_non_finite_log_prob_on_padding() -> None:
         generate=lambda model, ids, mask: (torch.cat([ids, torch.ones_like(MASK)], 1), MASK, None),
         generate_reference=lambda ids, mask: (torch.cat([ids, torch.ones_like(MASK)], 1), MASK, None),
         actor=None,
-        score=lambda seq, mask, P=None: torch.zeros(len(seq), 1),
+        all_scores=lambda seq, mask, prompt_ids, P: torch.zeros(len(seq), 1),
         _token_logprobs=lambda model, seq, mask, P: lp,
         _reference_logprobs=lambda seq, mask, P: torch.full((2, 4), -1.5),
         log_dict=lambda *a, **k: None,
