@@ -80,3 +80,17 @@ def test_supported_pairs_pass_the_check(tmp_path, trainer: str, task: str) -> No
     overrides = [f"task={task}", f"trainer={trainer}", "trainer.accelerator=cpu", "trainer.devices=2"]
     with hydra_cfg(tmp_path, [*overrides, "trainer.precision=32-true"]) as cfg:
         check_trainer(cfg)  # no error
+
+
+def test_forced_shared_prefix_under_model_parallel_is_refused_first(tmp_path, no_work) -> None:
+    overrides = [
+        "task=grpo",
+        "trainer=model_parallel",
+        "trainer.accelerator=cpu",
+        "task.module.shared_prefix=true",
+    ]
+    refused = pytest.raises(
+        ValueError, match=r"^trainer=model_parallel does not run task.module.shared_prefix=true"
+    )
+    with hydra_cfg(tmp_path, overrides) as cfg, refused:
+        pipeline.run(cfg)
