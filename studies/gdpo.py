@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_runs import Run, load_runs, mean_se, one_line_warnings, warn  # noqa: E402
+from sweep_runs import Run, load_runs, mean_se, one_line_warnings, per_prompt_rows, warn  # noqa: E402
 
 METHODS = ["raw+sum", "logsigmoid+sum", "raw+gdpo", "logsigmoid+gdpo"]
 ALGORITHMS = ["grpo", "rloo"]
@@ -47,8 +47,10 @@ def world_of(run: Run) -> int:
 
 
 def worse_share(run: Run) -> float:
-    """Share of evaluation prompts whose gold helpfulness OR harmlessness mean fell below the SFT's."""
-    rows = [r for r in run.prompts if "gold_helpful_sft" in r and "gold_harmless_sft" in r]
+    """Share of evaluation prompts whose gold helpfulness OR harmlessness mean fell below the SFT's (a job
+    folder's rows are samples: averaged per prompt first, as an archive's already are)."""
+    rows = run.prompts if all("samples" in r for r in run.prompts) else per_prompt_rows(run.prompts)
+    rows = [r for r in rows if "gold_helpful_sft" in r and "gold_harmless_sft" in r]
     if not rows:
         return math.nan
     worse = [

@@ -30,20 +30,25 @@ def run(
     return Run(Path(f"{method}-{seed}"), f"grpo:{method}", 0.2, seed, scalars, prompts, "grpo", cfg)
 
 
-def prompt(h: float, h_sft: float, s: float, s_sft: float) -> dict:
-    return {"gold_helpful": h, "gold_helpful_sft": h_sft, "gold_harmless": s, "gold_harmless_sft": s_sft}
+def prompt(h: float, h_sft: float, s: float, s_sft: float, samples: int | None = None) -> dict:
+    row = {"gold_helpful": h, "gold_helpful_sft": h_sft, "gold_harmless": s, "gold_harmless_sft": s_sft}
+    return row if samples is None else {**row, "samples": samples}
 
 
 def test_worse_share_counts_prompts_worse_on_either_property() -> None:
-    rows = [prompt(2, 1, 0, 0), prompt(2, 1, -1, 0), prompt(0, 1, 1, 0), prompt(1, 1, 0, 0)]
+    rows = [prompt(2, 1, 0, 0, 9), prompt(2, 1, -1, 0, 9), prompt(0, 1, 1, 0, 9), prompt(1, 1, 0, 0, 9)]
     assert gdpo.worse_share(run("raw+gdpo", 0, [0.3], [0.1], rows)) == 0.5  # rows 2 and 3
     assert math.isnan(gdpo.worse_share(run("raw+gdpo", 0, [0.3], [0.1], [])))
+    # a job folder's rows are samples: two of prompt 7 (worse on average), one of prompt 8 (not)
+    samples = [{"prompt_id": 7, **prompt(0, 1, 0, 0)}, {"prompt_id": 7, **prompt(1.5, 1, 0, 0)}]
+    samples.append({"prompt_id": 8, **prompt(2, 1, 0, 0)})
+    assert gdpo.worse_share(run("raw+gdpo", 0, [0.3], [0.1], samples)) == 0.5
 
 
 def test_table_means_over_seeds_and_matched_kl(monkeypatch) -> None:
     runs = [
-        run("raw+gdpo", 0, [0.2, 0.3], [0.0, 0.4], [prompt(2, 1, -1, 0)]),
-        run("raw+gdpo", 1, [0.2, 0.5], [0.0, 0.2], [prompt(2, 1, 1, 0)]),
+        run("raw+gdpo", 0, [0.2, 0.3], [0.0, 0.4], [prompt(2, 1, -1, 0, 9)]),
+        run("raw+gdpo", 1, [0.2, 0.5], [0.0, 0.2], [prompt(2, 1, 1, 0, 9)]),
         run("raw+sum", 0, [0.2, 0.3], [0.0, 0.4], [], world=1),  # another world: left out
         run("raw+min", 0, [0.2, 0.3], [0.0, 0.4], []),  # not one of the four methods: left out
     ]
