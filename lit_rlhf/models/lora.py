@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
@@ -112,3 +113,22 @@ def merged(model: nn.Module) -> PreTrainedModel:
     if not is_lora(model):
         return model
     return copy.deepcopy(model).merge_and_unload()
+
+
+@torch.no_grad()
+def merged_weights(model: nn.Module) -> dict[str, Tensor]:
+    """The weights of ``model`` with its active adapters merged, under the plain model's names, computed
+    beside the model: ``W + (alpha / r)·B·A`` per adapted layer (PEFT's ``get_delta_weight``). The model
+    itself is not touched, so its base weights do not drift through merge / unmerge round trips.
+    ``model.state_dict()`` if it has no adapters."""
+    if not is_lora(model):
+        return dict(model.state_dict())
+    out = base_weights(model)
+    for name, module in model.named_modules():
+        if not hasattr(module, "get_delta_weight") or getattr(module, "merged", False):
+            continue
+        key = name.removeprefix("base_model.model.") + ".weight"
+        for adapter in module.active_adapters:
+            if adapter in getattr(module, "lora_A", {}):
+                out[key] = out[key] + module.get_delta_weight(adapter).to(out[key].dtype)
+    return out

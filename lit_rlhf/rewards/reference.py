@@ -244,7 +244,7 @@ def sample_rewards(
     ended with EOS, (P, n).
 
     Args:
-        generate: (ids, mask) → (sequences, response_mask, has_eos), sampling from the reference policy.
+        generate: (ids, mask) → (sequences, response_mask, …), sampling from the reference policy.
         score: (sequences, mask, prompt length) → (N, K) raw rewards (the n samples of a prompt may share
             its computation: :mod:`lit_rlhf.rollout.shared_prefix`).
         pad: token-id lists → left-padded (ids, mask) on the models' device.
@@ -258,7 +258,7 @@ def sample_rewards(
     for i in range(0, len(prompts), batch_prompts):
         ids, mask = pad(prompts[i : i + batch_prompts])
         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-        seq, rmask, has_eos = generate(ids, mask)
+        seq, rmask, has_eos = generate(ids, mask)[:3]
         full = torch.cat([mask, rmask], 1)
         if prompt_ids is None:
             scores = score(seq, full, ids.shape[1])  # (b·n, K)

@@ -16,6 +16,7 @@ from lit_rlhf.rlhf.estimators import (
 from lit_rlhf.rlhf.kl import kl_penalty, last_token_index, masked_kl, per_token_rewards
 from lit_rlhf.rlhf.kl_controller import AdaptiveKLController, FixedKLController
 from lit_rlhf.rlhf.losses import bradley_terry_loss, logprobs_from_logits, ppo_policy_loss, value_loss
+from lit_rlhf.rlhf.offpolicy import sampler_mismatch, tis_weights
 
 __all__ = [
     "LOSS_AGGS",
@@ -41,5 +42,7 @@ __all__ = [
     "ppo_policy_loss",
     "reinforce_pp_advantages",
     "rloo_advantages",
+    "sampler_mismatch",
+    "tis_weights",
     "value_loss",
 ]

@@ -42,7 +42,7 @@ def evaluate(module: Any, batch: dict) -> dict:
     rows = [int(p) * n + j for p in batch["prompt_ids"].tolist() for j in range(n)]  # (B·n,)
     for k, (who, sample) in enumerate((("sft", module.generate_reference), ("policy", policy))):
         with module.seeded_rows(row_seeds((EVAL, k, n), rows)):
-            seq, rmask, _ = sample(ids, mask)
+            seq, rmask = sample(ids, mask)[:2]
         full = torch.cat([mask, rmask], 1)
         out[f"{who}_responses"] = tok.batch_decode(
             seq[:, P:].masked_fill(rmask == 0, tok.pad_token_id), skip_special_tokens=True

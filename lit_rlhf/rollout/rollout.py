@@ -47,6 +47,8 @@ class Rollout(NamedTuple):
         values: (B, R) critic values V(s_t) before each response token (zeros without a critic).
         scores: (B, K) raw score of each of the K reward models.
         has_eos: (B,) whether the response ended with EOS (else it was cut at ``max_new_tokens``).
+        sampler_logprobs: (B, R) log-probs of the sampled tokens under the engine that sampled them
+            (``generation=vllm``); ``None`` when the learner sampled them itself (``generation=hf``).
     """
 
     prompt_ids: Tensor
@@ -58,6 +60,7 @@ class Rollout(NamedTuple):
     values: Tensor
     scores: Tensor
     has_eos: Tensor
+    sampler_logprobs: Tensor | None = None
 
 
 def eos_token_ids(tokenizer: PreTrainedTokenizerBase, models: Iterable[nn.Module] = ()) -> list[int]:

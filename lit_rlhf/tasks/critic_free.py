@@ -38,7 +38,8 @@ class CriticFreeModule(PolicyModule):
     def optimise(self, ro: Rollout, reward: Tensor, kl: Tensor) -> dict[str, Tensor]:
         mask = ro.response_mask.float()
         P = ro.input_ids.shape[1] - mask.shape[1]
-        advantages = self.advantages(ro, reward, kl)
+        raw = self.advantages(ro, reward, kl)
+        advantages = self.corrected(raw, mask)  # generation=vllm: truncated importance sampling weights
         opt = self.optimizers()
         beta = self.kl_ctl.value
         stats: dict[str, list[Tensor]] = {k: [] for k in ("clipfrac", "approx_kl", "pg_loss", "kl_loss")}
@@ -70,6 +71,6 @@ class CriticFreeModule(PolicyModule):
         out = {k: sum(v) / len(v) for k, v in stats.items() if v}
         out["train/loss"] = out["pg_loss"] + beta * out.get("kl_loss", 0.0)
         # mean |A| over the response tokens (per-token advantages) or the responses, of the global batch
-        over = mask if advantages.dim() == 2 else torch.ones_like(advantages)
-        out["advantage_abs"] = masked_mean(advantages.abs(), over, all_sum=self.all_sum())
+        over = mask if raw.dim() == 2 else torch.ones_like(raw)
+        out["advantage_abs"] = masked_mean(raw.abs(), over, all_sum=self.all_sum())
         return out

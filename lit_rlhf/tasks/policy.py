@@ -2,8 +2,9 @@
 
 One training step = one iteration on a batch of prompts:
 
-1. roll out: sample responses with the KV cache under the run's pinned distribution
-   (``lit_rlhf/rollout/rollout.py``);
+1. roll out: sample responses under the run's pinned distribution with the ``generation`` engine
+   (:mod:`lit_rlhf.generation`: ``hf`` = the actor's own ``generate``; ``vllm`` = a colocated engine kept in
+   step with the actor, whose log-probs give the off-policy correction, :mod:`lit_rlhf.rlhf.offpolicy`);
 2. score: log-probs of the policy and the frozen reference, the RAW score of every reward model, and (PPO
    only) the critic's values. The reward optimised comes from ``self.reward_fn``, which the
    ``RewardTransformCallback`` installs (transform per reward model, then aggregation), so the paper's
@@ -31,14 +32,23 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from lit_rlhf.generation import Samples
+from lit_rlhf.generation.hf import HFGeneration
 from lit_rlhf.models import lora
 from lit_rlhf.models.scoring import reward_scores
 from lit_rlhf.rewards.reward_function import RewardFunction, function_scores
-from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, masked_kl, masked_mean
+from lit_rlhf.rlhf import (
+    AdaptiveKLController,
+    FixedKLController,
+    masked_kl,
+    masked_mean,
+    sampler_mismatch,
+    tis_weights,
+)
 from lit_rlhf.rollout import shared_prefix
 from lit_rlhf.rollout.decoding import row_seeds
 from lit_rlhf.rollout.evaluation import evaluate
-from lit_rlhf.rollout.rollout import Rollout, eos_token_ids, generate, sampling_config, token_logprobs
+from lit_rlhf.rollout.rollout import Rollout, eos_token_ids, sampling_config, token_logprobs
 from lit_rlhf.tasks.config import PolicyConfig, build_config
 from lit_rlhf.training.faults import FaultPolicy
 from lit_rlhf.training.fsdp import Sharded, is_sharded
@@ -62,6 +72,20 @@ def disable_dropout(model: nn.Module) -> None:
             m.p = 0.0
 
 
+def check_engine_strategy(trainer: Any) -> None:
+    """An engine that holds its own copy of the policy (``generation=vllm``) runs in one training process
+    with the whole model for now: refuse sharded or multi-process strategies in one line."""
+    if trainer is None:
+        return
+    name = type(trainer.strategy).__name__
+    if "FSDP" in name or "DeepSpeed" in name or trainer.world_size > 1:
+        raise ValueError(
+            f"generation=vllm runs in one training process with the whole policy for now, not under "
+            f"{name} with {trainer.world_size} process(es): use trainer=cpu (or trainer=gpu with "
+            "trainer.devices=1), or generation=hf"
+        )
+
+
 class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
     """Rollouts, scoring, evaluation, fault policy and state of a policy against frozen reward models.
 
@@ -77,6 +101,9 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
         reward_functions: name → :class:`~lit_rlhf.rewards.reward_function.RewardFunction` (rules, verifiers),
             scored after the reward models: ``reward_names`` lists the models, then the functions.
         **settings: the same settings as flat keys (what Hydra's ``task.module.*`` passes).
+        generation: the engine that samples (the ``generation`` group; ``None`` = ``hf``, the actor's own
+            ``generate``). An engine that holds its own copy of the weights (``vllm``) is synced from the
+            actor before each rollout that follows an update, and from π_ref before π_ref's samples.
     """
 
     algorithm = "policy"  # the TensorBoard prefix of the subclass: ppo/…, grpo/…
@@ -91,6 +118,7 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
         optimizer: Callable[..., torch.optim.Optimizer],
         config: PolicyConfig | None = None,
         reward_functions: dict[str, RewardFunction] | None = None,
+        generation: Any = None,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -144,6 +172,8 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
         self.generation_config = sampling_config(
             tokenizer, self.eos_ids, c.max_new_tokens, c.temperature, c.top_k, c.top_p
         )
+        self.generation = generation if generation is not None else HFGeneration()
+        self._tis: Tensor | None = None  # this iteration's truncated importance-sampling weights (B, R)
         self.reward_fn: RewardFn = raw_sum
         self.reward_is_advantage = False  # the installed reward is already an advantage (GDPO)
         self._row_seeds: Tensor | None = None  # the seeds generate() samples rows from (seeded_rows)
@@ -179,10 +209,10 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
         """π_ref's weights, under the plain model's names (what the r_ref cache is keyed on)."""
         return lora.base_weights(self.actor) if self.ref is None else self.ref.state_dict()
 
-    def generate_reference(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def generate_reference(self, input_ids: Tensor, attention_mask: Tensor) -> Samples:
         """Responses of π_ref (see :meth:`generate`)."""
         with self.reference() as ref:
-            return self.generate(ref, input_ids, attention_mask)
+            return self.generate(ref, input_ids, attention_mask, who="reference")
 
     def _reference_logprobs(self, input_ids: Tensor, attention_mask: Tensor, P: int) -> Tensor:
         with self.reference() as ref:
@@ -190,14 +220,34 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
 
     # ---------------------------------------------------------------- rollouts
     def generate(
-        self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample responses; returns (sequences (B, P+R), response_mask (B, R), has_eos (B,)).
+        self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, who: str = "policy"
+    ) -> Samples:
+        """Sample responses of ``model`` (``who``: the ``policy`` or the ``reference``) with the generation
+        engine: (sequences (B, P+R), response_mask (B, R), has_eos (B,), sampler log-probs (B, R) or None).
 
         Inside :meth:`seeded_rows`, row i samples from ``seeds[i]`` alone; elsewhere from torch's generator.
         """
+        if self.generation.needs_sync:
+            self.sync_engine(who)
         tok, config = self.tokenizer, self.generation_config
-        return generate(model, input_ids, attention_mask, config, tok.pad_token_id, seeds=self._row_seeds)
+        return self.generation.generate(
+            model, input_ids, attention_mask, config, tok.pad_token_id, seeds=self._row_seeds
+        )
+
+    def sync_engine(self, who: str) -> None:
+        """Make the engine hold ``who``'s weights: π_ref's (the SFT weights, for r_ref and evaluation
+        samples) or the actor's as of this iteration (LoRA merged beside the model). A push happens only when
+        the engine holds something else; the actor's weights change only in a training step, so the tag
+        (``policy``, iteration) says whether they changed since the last push."""
+        engine = self.generation
+        if not engine.started:
+            check_engine_strategy(self._trainer)
+            engine.start(self.actor)
+        tag = ("policy", self.iteration) if who == "policy" else ("reference",)
+        if engine.holds == tag:
+            return
+        engine.sync(lora.merged_weights(self.actor) if who == "policy" else self.reference_state_dict())
+        engine.holds = tag
 
     def _token_logprobs(
         self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, P: int
@@ -246,7 +296,7 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
         # row i of the GLOBAL batch samples from (seed, iteration, i): the same responses however sharded
         seeds = row_seeds((self.seed, self.iteration, ROLLOUT), self.shard(len(ids)).rows)  # (B,)
         with self.seeded_rows(seeds):
-            seq, response_mask, has_eos = self.generate(self.actor, ids, mask)
+            seq, response_mask, has_eos, sampler_logprobs = self.generate(self.actor, ids, mask)
         full_mask = torch.cat([mask, response_mask], 1)
         return Rollout(
             prompt_ids=prompt_ids,
@@ -258,6 +308,7 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
             values=self.rollout_values(seq, full_mask, P),
             scores=self.all_scores(seq, full_mask, prompt_ids, P),
             has_eos=has_eos,
+            sampler_logprobs=sampler_logprobs,
         )
 
     # ---------------------------------------------------------------- training
@@ -293,6 +344,7 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
             cut = (~ro.has_eos).float()[:, None] * (torch.arange(scores.shape[1]) < len(self.reward_models))
             scores = scores - self.missing_eos_penalty * cut.to(scores)  # (B, K)
         reward = self.reward_fn(scores, ro.prompt_ids, self).float()  # (B,)
+        offpolicy = self.off_policy(ro, mask)
 
         # 2-3. the algorithm
         beta = self.kl_ctl.value
@@ -321,10 +373,32 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
             f"{a}/entropy_proxy": -masked_mean(ro.logprobs, mask, all_sum=self.all_sum()),  # global batch
             f"{a}/skipped_batches": torch.tensor(float(self.skipped_batches)),
             f"{a}/skipped_updates": torch.tensor(float(self.skipped_updates)),
-        }
+        } | offpolicy
         self.log_dict(logs, prog_bar=False, batch_size=B, sync_dist=True)  # DDP: mean over ranks
         self.log("kl", seq_kl.mean(), prog_bar=True, logger=False, batch_size=B)
         self.log("reward", reward.mean(), prog_bar=True, logger=False, batch_size=B)
+
+    def off_policy(self, ro: Rollout, mask: Tensor) -> dict[str, Tensor]:
+        """With an engine's rollouts: the mismatch to log (``rollout/sampler_kl``, ``rollout/max_ratio``)
+        and this iteration's truncated importance-sampling weights (``generation.tis_cap``), which
+        :meth:`corrected` applies; nothing with ``generation=hf`` (the sampler is the learner)."""
+        self._tis = None
+        if ro.sampler_logprobs is None:
+            return {}
+        stats = sampler_mismatch(ro.logprobs, ro.sampler_logprobs, mask)
+        cap = getattr(self.generation, "tis_cap", None)
+        if cap is not None:
+            self._tis = tis_weights(ro.logprobs, ro.sampler_logprobs, mask, cap)  # (B, R)
+        return {f"rollout/{k}": v for k, v in stats.items()}
+
+    def corrected(self, advantages: Tensor, mask: Tensor) -> Tensor:
+        """Advantages ``(B,)`` or ``(B, R)`` times this iteration's TIS weights ``w (B, R)``, or unchanged
+        without them. Scaling A by w ≥ 0 weights each token's clipped loss by w: max(−wAρ, −wA·clip(ρ)) =
+        w·max(−Aρ, −A·clip(ρ))."""
+        if self._tis is None:
+            return advantages
+        a = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(mask)
+        return a * self._tis.to(a.dtype)
 
     def updates_per_iteration(self) -> int:
         """Optimizer updates an iteration attempts (to tell a fully skipped iteration)."""
@@ -386,6 +460,8 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
                 f"task={self.algorithm}; check ckpt_path"
             )
         self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
+        if self.generation.needs_sync:  # the restored actor is pushed before the first rollout
+            self.generation.holds = None
         self.iteration = checkpoint["ppo_iteration"]
         # the frozen models were left out on save: take them from this module, so that strict loading
         # fails on any OTHER missing or unexpected key (a real mismatch). FSDP2 has loaded the weights

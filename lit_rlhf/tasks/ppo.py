@@ -69,6 +69,7 @@ class PPOModule(PolicyModule):
         token_rewards = per_token_rewards(reward, kl, self.kl_ctl.value, mask)  # (B, R)
         advantages, returns = gae(token_rewards, ro.values, mask, self.gamma, self.lam)
         advantages = masked_whiten(advantages, mask, all_sum=self.all_sum())  # over the global batch
+        advantages = self.corrected(advantages, mask)  # generation=vllm: truncated importance sampling
 
         # 3. epochs of minibatches of the clipped losses
         opt_actor, opt_critic = self.optimizers()

@@ -1,0 +1,40 @@
+"""``generation=hf`` (the default): sample with the learner's own ``model.generate``.
+
+Exact and deterministic: row i's response is a function of its prompt and ``seeds[i]`` alone (Gumbel-max with
+one generator per row, :mod:`lit_rlhf.rollout.decoding`), so DDP over W processes samples what one process
+holding the global batch would. The sampler is the learner, so no sampler log-probs are returned and there is
+nothing to sync.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from transformers import GenerationConfig
+
+from lit_rlhf.generation import Samples
+from lit_rlhf.rollout.rollout import generate
+
+
+class HFGeneration:
+    """Sampling through ``transformers``' ``generate`` with the KV cache (see the module docstring)."""
+
+    needs_sync = False
+
+    def generate(
+        self,
+        model: nn.Module,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        config: GenerationConfig,
+        pad_token_id: int,
+        seeds: Tensor | None = None,
+    ) -> Samples:
+        """Responses of ``model`` to left-padded prompts (:func:`lit_rlhf.rollout.rollout.generate`)."""
+        seq, response_mask, has_eos = generate(model, input_ids, attention_mask, config, pad_token_id, seeds)
+        return Samples(seq, response_mask, has_eos, None)
+
+    def sync(self, named_params: object) -> None:
+        """Nothing to do: ``generate`` samples the model it is given."""
+
+    def __repr__(self) -> str:
+        return "HFGeneration()"
