@@ -82,6 +82,8 @@ def _instantiation_message(exc: InstantiationException) -> str | None:
     match = _FULL_KEY.search(str(exc))
     key = match.group(1) if match else None
     cause = exc.__cause__
+    if isinstance(cause, ImportError) and "pip install" in str(cause):  # a missing extra, named by its key
+        return str(cause) if key is None or key in str(cause) else f"{cause} (in config {key})"
     if cause is None or isinstance(cause, (ImportError, AttributeError)):  # a `_target_` that is not there
         return str(exc)
     if isinstance(cause, TypeError) and _SIGNATURE.search(str(cause)):  # a key the constructor does not take

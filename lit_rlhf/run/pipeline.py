@@ -322,6 +322,8 @@ def ppo_models(cfg: DictConfig, policy_path: Path, rm_paths: dict[str, RewardPat
 
 def run_policy(cfg: DictConfig) -> float | None:
     """PPO, GRPO, RLOO or REINFORCE++ (``task=…``): the stages it lacks are built first."""
+    # the sampling engine first: generation=vllm without vLLM stops here, before any stage is built
+    generation = instantiate(cfg.generation) if cfg.get("generation") else None
     prepare_data(cfg)
     times: dict[str, float] = {}
     with timed(times, "sft (stage)"):
