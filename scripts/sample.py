@@ -2,9 +2,11 @@
 sampling, the same EOS ids), and print them with the mean response length.
 
     python scripts/sample.py MODEL_DIR PROMPTS.jsonl [--n 3] [--max-new-tokens 32] [--temperature 1.0]
-        [--greedy] [--chat-template auto|true|false] [--seed 0] [--json OUT.json]
+        [--greedy] [--chat-template auto|true|false] [--seed 0] [--json OUT.json] [--generation hf|vllm]
 
 Run it on the model a run started from and on the run's ``model/`` folder to see what training changed.
+``--generation vllm`` samples with vLLM instead of transformers (docs/generation.md), each row from its own
+seed.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_rlhf.data.chat import check_chat_template, prompt_text, render_prompts  # noqa: E402
 from lit_rlhf.data.jsonl import DataFormatError, load_prompts  # noqa: E402
 from lit_rlhf.data.tokenize import pad_batch  # noqa: E402
+from lit_rlhf.generation.hf import HFGeneration  # noqa: E402
 from lit_rlhf.models import Pretrained, quiet_transformers  # noqa: E402
-from lit_rlhf.rollout.rollout import eos_token_ids, generate, sampling_config  # noqa: E402
+from lit_rlhf.rollout.decoding import row_seeds  # noqa: E402
+from lit_rlhf.rollout.rollout import eos_token_ids, sampling_config  # noqa: E402
 
 
 def sample(
@@ -34,6 +38,7 @@ def sample(
     greedy: bool = False,
     chat_template: str = "auto",
     seed: int = 0,
+    generation: str = "hf",
 ) -> dict:
     """Answers of ``model_dir`` to the first ``n`` prompts of ``prompts_file``; returns a dict with
     ``responses`` (prompt, response, tokens) and ``mean_tokens``."""
@@ -49,8 +54,19 @@ def sample(
         config.do_sample = False
         config.temperature = None
     torch.manual_seed(seed)
+    seeds = None
+    if generation == "vllm":
+        from lit_rlhf.generation.vllm import VLLMGeneration  # noqa: PLC0415  (vLLM only when asked for)
+
+        engine = VLLMGeneration(seed=seed)
+        engine.start(model)
+        seeds = row_seeds((seed,), range(len(ids)))
+    elif generation == "hf":
+        engine = HFGeneration()
+    else:
+        raise ValueError(f"--generation must be hf or vllm, got {generation!r}")
     with torch.inference_mode():
-        seq, rmask, _ = generate(model, ids, mask, config, tok.pad_token_id)
+        seq, rmask = engine.generate(model, ids, mask, config, tok.pad_token_id, seeds)[:2]
     P = ids.shape[1]
     texts = tok.batch_decode(seq[:, P:].masked_fill(rmask == 0, tok.pad_token_id), skip_special_tokens=True)
     lengths = rmask.sum(-1).tolist()
@@ -72,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chat-template", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the result here")
+    p.add_argument("--generation", default="hf", choices=["hf", "vllm"], help="the sampling engine")
     args = p.parse_args(argv)
     quiet_transformers()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -85,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             args.greedy,
             args.chat_template,
             args.seed,
+            args.generation,
         )
-    except (FileNotFoundError, DataFormatError, ValueError) as e:
+    except (FileNotFoundError, DataFormatError, ValueError, ImportError) as e:
         print(f"sample.py: error: {e}", file=sys.stderr)
         return 2
     for row in out["responses"]:

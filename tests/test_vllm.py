@@ -7,6 +7,11 @@ vLLM's CPU attention serves head sizes 32, 64, 80, …: the tiny models here hav
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,3 +171,70 @@ def test_an_architecture_vllm_cannot_serve_is_one_line() -> None:
         engine.start(model)
     msg = str(err.value)
     assert "\n" not in msg and "generation=vllm cannot serve" in msg and "LlamaForCausalLM" in msg
+
+
+# ------------------------------------------------------------------ end to end: train.py generation=vllm
+# the embedded world's tiny GPT-2 with a head size the CPU attention kernels take (64 / 2 = 32)
+E2E = [
+    "+data.world.n_sft_train=3000",
+    "+data.world.n_sft_val=256",
+    "+data.world.n_pairs=2000",
+    "model.n_layer=1",
+    "model.n_embd=64",
+    "model.n_head=2",
+    'pipeline.sft=["task.max_epochs=1"]',
+    'pipeline.reward_model=["task.max_epochs=1"]',
+    "trainer.enable_progress_bar=false",
+    "generation=vllm",
+    "+transform=logsigmoid",
+    "task.iterations=6",
+    "task.val_check_interval=3",
+    "task.checkpoint_every_n_steps=2",
+    "task.datamodule.batch_size=8",
+    "task.module.eval_samples_per_prompt=1",
+    "task.module.lr=1e-3",
+    "task.callbacks.reward_transform.n_samples=2",
+    "+callbacks.fault._target_=train_cli.Fault",
+]
+
+
+def scalars(run_dir, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[int, float] = {}
+    for f in sorted(run_dir.rglob("events.out.tfevents.*")):
+        ea = EventAccumulator(str(f))
+        ea.Reload()
+        if tag in ea.Tags()["scalars"]:
+            out |= {e.step: e.value for e in ea.Scalars(tag)}
+    return out
+
+
+@pytest.mark.slow
+def test_ppo_with_vllm_killed_then_resumed_follows_the_policy_and_logs_sampler_kl(tmp_path) -> None:
+    from safetensors.torch import load_file
+    from train_cli import FAULT_ENV, ROOT
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}"]
+    cmd += ["task=ppo", *E2E]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    killed = subprocess.run(cmd, cwd=ROOT, env={**env, FAULT_ENV: "kill@3"}, capture_output=True, timeout=900)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["ppo_iteration"] == 2
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming from" in out.stdout + out.stderr
+    assert torch.load(ckpt, weights_only=True)["ppo_iteration"] == 6
+    kl, ratio = scalars(run_dir, "rollout/sampler_kl"), scalars(run_dir, "rollout/max_ratio")
+    assert len(kl) >= 4 and all(0 <= v < 1e-2 for v in kl.values()), kl
+    # after the resume the engine holds the restored policy, not the SFT weights it was started from
+    # (π_ref's are pushed for r_ref and evaluation): its samples stay on-policy as the policy moves away
+    policy_kl = scalars(run_dir, "ppo/kl")
+    late = max(policy_kl)
+    assert policy_kl[late] > 20 * kl[late] and max(ratio.values()) < 1.5, (policy_kl, kl, ratio)
+    # the weights moved: the saved policy differs from the SFT policy it started from
+    sft = Path(json.loads((run_dir / "stages.json").read_text())["policy"])
+    a, b = load_file(run_dir / "model" / "model.safetensors"), load_file(sft / "model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a if k in b)
