@@ -20,7 +20,7 @@ from lit_rlhf.generation.hf import HFGeneration
 from lit_rlhf.rlhf import sampler_mismatch, tis_weights
 from lit_rlhf.run.errors import user_message
 from lit_rlhf.tasks.grpo import GRPOModule
-from lit_rlhf.tasks.policy import check_engine_strategy
+from lit_rlhf.training.engine import check_engine_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_VLLM = importlib.util.find_spec("vllm") is not None

@@ -37,19 +37,13 @@ from lit_rlhf.generation.hf import HFGeneration
 from lit_rlhf.models import lora
 from lit_rlhf.models.scoring import reward_scores
 from lit_rlhf.rewards.reward_function import RewardFunction, function_scores
-from lit_rlhf.rlhf import (
-    AdaptiveKLController,
-    FixedKLController,
-    masked_kl,
-    masked_mean,
-    sampler_mismatch,
-    tis_weights,
-)
+from lit_rlhf.rlhf import AdaptiveKLController, FixedKLController, masked_kl, masked_mean
 from lit_rlhf.rollout import shared_prefix
 from lit_rlhf.rollout.decoding import row_seeds
 from lit_rlhf.rollout.evaluation import evaluate
 from lit_rlhf.rollout.rollout import Rollout, eos_token_ids, sampling_config, token_logprobs
 from lit_rlhf.tasks.config import PolicyConfig, build_config
+from lit_rlhf.training.engine import EngineSampling
 from lit_rlhf.training.faults import FaultPolicy
 from lit_rlhf.training.fsdp import Sharded, is_sharded
 from lit_rlhf.training.optim import warmup_schedule
@@ -72,21 +66,7 @@ def disable_dropout(model: nn.Module) -> None:
             m.p = 0.0
 
 
-def check_engine_strategy(trainer: Any) -> None:
-    """An engine that holds its own copy of the policy (``generation=vllm``) runs in one training process
-    with the whole model for now: refuse sharded or multi-process strategies in one line."""
-    if trainer is None:
-        return
-    name = type(trainer.strategy).__name__
-    if "FSDP" in name or "DeepSpeed" in name or trainer.world_size > 1:
-        raise ValueError(
-            f"generation=vllm runs in one training process with the whole policy for now, not under "
-            f"{name} with {trainer.world_size} process(es): use trainer=cpu (or trainer=gpu with "
-            "trainer.devices=1), or generation=hf"
-        )
-
-
-class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
+class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping, EngineSampling):
     """Rollouts, scoring, evaluation, fault policy and state of a policy against frozen reward models.
 
     Args:
@@ -234,21 +214,6 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
             model, input_ids, attention_mask, config, tok.pad_token_id, seeds=self._row_seeds
         )
 
-    def sync_engine(self, who: str) -> None:
-        """Make the engine hold ``who``'s weights: π_ref's (the SFT weights, for r_ref and evaluation
-        samples) or the actor's as of this iteration (LoRA merged beside the model). A push happens only when
-        the engine holds something else; the actor's weights change only in a training step, so the tag
-        (``policy``, iteration) says whether they changed since the last push."""
-        engine = self.generation
-        if not engine.started:
-            check_engine_strategy(self._trainer)
-            engine.start(self.actor)
-        tag = ("policy", self.iteration) if who == "policy" else ("reference",)
-        if engine.holds == tag:
-            return
-        engine.sync(lora.merged_weights(self.actor) if who == "policy" else self.reference_state_dict())
-        engine.holds = tag
-
     def _token_logprobs(
         self, model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, P: int
     ) -> Tensor:
@@ -377,28 +342,6 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping):
         self.log_dict(logs, prog_bar=False, batch_size=B, sync_dist=True)  # DDP: mean over ranks
         self.log("kl", seq_kl.mean(), prog_bar=True, logger=False, batch_size=B)
         self.log("reward", reward.mean(), prog_bar=True, logger=False, batch_size=B)
-
-    def off_policy(self, ro: Rollout, mask: Tensor) -> dict[str, Tensor]:
-        """With an engine's rollouts: the mismatch to log (``rollout/sampler_kl``, ``rollout/max_ratio``)
-        and this iteration's truncated importance-sampling weights (``generation.tis_cap``), which
-        :meth:`corrected` applies; nothing with ``generation=hf`` (the sampler is the learner)."""
-        self._tis = None
-        if ro.sampler_logprobs is None:
-            return {}
-        stats = sampler_mismatch(ro.logprobs, ro.sampler_logprobs, mask)
-        cap = getattr(self.generation, "tis_cap", None)
-        if cap is not None:
-            self._tis = tis_weights(ro.logprobs, ro.sampler_logprobs, mask, cap)  # (B, R)
-        return {f"rollout/{k}": v for k, v in stats.items()}
-
-    def corrected(self, advantages: Tensor, mask: Tensor) -> Tensor:
-        """Advantages ``(B,)`` or ``(B, R)`` times this iteration's TIS weights ``w (B, R)``, or unchanged
-        without them. Scaling A by w ≥ 0 weights each token's clipped loss by w: max(−wAρ, −wA·clip(ρ)) =
-        w·max(−Aρ, −A·clip(ρ))."""
-        if self._tis is None:
-            return advantages
-        a = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(mask)
-        return a * self._tis.to(a.dtype)
 
     def updates_per_iteration(self) -> int:
         """Optimizer updates an iteration attempts (to tell a fully skipped iteration)."""
