@@ -5,12 +5,16 @@ way users run them.
 ``RESULT {json}`` line: throughput after the warm-up steps, the work done (optimizer steps, sequences,
 tokens) and, for the policy tasks, a breakdown of the step (each timed phase is wrapped with
 ``perf_counter``; CPU ops are synchronous, so the wrappers measure the phase itself).
+
+``LIT_RLHF_BENCH_GENERATION=vllm`` samples the policy tasks' rollouts with ``generation=vllm`` (the default
+``hf``); ``benchmarks/generation.py`` alternates the two.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections import defaultdict
@@ -243,6 +247,18 @@ def breakdown(per_step: list[dict[str, float]], warmup: int, step_total: float) 
     return out, out["update: backward + optimizer + loss maths"] + upd_fwd
 
 
+def engine(s: Settings):
+    """The generation engine of the policy tasks: ``$LIT_RLHF_BENCH_GENERATION`` (``hf`` or ``vllm``)."""
+    name = os.environ.get("LIT_RLHF_BENCH_GENERATION", "hf")
+    if name == "vllm":
+        from lit_rlhf.generation.vllm import VLLMGeneration  # noqa: PLC0415
+
+        return VLLMGeneration(seed=s.seed, dtype="bfloat16")
+    if name != "hf":
+        raise SystemExit(f"LIT_RLHF_BENCH_GENERATION must be hf or vllm, got {name!r}")
+    return None
+
+
 def run_ppo(s: Settings) -> dict:
     models = runs_dir(s.size) / "models"
     P = prompt_tokens(s)
@@ -272,6 +288,7 @@ def run_ppo(s: Settings) -> dict:
         max_new_tokens=s.ppo_max_new_tokens,
         temperature=s.temperature,
         shared_prefix=s.shared_prefix,
+        generation=engine(s),
     )
     per_step, step_phases, work = instrument(module, PPOModule)
     meter = Meter(count_batch_tokens=False)
@@ -306,6 +323,7 @@ def run_group(s: Settings, task: str) -> dict:
         reward_models={"helpful": rm},
         tokenizer=tok,
         optimizer=optimizer(s),
+        generation=engine(s),
         **lit_group_kwargs(s, task),
     )
     per_step, step_phases, work = instrument(module, cls)
@@ -360,6 +378,7 @@ def main() -> None:
     runners = {"rm": run_rm, "ppo": run_ppo} | {t: functools.partial(run_group, task=t) for t in GROUP_TASKS}
     result = runners[task](s)
     result["versions"] = {"torch": torch.__version__, "lightning": L.__version__, "transformers": _tf()}
+    result["generation"] = os.environ.get("LIT_RLHF_BENCH_GENERATION", "hf")
     emit(result)
 
 

@@ -15,6 +15,7 @@ import torch
 from tiny_hf import make_config, make_tokenizer
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from lit_rlhf.callbacks.reward_transform import sampler_settings
 from lit_rlhf.generation import Samples
 from lit_rlhf.generation.hf import HFGeneration
 from lit_rlhf.rlhf import sampler_mismatch, tis_weights
@@ -123,6 +124,7 @@ def test_off_policy_stats_and_weights_only_with_sampler_logprobs() -> None:
     adv = module.corrected(torch.tensor([2.0]), torch.ones(1, 2))  # (B,) advantages → (B, R) weighted
     torch.testing.assert_close(adv, torch.tensor([[3.0, 2 * math.exp(-1.0)]]))
     hf = tiny_grpo(None)
+    assert sampler_settings(hf) == {}  # the r_ref cache keys of hf runs are unchanged
     assert hf.off_policy(SimpleNamespace(logprobs=lp, sampler_logprobs=None), torch.ones(1, 2)) == {}
     assert hf.corrected(torch.tensor([2.0]), torch.ones(1, 2)).shape == (1,)
 

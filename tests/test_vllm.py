@@ -150,6 +150,11 @@ def test_sampling_contract_seeds_eos_length_and_logprobs() -> None:
     R = one.response_mask.sum()
     assert torch.equal(one.sequences[0, ids.shape[1] :][:R], a.sequences[2, ids.shape[1] :][:R])  # per row
     assert a.response_mask.shape[1] <= 6  # max_new_tokens
+    draws = []
+    for _ in range(2):  # no seeds: drawn from torch's generator, as the hf path does (r_ref sampling)
+        torch.manual_seed(3)
+        draws.append(engine.generate(None, ids, mask, config, tok.pad_token_id).sequences)
+    assert torch.equal(draws[0], draws[1])
     # every EOS id stops a response: make the first sampled token of row 0 an "EOS"
     first = int(a.sequences[0, ids.shape[1]])
     config2 = sampling_config(tok, [tok.eos_token_id, first], 6, 1.0)

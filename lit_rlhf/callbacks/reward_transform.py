@@ -69,6 +69,13 @@ def histogram_due(call: int, every: int) -> bool:
     return every > 0 and (call - 1) % every == 0
 
 
+def sampler_settings(pl_module: L.LightningModule) -> dict[str, Any]:
+    """What the r_ref cache keys on besides the distribution: the engine that samples, if not ``hf``
+    (so ``hf`` keys stay those of runs that had no choice)."""
+    engine = getattr(pl_module, "generation", None)
+    return engine.sampler_settings() if hasattr(engine, "sampler_settings") else {}
+
+
 def prompt_items(dm: L.LightningDataModule) -> list[PromptItem]:
     """Every prompt of a set-up ``PromptDataModule`` as the rollouts see it (training then validation):
     ``id``, ``prompt`` and the truncated ``input_ids``."""
@@ -199,7 +206,7 @@ class RewardTransformCallback(L.Callback):
             prompts=list(zip(ids, prompts)),
             n=self.n_samples,
             seed=self.seed,
-            generation=generation_settings(pl_module.generation_config),
+            generation=generation_settings(pl_module.generation_config) | sampler_settings(pl_module),
         )
         path = self.cache_dir / f"samples-{key}.pt"
 

@@ -33,6 +33,10 @@ class HFGeneration:
         seq, response_mask, has_eos = generate(model, input_ids, attention_mask, config, pad_token_id, seeds)
         return Samples(seq, response_mask, has_eos, None)
 
+    def sampler_settings(self) -> dict:
+        """Nothing beyond the distribution: the r_ref cache keys of ``hf`` stay what they were."""
+        return {}
+
     def sync(self, named_params: object) -> None:
         """Nothing to do: ``generate`` samples the model it is given."""
 

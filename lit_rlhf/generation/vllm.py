@@ -91,7 +91,8 @@ class VLLMGeneration:
         max_model_len: longest prompt + response the engine serves; ``None`` = the model's maximum.
         kv_cache_gib: KV-cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``).
         gpu_memory_utilization: share of the GPU's memory the engine may take (on CPU: of the RAM).
-        enable_sleep_mode: free the engine's memory while the learner trains (GPU only).
+        enable_sleep_mode: GPU only: after each generation the engine sleeps (level 1: weights offloaded to
+            the CPU, KV cache freed) while the learner trains, and wakes up for the next push or generation.
         enforce_eager: no CUDA graphs / compilation (quick start; the CPU build needs it).
         seed: the engine's own seed (rows are sampled from their own seeds; this only seeds the engine).
         tis_cap: C of truncated importance sampling: each token's policy loss is weighted by
@@ -122,9 +123,14 @@ class VLLMGeneration:
         self.enforce_eager, self.seed, self.tis_cap = enforce_eager, seed, tis_cap
         self.llm: Any = None
         self.holds: Any = None  # a tag of the weights last synced (the caller's bookkeeping)
+        self.asleep = False
 
     def __repr__(self) -> str:
         return f"VLLMGeneration(dtype={self.dtype}, tis_cap={self.tis_cap})"
+
+    def sampler_settings(self) -> dict:
+        """What the r_ref cache keys on besides the distribution: vLLM samples other responses than ``hf``."""
+        return {"engine": "vllm", "dtype": self.dtype}
 
     # ---------------------------------------------------------------- engine
     @property
@@ -137,6 +143,11 @@ class VLLMGeneration:
         plain = lora.merged(model) if lora.is_lora(model) else unwrap(model)
         arch = ",".join(getattr(plain.config, "architectures", None) or [type(plain).__name__])
         on_cpu = not torch.cuda.is_available()
+        if on_cpu and self.enable_sleep_mode:
+            raise ValueError(
+                "generation.enable_sleep_mode=true frees GPU memory between generations; there is no GPU "
+                "here: set generation.enable_sleep_mode=false"
+            )
         if on_cpu:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.kv_cache_gib:g}")
@@ -177,6 +188,7 @@ class VLLMGeneration:
         layers that share a weight and reset the prefix cache."""
         if self.llm is None:
             raise RuntimeError("VLLMGeneration.sync before start(model)")
+        self.wake()
         items = named_params.items() if isinstance(named_params, Mapping) else named_params
         pairs = distinct_tensors(items)
         self.llm.collective_rpc(
@@ -196,7 +208,8 @@ class VLLMGeneration:
         seeds: Tensor | None = None,
     ) -> Samples:
         """Responses to left-padded prompts from the weights last synced (``model`` is not read: the caller
-        syncs it first). Row i samples from ``seeds[i]``; ``config.do_sample=False`` is greedy."""
+        syncs it first). Row i samples from ``seeds[i]`` (``None``: seeds drawn from torch's generator);
+        ``config.do_sample=False`` is greedy."""
         if self.llm is None:
             raise RuntimeError("VLLMGeneration.generate before start(model)")
         B = input_ids.shape[0]
@@ -207,11 +220,23 @@ class VLLMGeneration:
             int(i)
             for i in ([config.eos_token_id] if isinstance(config.eos_token_id, int) else config.eos_token_id)
         ]
-        row_seeds = seeds.tolist() if seeds is not None else [None] * B
+        if seeds is None:  # as the hf path: from torch's generator, so a seeded caller gets the same draws
+            seeds = torch.randint(0, 2**62, (B,))
+        row_seeds = seeds.tolist()
         specs = [SamplingSpec(T, int(config.max_new_tokens), eos, s) for s in row_seeds]
         prompts = [row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), attention_mask.cpu())]
+        self.wake()
         tokens, logprobs = self._generate(prompts, specs)
+        if self.enable_sleep_mode:  # the learner trains next: give it the memory
+            self.llm.sleep(level=1)
+            self.asleep = True
         return pack(input_ids, tokens, logprobs, eos, pad_token_id)
+
+    def wake(self) -> None:
+        """Wake a sleeping engine (``enable_sleep_mode``) before a push or a generation."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def _generate(self, prompts: list[list[int]], specs: list[SamplingSpec]) -> tuple[list, list]:
         vllm = import_vllm()
