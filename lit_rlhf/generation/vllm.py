@@ -21,11 +21,13 @@ of ``kv_cache_gib``; bf16 is the CPU backend's precision.
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig
@@ -152,6 +154,7 @@ class VLLMGeneration:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.kv_cache_gib:g}")
         set_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op; the learner keeps it
+        py_state, np_state = random.getstate(), np.random.get_state()  # vLLM seeds every generator
         with (
             tempfile.TemporaryDirectory(prefix="lit_rlhf_vllm_") as folder,
             torch.random.fork_rng(devices=[]),
@@ -181,6 +184,8 @@ class VLLMGeneration:
                 ) from None
             finally:
                 torch.set_num_threads = set_threads
+                random.setstate(py_state)
+                np.random.set_state(np_state)
         self.holds = None
 
     def sync(self, named_params: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]) -> None:
