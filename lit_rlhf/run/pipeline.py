@@ -342,7 +342,7 @@ def run_policy(cfg: DictConfig) -> float | None:
         reward_functions=functions,
         tokenizer=tok,
         optimizer=instantiate(cfg.optimizer),
-        generation=instantiate(cfg.generation) if cfg.get("generation") else None,
+        generation=generation,
     )
     trainer = make_trainer(cfg, cfg.task.get("callbacks"))
     with timed(times, cfg.task.name):
