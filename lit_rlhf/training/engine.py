@@ -28,7 +28,7 @@ def check_engine_strategy(trainer: Any) -> None:
     if trainer is None:
         return
     name = type(trainer.strategy).__name__
-    if "FSDP" in name or "DeepSpeed" in name or trainer.world_size > 1:
+    if any(s in name for s in ("FSDP", "DeepSpeed", "ModelParallel")) or trainer.world_size > 1:
         raise ValueError(
             f"generation=vllm runs in one training process with the whole policy for now, not under "
             f"{name} with {trainer.world_size} process(es): use trainer=cpu (or trainer=gpu with "
