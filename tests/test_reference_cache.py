@@ -323,7 +323,7 @@ def test_r_ref_carries_the_missing_eos_penalty_the_rollouts_get(tmp_path, models
     generate = ppo.generate_reference
 
     def spy(ids, mask):  # records which reference samples ended with EOS
-        seq, rmask, has_eos = generate(ids, mask)
+        seq, rmask, has_eos = generate(ids, mask)[:3]  # Samples: the sampler log-probs come 4th
         ended.append(has_eos)
         return seq, rmask, has_eos
 
