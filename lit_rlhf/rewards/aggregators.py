@@ -34,6 +34,18 @@ def _check(rewards: Tensor, names: Sequence[str]) -> None:
         raise ValueError(f"reward names must be unique, got {list(names)}")
 
 
+def weight_vector(weights: Mapping[str, float], names: Sequence[str], like: Tensor) -> Tensor:
+    """``(K,)`` weights in ``names`` order, on ``like``'s dtype and device; ``weights`` must name exactly the
+    reward models."""
+    missing, unknown = sorted(set(names) - set(weights)), sorted(set(weights) - set(names))
+    if missing or unknown:
+        raise ValueError(
+            f"aggregator.weights must name exactly the reward models {list(names)}: "
+            f"missing {missing}, unknown {unknown}"
+        )
+    return torch.tensor([weights[n] for n in names], dtype=like.dtype, device=like.device)
+
+
 class Sum:
     """``R = sum_i u_i``; over log-sigmoid rewards, ``log P(good on every property)``."""
 
@@ -62,15 +74,7 @@ class WeightedSum:
 
     def __call__(self, rewards: Tensor, names: Sequence[str]) -> Tensor:
         _check(rewards, names)
-        missing = sorted(set(names) - set(self.weights))
-        unknown = sorted(set(self.weights) - set(names))
-        if missing or unknown:
-            raise ValueError(
-                f"aggregator.weights must name exactly the reward models {list(names)}: "
-                f"missing {missing}, unknown {unknown}"
-            )
-        w = torch.tensor([self.weights[n] for n in names], dtype=rewards.dtype, device=rewards.device)
-        return rewards @ w  # (B,)
+        return rewards @ weight_vector(self.weights, names, rewards)  # (B,)
 
     def subset(self, names: Sequence[str]) -> WeightedSum:
         """The weighted sum over ``names`` alone (for rows where only those rewards apply)."""

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from lit_rlhf.rewards.aggregators import _check
+from lit_rlhf.rewards.aggregators import _check, weight_vector
 
 FLAT = 1e-4  # a sum of normalised terms with less spread than this is taken as no signal
 
@@ -95,13 +95,7 @@ class NormalizeThenSum:
     def weight_vector(self, names: Sequence[str], like: Tensor) -> Tensor:
         if self.weights is None:
             return torch.ones(len(names), dtype=like.dtype, device=like.device)
-        missing, unknown = sorted(set(names) - set(self.weights)), sorted(set(self.weights) - set(names))
-        if missing or unknown:
-            raise ValueError(
-                f"aggregator.weights must name exactly the reward models {list(names)}: "
-                f"missing {missing}, unknown {unknown}"
-            )
-        return torch.tensor([self.weights[n] for n in names], dtype=like.dtype, device=like.device)
+        return weight_vector(self.weights, names, like)
 
     def per_reward(self, rewards: Tensor, names: Sequence[str], group_size: int = 1) -> Tensor:
         """``(B, K)`` weighted, group-normalised terms before the sum (telemetry: each reward's advantage)."""
