@@ -125,9 +125,9 @@ def test_sft_reward_model_and_ppo_steps(tmp_path: Path, family: str, generation,
 
     real_generate = policy_mod.PolicyModule.generate
 
-    def spy(self, model, input_ids, attention_mask):
+    def spy(self, model, input_ids, attention_mask, **kwargs):  # who= (the engine's weights to push)
         seen["rollout"] |= rows(input_ids, attention_mask)
-        return real_generate(self, model, input_ids, attention_mask)
+        return real_generate(self, model, input_ids, attention_mask, **kwargs)
 
     monkeypatch.setattr(policy_mod.PolicyModule, "generate", spy)
     ppo_out = run_task(
