@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -118,3 +119,19 @@ def test_smollm2_preset_runs_ppo_from_the_instruct_model_on_the_examples(compose
     assert Path(stage.reward.helpful.data) == EXAMPLES / "chat_pairs.jsonl"
     assert stage.task.module.lr == pytest.approx(1e-5) and stage.task.max_epochs == 2
     assert (stage.task.datamodule.max_length, stage.task.datamodule.max_prompt_tokens) == (256, 128)
+
+
+@pytest.mark.parametrize("task", ["ppo", "grpo", "rloo", "reinforce_pp"])
+@pytest.mark.parametrize("generation", ["hf", "vllm"])
+def test_smollm2_preset_composes_with_every_policy_task_and_engine(compose_train, task, generation):
+    """The README's own-model commands: ``experiment=smollm2 task=… generation=…`` sets only keys the chosen
+    algorithm has (its typed config refuses any other), and ``experiment=smollm2_grpo`` likewise."""
+    from hydra.utils import get_class
+
+    for overrides in (["experiment=smollm2", f"task={task}"], ["experiment=smollm2_grpo"]):
+        cfg = compose_train([*overrides, f"generation={generation}", "+transform=logsigmoid"])
+        module_cls = get_class(cfg.task.module._target_)
+        settings = {k: v for k, v in cfg.task.module.items() if k != "_target_"}
+        known = {f.name for f in dataclasses.fields(module_cls.config_class)}
+        assert not set(settings) - known, (overrides, sorted(set(settings) - known))
+        assert cfg.generation._target_.rsplit(".", 1)[-1].lower() == f"{generation}generation"
