@@ -55,6 +55,7 @@ class RecordingEngine(HFGeneration):
     needs_sync = True
 
     def __init__(self) -> None:
+        super().__init__()
         self.started, self.holds, self.pushes = False, None, []
         self.tis_cap = 1.5
 

@@ -19,7 +19,7 @@ Two rules keep PPO on-policy with a real checkpoint:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from typing import NamedTuple
@@ -163,6 +163,7 @@ def generate(
     config: GenerationConfig,
     pad_token_id: int,
     seeds: Tensor | None = None,
+    prefill: Callable[[nn.Module, Tensor, Tensor], dict] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Sample responses to left-padded prompts with the KV cache, from softmax(logits / T) of ``config``.
 
@@ -174,6 +175,9 @@ def generate(
         pad_token_id: written after each response's EOS.
         seeds: (B,) one seed per row (:func:`~lit_rlhf.rollout.decoding.row_seeds`): row i's response is a
             function of its prompt and ``seeds[i]`` alone. ``None``: drawn from torch's global generator.
+        prefill: ``(model, input_ids, attention_mask) → extra generate kwargs`` run in eval mode before
+            sampling, e.g. :func:`~lit_rlhf.rollout.shared_prefix.prefilled_cache` (a prompt's KV cache
+            computed once for its G rows). Not under FSDP, where every rank must run every forward.
 
     Returns:
         ``(sequences (B, P + R), response_mask (B, R), has_eos (B,))``: the response mask covers the tokens
@@ -184,14 +188,17 @@ def generate(
     if seeds.shape != input_ids.shape[:1]:
         raise ValueError(f"generate got {tuple(seeds.shape)} seeds for {input_ids.shape[0]} prompts")
     greedy, processors = gumbel_decoding(config, seeds, input_ids.device)
+    sharded = is_sharded(model)
     with pinned_generation(model), eval_mode(model):
+        extra = prefill(model, input_ids, attention_mask) if prefill is not None and not sharded else {}
         out = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             generation_config=greedy,
             logits_processor=processors,
             # FSDP2: every forward needs every rank, so a rank whose rows have ended keeps stepping
-            synced_gpus=is_sharded(model) and synced(),
+            synced_gpus=sharded and synced(),
+            **extra,
         )
     P = input_ids.shape[1]
     response = out[:, P:]  # (B, R)

@@ -168,6 +168,21 @@ def split_forward(
     return pre, p_out, r_out
 
 
+def prefilled_cache(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> dict:
+    """``generate``'s KV cache for left-padded prompts that repeat (G samples per prompt): each distinct
+    prompt's first P − 1 tokens computed once and gathered to its rows, as ``{cache argument: cache}``;
+    ``generate`` then runs the last prompt token and decodes as usual. ``{}`` when nothing repeats or the
+    model cannot share (:func:`unsupported`)."""
+    P = input_ids.shape[1]
+    if P < 2 or not (_repeats(input_ids, attention_mask, P - 1) and _servable(model)):
+        return {}
+    pre = distinct_prompts(input_ids, attention_mask, P - 1)
+    r, pos = pre.rows, position_ids(attention_mask)
+    kw = {"logits_to_keep": 1} if _keeps_logits(model) else {}
+    _, past = _forward(model, input_ids[r, : P - 1], attention_mask[r, : P - 1], pos[r, : P - 1], **kw)
+    return {_cache_argument(type(unwrap(model))): expand_cache(past, pre.owner)}
+
+
 def _repeats(input_ids: Tensor, attention_mask: Tensor, P: int) -> bool:
     if P == 0 or input_ids.shape[1] == P:
         return False
