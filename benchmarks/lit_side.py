@@ -43,6 +43,7 @@ from group import GROUP_TASKS, group_plan, lit_group_kwargs  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
 
 from lit_rlhf.data.datamodules import PreferenceDataModule, PromptDataModule  # noqa: E402
+from lit_rlhf.generation.hf import HFGeneration  # noqa: E402
 from lit_rlhf.models import ValueModel  # noqa: E402
 from lit_rlhf.models.factory import load_tokenizer, quiet_transformers  # noqa: E402
 from lit_rlhf.tasks.grpo import GRPOModule  # noqa: E402
@@ -248,7 +249,8 @@ def breakdown(per_step: list[dict[str, float]], warmup: int, step_total: float) 
 
 
 def engine(s: Settings):
-    """The generation engine of the policy tasks: ``$LIT_RLHF_BENCH_GENERATION`` (``hf`` or ``vllm``)."""
+    """The generation engine of the policy tasks: ``$LIT_RLHF_BENCH_GENERATION`` (``hf`` or ``vllm``); ``hf``
+    prefills each prompt once per group unless ``shared_prefix=false``."""
     name = os.environ.get("LIT_RLHF_BENCH_GENERATION", "hf")
     if name == "vllm":
         from lit_rlhf.generation.vllm import VLLMGeneration  # noqa: PLC0415
@@ -256,7 +258,8 @@ def engine(s: Settings):
         return VLLMGeneration(seed=s.seed, dtype="bfloat16")
     if name != "hf":
         raise SystemExit(f"LIT_RLHF_BENCH_GENERATION must be hf or vllm, got {name!r}")
-    return None
+    # the prefill is shared with the forwards' setting: shared_prefix=false does the peer's work
+    return HFGeneration(share_prefix=s.shared_prefix != "false")
 
 
 def run_ppo(s: Settings) -> dict:
@@ -370,6 +373,7 @@ def prompt_tokens(s: Settings) -> int:
 
 def main() -> None:
     task, s = Settings.from_argv(sys.argv[1:])
+    s = s.override(os.environ.get("LIT_RLHF_BENCH_SET", "").split())  # ab.py's arms
     quiet_transformers()
     setup_threads(s.threads)
     import warnings  # noqa: PLC0415

@@ -1,0 +1,135 @@
+"""lit_rlhf against itself: two or more arms of one policy task, same settings otherwise, alternating runs.
+
+    python benchmarks/prepare.py --size smollm2          # once (random weights of SmolLM2-135M's shapes)
+    python benchmarks/ab.py --task grpo --precision bf16 --set group_size=4 \\
+        --arm plain shared_prefix=false --arm shared shared_prefix=true
+    python benchmarks/ab.py --task grpo --precision bf16 --arm hf generation=hf --arm vllm generation=vllm
+
+An arm is a name and ``KEY=VALUE`` settings (``common.Settings``, as ``run.py --set``), plus the pseudo-key
+``generation=hf|vllm`` (``$LIT_RLHF_BENCH_GENERATION``); ``--set`` applies to every arm. Each run is
+``lit_side.py TASK SIZE PRECISION`` in its own subprocess with the arm's settings in
+``$LIT_RLHF_BENCH_SET``, the arms' order alternating over ``--repeats``. The work all arms report
+(iterations, optimizer steps, rollouts, prompt tokens, generated positions exactly; response tokens within
+``--tolerance``: arms may sample different responses) must be equal before the medians are printed:
+rollouts/s, the step, generation, the rollout forwards (policy, reference, critic, reward), the update
+(forward, backward, optimizer) and forwards + update, each arm's ratio to the first. Run it with an
+interpreter that has everything the arms need (vLLM for ``generation=vllm``: the ``.venv-vllm`` of .ci/run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import PRECISIONS, SIZES, median, parse_result  # noqa: E402
+
+FORWARDS = "rollout forwards"  # policy, reference, critic and reward forwards of the rollout
+UPDATE = "update"  # update forward + backward + optimizer + loss maths
+
+
+def phases(result: dict) -> dict[str, float]:
+    """A run's step split into generation, rollout forwards and update (seconds per iteration)."""
+    b = result["breakdown_s"]
+    forwards = sum(v for k, v in b.items() if k.startswith("rollout:") and k != "rollout: generation")
+    update = sum(v for k, v in b.items() if k.startswith("update"))
+    return {
+        "step": b["step total"],
+        "generation": b.get("rollout: generation", 0.0),
+        FORWARDS: forwards,
+        UPDATE: update,
+        f"{FORWARDS} + {UPDATE}": forwards + update,
+    }
+
+
+def one_run(task: str, size: str, precision: str, settings: list[str], common: list[str]) -> dict:
+    generation = [kv.partition("=")[2] for kv in settings if kv.startswith("generation=")]
+    rest = [kv for kv in common + settings if not kv.startswith("generation=")]
+    env = {**os.environ, "LIT_RLHF_BENCH_SET": " ".join(rest)}
+    if generation:
+        env["LIT_RLHF_BENCH_GENERATION"] = generation[-1]
+    cmd = [sys.executable, str(HERE / "lit_side.py"), task, size, precision]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=HERE.parent)
+    if out.returncode:
+        raise SystemExit(f"arm {settings} failed:\n{out.stderr[-3000:]}")
+    return parse_result(out.stdout)
+
+
+def check_work(works: dict[str, list[dict]], tolerance: float) -> None:
+    """Equal work on every arm: all counters exactly but the response tokens (within ``tolerance``)."""
+    first = next(iter(works))
+    ref = works[first][0]
+    loose = {"response_tokens", "tokens"}
+    for arm, ws in works.items():
+        for w in ws:
+            exact = {k for k in ref if k not in loose and w.get(k) != ref[k]}
+            off = {k for k in loose if k in ref and abs(w[k] - ref[k]) > tolerance * ref[k]}
+            if exact or off:
+                raise SystemExit(f"unequal work ({arm} against {first}: {sorted(exact | off)}): {works}")
+
+
+def table(results: dict[str, list[dict]], title: str) -> str:
+    arms = list(results)
+    n = len(results[arms[0]])
+    cols = ["step", "generation", FORWARDS, UPDATE, f"{FORWARDS} + {UPDATE}"]
+    rows = [f"{title} — medians of {n} alternating runs (seconds per iteration)", ""]
+    rows += ["| arm | rollouts/s | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * (len(cols) + 1)]
+    med = {
+        arm: {"rollouts/s": median([r["throughput"] for r in rs])}
+        | {c: median([phases(r)[c] for r in rs]) for c in cols}
+        for arm, rs in results.items()
+    }
+    for arm in arms:
+        m = med[arm]
+        rows.append(f"| {arm} | {m['rollouts/s']:.3f} | " + " | ".join(f"{m[c]:.2f}" for c in cols) + " |")
+    base = arms[0]
+    for arm in arms[1:]:
+        a, b = med[arm], med[base]
+        rows.append("")
+        rows.append(
+            f"{arm} / {base}: rollouts/s {a['rollouts/s'] / b['rollouts/s']:.2f}x; "
+            f"{FORWARDS} + {UPDATE} {b[cols[-1]] / a[cols[-1]]:.2f}x faster; "
+            f"{FORWARDS} {b[FORWARDS] / a[FORWARDS]:.2f}x, {UPDATE} {b[UPDATE] / a[UPDATE]:.2f}x, "
+            f"generation {b['generation'] / a['generation']:.2f}x"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="smollm2")
+    ap.add_argument("--task", choices=("grpo", "rloo", "ppo"), default="grpo")
+    ap.add_argument("--precision", choices=PRECISIONS, default="bf16")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--arm", nargs="+", action="append", required=True, metavar="NAME [KEY=VALUE ...]")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every arm")
+    ap.add_argument("--tolerance", type=float, default=0.02, help="response tokens, relative")
+    ap.add_argument("--out", default=None, help="also write the table here (markdown)")
+    a = ap.parse_args(argv)
+    arms = {name: settings for name, *settings in a.arm}
+    if len(arms) < 2:
+        raise SystemExit("--arm: give at least two arms, with different names")
+    results: dict[str, list[dict]] = {name: [] for name in arms}
+    order = list(arms)
+    for i in range(a.repeats):
+        for name in order if i % 2 == 0 else order[::-1]:  # alternate which arm runs first
+            results[name].append(one_run(a.task, a.size, a.precision, arms[name], a.set))
+            r = results[name][-1]
+            print(f"[ab] {name} run {i + 1}: {r['throughput']:.3f} rollouts/s {phases(r)}", flush=True)
+    check_work({name: [r["work"] for r in rs] for name, rs in results.items()}, a.tolerance)
+    sets = "".join(f" --set {kv}" for kv in a.set)
+    arm_args = "".join(f" --arm {name} {' '.join(s)}" for name, s in arms.items())
+    cmd = f"python benchmarks/ab.py --size {a.size} --task {a.task} --precision {a.precision}"
+    cmd += f" --repeats {a.repeats}{sets}{arm_args}"
+    text = table(results, f"{a.task}, {a.size}, {a.precision}{sets}") + f"\n\nCommand: `{cmd}`"
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
