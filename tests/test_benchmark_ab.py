@@ -1,0 +1,60 @@
+"""benchmarks/ab.py: a step split into generation, rollout forwards and update; unequal work between arms is
+refused; the table's ratios are the arms' medians (hand-computed)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import ab  # noqa: E402
+
+
+def result(throughput: float, gen: float, lp: float, ref: float, rm: float, upd_fwd: float, rest: float):
+    b = {
+        "rollout: generation": gen,
+        "rollout: policy log-prob forward": lp,
+        "rollout: reference forward": ref,
+        "rollout: reward forward": rm,
+        "update: policy forward": upd_fwd,
+        "update: backward + optimizer + loss maths": rest,
+        "Lightning loop + data (outside training_step)": 0.5,
+    }
+    b["step total"] = sum(b.values())
+    return {"throughput": throughput, "breakdown_s": b}
+
+
+def test_phases_split_the_step() -> None:
+    p = ab.phases(result(1.0, 4.0, 1.0, 1.0, 0.5, 1.5, 3.0))
+    assert p == {
+        "step": 11.5,
+        "generation": 4.0,
+        "rollout forwards": 2.5,
+        "update": 4.5,
+        "rollout forwards + update": 7.0,
+    }
+
+
+def test_the_table_compares_medians_with_the_first_arm() -> None:
+    plain = [result(1.0, 4.0, 1.0, 1.0, 0.5, 1.5, 3.0), result(0.8, 4.0, 2.0, 1.0, 0.5, 1.5, 3.0)] * 2
+    shared = [result(2.0, 4.0, 0.5, 0.5, 0.25, 0.75, 1.5)] * 4  # forwards + update 3.5 s against 7 (median)
+    text = ab.table({"plain": plain[:3], "shared": shared[:3]}, "t")
+    assert "| shared | 2.000 | 8.00 | 4.00 | 1.25 | 2.25 | 3.50 |" in text
+    assert "rollouts/s 2.00x; rollout forwards + update 2.00x faster" in text
+
+
+def test_unequal_work_between_arms_is_refused() -> None:
+    w = {"rollouts": 8, "prompt_tokens": 256, "response_tokens": 100, "generated_positions": 512}
+    ab.check_work({"a": [w], "b": [{**w, "response_tokens": 101}]}, tolerance=0.02)  # within 2 %
+    with pytest.raises(SystemExit, match=r"unequal work \(b against a: \['rollouts'\]\)"):
+        ab.check_work({"a": [w], "b": [{**w, "rollouts": 16}]}, tolerance=0.02)
+    with pytest.raises(SystemExit, match="response_tokens"):
+        ab.check_work({"a": [w], "b": [{**w, "response_tokens": 110}]}, tolerance=0.02)
+
+
+def test_one_arm_is_refused() -> None:
+    with pytest.raises(SystemExit, match="at least two arms"):
+        ab.main(["--arm", "only", "shared_prefix=true"])
