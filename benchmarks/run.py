@@ -324,6 +324,12 @@ def main() -> None:
         help="override one of the size's settings (common.Settings), e.g. ppo_max_new_tokens=256; repeatable",
     )
     ap.add_argument(
+        "--generation",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="lit_rlhf's generation engine (vllm: run with an interpreter that has vLLM, LIT_PYTHON)",
+    )
+    ap.add_argument(
         "--peer-cpu-tuning",
         action="store_true",
         help="give the peer lit_rlhf's CPU settings (glibc thresholds; eager attention under bf16): how much "
@@ -365,6 +371,9 @@ def main() -> None:
     peer_env = peer_cpu_tuning_env(s.precision) if a.peer_cpu_tuning else {}
     if a.peer_cpu_tuning:
         cmd += " --peer-cpu-tuning"
+    lit_env = {"LIT_RLHF_BENCH_GENERATION": a.generation}
+    if a.generation != "hf":
+        cmd += f" --generation {a.generation}"
     rows, raw = [], {}
     for task in tasks:
         lit, peer = [], []
@@ -373,7 +382,7 @@ def main() -> None:
             if i % 2:
                 order.reverse()  # alternate who goes first
             for who, py, script in order:
-                env = peer_env if who == "peer" else None
+                env = peer_env if who == "peer" else lit_env
                 r = run_side(py, script, task, a.size, a.max_wait, s.precision, env)
                 (lit if who == "lit" else peer).append(r)
                 log(
