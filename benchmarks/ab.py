@@ -27,6 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import PRECISIONS, SIZES, median, parse_result  # noqa: E402
+from run import wait_quiet  # noqa: E402
 
 FORWARDS = "rollout forwards"  # policy, reference, critic and reward forwards of the rollout
 UPDATE = "update"  # update forward + backward + optimizer + loss maths
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every arm")
     ap.add_argument("--tolerance", type=float, default=0.02, help="response tokens, relative")
     ap.add_argument("--out", default=None, help="also write the table here (markdown)")
+    ap.add_argument("--max-wait", type=float, default=600, help="seconds to wait for a quiet machine per run")
     a = ap.parse_args(argv)
     arms = {name: settings for name, *settings in a.arm}
     if len(arms) < 2:
@@ -117,9 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     order = list(arms)
     for i in range(a.repeats):
         for name in order if i % 2 == 0 else order[::-1]:  # alternate which arm runs first
+            busy = wait_quiet(a.max_wait)  # another process's work would land in this arm's times
             results[name].append(one_run(a.task, a.size, a.precision, arms[name], a.set))
             r = results[name][-1]
-            print(f"[ab] {name} run {i + 1}: {r['throughput']:.3f} rollouts/s {phases(r)}", flush=True)
+            print(
+                f"[ab] {name} run {i + 1} (busy cores before {busy:.2f}): {r['throughput']:.3f} rollouts/s "
+                f"{ {k: round(v, 2) for k, v in phases(r).items()} }",
+                flush=True,
+            )
     check_work({name: [r["work"] for r in rs] for name, rs in results.items()}, a.tolerance)
     sets = "".join(f" --set {kv}" for kv in a.set)
     arm_args = "".join(f" --arm {name} {' '.join(s)}" for name, s in arms.items())
