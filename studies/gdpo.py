@@ -1,6 +1,6 @@
 """GDPO vs the paper's AND (issue #30): the head-to-head table of one world, from sweep folders and archives.
 
-    python studies/gdpo.py SOURCE [SOURCE ...] --world 0 [--at-kl 0.2] [--out docs/results/gdpo]
+    python studies/gdpo.py SOURCE [SOURCE ...] --world 0 [--at-kl grpo=0.07,rloo=0.2] [--out DIR]
 
 Keeps the jobs of GRPO and RLOO with the four two-reward methods (``raw+sum``, ``logsigmoid+sum`` = the AND,
 ``raw+gdpo``, ``logsigmoid+gdpo``) on ``data.world.seed`` = ``--world`` (a job that repeats another's
@@ -8,7 +8,7 @@ algorithm, method, β and seed is left out). Per (algorithm, method, β), mean �
 evaluation: the gold share better than SFT on both properties, each property's gold win rate, proxy − gold,
 the KL to SFT, and the share of prompts where EITHER property got worse than SFT (per-prompt gold means
 against the SFT's on the same prompt: the hidden trade the AND claims to avoid); then better-on-both at a
-matched KL (``--at-kl``; default: the largest KL every group's runs reach), where each run passed it.
+matched KL per algorithm (``--at-kl``; default: the largest KL all its runs reach), where each run passed it.
 Writes ``world<N>.md`` and ``world<N>_both_vs_kl.png`` to ``--out``.
 """
 
@@ -90,9 +90,30 @@ def auto_at_kl(groups: dict) -> float:
     return math.floor(min(reach) * 100) / 100 if reach else math.nan
 
 
-def table(groups: dict, at_kl: float, world: int, sources: list[str]) -> str:
+def matched_kl(spec: str | None, groups: dict) -> dict[str, float]:
+    """``--at-kl``: one KL for every algorithm (``0.2``), one per algorithm (``grpo=0.07,rloo=0.2``; an
+    algorithm left out gets its own default), or none: per algorithm, the largest KL all its runs reach."""
+    out = {}
+    for algo in ALGORITHMS:
+        mine = {key: runs for key, runs in groups.items() if key[0] == algo}
+        out[algo] = auto_at_kl(mine) if mine else math.nan
+    if spec is None:
+        return out
+    if "=" not in spec:
+        return dict.fromkeys(ALGORITHMS, float(spec))
+    for item in spec.split(","):
+        algo, _, value = item.partition("=")
+        if algo not in ALGORITHMS:
+            raise SystemExit(f"--at-kl {item!r}: expected ALGORITHM=KL with ALGORITHM one of {ALGORITHMS}")
+        out[algo] = float(value)
+    return out
+
+
+def table(groups: dict, at_kl: dict[str, float], world: int, sources: list[str]) -> str:
     lines = [f"# GDPO vs the AND — world {world}", ""]
-    lines += [f"Sources: {', '.join(f'`{s}`' for s in sources)}. Mean ± s.e. over seeds (n per row).", ""]
+    lines += [f"Sources: {', '.join(f'`{s}`' for s in sources)}. Mean ± s.e. over seeds (n per row)."]
+    matched = ", ".join(f"{a} at KL {at_kl[a]:g}" for a in ALGORITHMS)
+    lines += [f"Better on both at matched KL, where each run's training passed it: {matched}.", ""]
     head = [
         "algorithm",
         "method",
@@ -100,7 +121,7 @@ def table(groups: dict, at_kl: float, world: int, sources: list[str]) -> str:
         "n",
         *[n for _, n in FINAL],
         "worse on either",
-        f"both @ KL {at_kl:g}",
+        "both @ matched KL",
     ]
     lines += ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * len(head)) + " |"]
     for (algo, method, beta), runs in sorted(
@@ -108,7 +129,7 @@ def table(groups: dict, at_kl: float, world: int, sources: list[str]) -> str:
     ):
         cells = [cell([r.final(tag) for r in runs]) for tag, _ in FINAL]
         cells.append(cell([worse_share(r) for r in runs]))
-        cells.append(cell([r.at_kl(at_kl, "gold/win_rate_both") for r in runs]))
+        cells.append(cell([r.at_kl(at_kl[algo], "gold/win_rate_both") for r in runs]))
         lines.append("| " + " | ".join([algo, LABEL[method], f"{beta:g}", str(len(runs)), *cells]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -139,7 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sources", nargs="+", help="sweep folders or archives (*.jsonl.gz)")
     parser.add_argument("--world", type=int, default=0, help="data.world.seed of the jobs to keep")
     parser.add_argument(
-        "--at-kl", type=float, default=None, help="matched KL (default: every group reaches it)"
+        "--at-kl",
+        default=None,
+        help="matched KL: 0.2, or per algorithm grpo=0.07,rloo=0.2 (default: per algorithm, the largest KL "
+        "all its runs reach)",
     )
     parser.add_argument("--out", default="docs/results/gdpo")
     args = parser.parse_args(argv)
@@ -147,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     groups = select(args.sources, args.world)
     if not groups:
         raise SystemExit(f"no GRPO/RLOO job of {METHODS} on world {args.world} in {args.sources}")
-    at_kl = args.at_kl if args.at_kl is not None else auto_at_kl(groups)
+    at_kl = matched_kl(args.at_kl, groups)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = table(groups, at_kl, args.world, args.sources)

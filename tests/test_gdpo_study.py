@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "studies"))
 _spec = importlib.util.spec_from_file_location("gdpo_study", ROOT / "studies" / "gdpo.py")
@@ -56,7 +58,14 @@ def test_table_means_over_seeds_and_matched_kl(monkeypatch) -> None:
     groups = gdpo.select(["x"], world=0)
     assert list(groups) == [("grpo", "raw+gdpo", 0.2)]
     assert gdpo.auto_at_kl(groups) == 0.2  # the smaller of the two runs' largest KL
-    text = gdpo.table(groups, 0.2, 0, ["x"])
+    at_kl = gdpo.matched_kl(None, groups)
+    assert at_kl["grpo"] == 0.2 and math.isnan(at_kl["rloo"])  # per algorithm; no RLOO run here
+    assert gdpo.matched_kl("0.3", groups) == {"grpo": 0.3, "rloo": 0.3}
+    assert gdpo.matched_kl("rloo=0.5", groups)["grpo"] == 0.2  # left out: its own default
+    with pytest.raises(SystemExit, match="ALGORITHM one of"):
+        gdpo.matched_kl("ppo=0.1", groups)
+    text = gdpo.table(groups, at_kl, 0, ["x"])
+    assert "grpo at KL 0.2, rloo at KL nan" in text
     # both: final (0.3 + 0.5)/2 = 0.4 ± 0.1; at KL 0.2: 0.25 and 0.5 → 0.375 ± 0.125; worse: 1 and 0
     assert "| grpo | GDPO on raw | 0.2 | 2 | 0.400 ± 0.100 |" in text
     assert text.rstrip().endswith("| 0.500 ± 0.500 | 0.375 ± 0.125 |")
