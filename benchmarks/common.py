@@ -82,6 +82,8 @@ class Settings:
     # group in the rollout forwards and the update (lit_rlhf/rollout/shared_prefix.py). false (here, not the
     # shipped auto) keeps the FLOPs equal to the peer's; --set shared_prefix=true measures the sharing
     shared_prefix: str = "false"
+    # lit_rlhf's task.module.minibatch_by_group (true | false): the update's minibatches cut from whole groups
+    minibatch_by_group: str = "false"
 
     @classmethod
     def load(cls, size: str, precision: str | None = None) -> Settings:

@@ -116,6 +116,7 @@ def lit_group_kwargs(s: Settings, task: str) -> dict:
         "temperature": s.temperature,
         "seed": s.seed,
         "shared_prefix": s.shared_prefix,
+        "minibatch_by_group": s.minibatch_by_group == "true",
         **LIT_LOSS[task],
     }
 

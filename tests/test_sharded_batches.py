@@ -256,3 +256,43 @@ def test_a_rank_holding_only_a_stand_in_row_leaves_the_global_minibatch_loss_unc
     for k in ("dlp", "dv"):
         torch.testing.assert_close(two_ranks[1][f"empty/{agg}/{k}"] / 2, one[k], rtol=1e-5, atol=1e-7, msg=k)
         assert not two_ranks[0][f"empty/{agg}/{k}"].any()  # the stand-in row gets no gradient
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_group_minibatches_hold_whole_groups(world: int) -> None:
+    """With group=G each minibatch is whole groups of G consecutive global rows (8 rows, G=4, two
+    minibatches: one group each), the union over processes is one process's minibatch, and every row is
+    used once per epoch; a group that does not divide the total falls back to the row permutation."""
+    one = Shard(0, 8, 8)
+    expected = list(minibatch_rows(one, 2, 3, torch.Generator().manual_seed(5), group=4))
+    assert len(expected) == 6
+    for mb in expected:
+        assert sorted(mb.tolist()) in ([0, 1, 2, 3], [4, 5, 6, 7])
+    for epoch in range(3):
+        assert sorted(torch.cat(expected[2 * epoch : 2 * epoch + 2]).tolist()) == list(range(8))
+    shards = [shard_of([8 // world] * world, r) for r in range(world)]
+    per_rank = [
+        [s.offset + i for i in minibatch_rows(s, 2, 3, torch.Generator().manual_seed(5), group=4)]
+        for s in shards
+    ]
+    for k, mb in enumerate(expected):
+        assert sorted(torch.cat([rank[k] for rank in per_rank]).tolist()) == sorted(mb.tolist())
+    rows = list(minibatch_rows(Shard(0, 6, 6), 2, 1, torch.Generator().manual_seed(5), group=4))
+    assert sorted(torch.cat(rows).tolist()) == list(range(6))  # 4 does not divide 6: rows, as before
+
+
+def test_a_policy_module_cuts_its_minibatches_from_whole_groups_when_asked() -> None:
+    """``task.module.minibatch_by_group`` reaches :meth:`DataParallel.minibatches` (one process)."""
+
+    class OneRank(DataParallel):
+        seed, iteration, ppo_epochs, num_minibatches, _row_seeds, _trainer = 0, 3, 2, 2, None, None
+        samples_per_prompt, device = 4, torch.device("cpu")
+
+    mask = torch.ones(8, 3)
+    module = OneRank()
+    module.minibatch_by_group = True
+    for idx, _ in module.minibatches(mask):
+        assert sorted(idx.tolist()) in ([0, 1, 2, 3], [4, 5, 6, 7])
+    module.minibatch_by_group = False  # random rows: some minibatch mixes the two groups
+    mixed = [sorted(idx.tolist()) not in ([0, 1, 2, 3], [4, 5, 6, 7]) for idx, _ in module.minibatches(mask)]
+    assert any(mixed)

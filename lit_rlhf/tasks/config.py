@@ -44,6 +44,9 @@ class PolicyConfig:
     # compute each distinct prompt of a batch once for all its responses (lit_rlhf/rollout/shared_prefix.py):
     # auto = where the model family allows (else the plain forward, one log line); true = an error instead
     shared_prefix: bool | str = "auto"
+    # minibatches of whole groups (a prompt's G samples) instead of random rows: with shared_prefix a
+    # minibatch then computes each of its prompts once (off: the permutation moves rows, as before)
+    minibatch_by_group: bool = False
 
     def __post_init__(self) -> None:
         if self.samples_per_prompt < 1:

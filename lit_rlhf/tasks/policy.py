@@ -124,7 +124,7 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping, EngineSamp
                 disable_dropout(m)
         self.tokenizer, self.optimizer_fn = tokenizer, optimizer
         # each distinct prompt of a batch computed once for all its responses (G ≥ 2, evaluation samples)
-        self.share_prefix = c.shared_prefix is not False
+        self.share_prefix, self.minibatch_by_group = c.shared_prefix is not False, c.minibatch_by_group
         if c.shared_prefix is True:
             roles = {
                 "policy": actor,

@@ -51,14 +51,17 @@ def shard_of(sizes: list[int], rank: int) -> Shard:
 
 
 def minibatch_rows(
-    shard: Shard, num_minibatches: int, epochs: int, generator: torch.Generator
+    shard: Shard, num_minibatches: int, epochs: int, generator: torch.Generator, group: int = 1
 ) -> Iterator[Tensor]:
     """``epochs`` passes of ``num_minibatches`` minibatches over the GLOBAL batch; this shard's part of each.
 
     Every pass is a permutation of the ``shard.total`` global rows drawn from ``generator`` (seeded alike on
     every process), cut into minibatches of ``ceil(total / num_minibatches)`` rows; each process keeps the
-    rows it holds. The union over processes of the k-th yield is the k-th minibatch one process holding the
-    whole batch takes, and every process yields the same number of times (one per minibatch).
+    rows it holds. With ``group`` > 1 (and dividing the total) the permutation moves whole groups of
+    ``group`` consecutive rows (a prompt's G samples), so a minibatch holds whole groups where its size
+    allows and a shared-prefix forward computes fewer prompts (verl counts its minibatches in prompts).
+    The union over processes of the k-th yield is the k-th minibatch one process holding the whole batch
+    takes, and every process yields the same number of times (one per minibatch).
 
     Yields:
         Local indices ``(b,)`` (into this shard's rows, in the permutation's order); ``b`` may be 0 on a
@@ -67,8 +70,14 @@ def minibatch_rows(
     if num_minibatches < 1:
         raise ValueError(f"task.module.num_minibatches must be >= 1, got {num_minibatches}")
     size = -(-shard.total // num_minibatches)
+    grouped = group > 1 and shard.total % group == 0
     for _ in range(epochs):
-        for mb in torch.randperm(shard.total, generator=generator).split(size):
+        if grouped:
+            groups = torch.randperm(shard.total // group, generator=generator)  # (total / group,)
+            order = (groups[:, None] * group + torch.arange(group)).flatten()
+        else:
+            order = torch.randperm(shard.total, generator=generator)
+        for mb in order.split(size):
             mine = mb[(mb >= shard.offset) & (mb < shard.offset + shard.size)]  # (b,)
             yield mine - shard.offset
 
@@ -76,8 +85,9 @@ def minibatch_rows(
 class DataParallel:
     """What :class:`~lit_rlhf.tasks.policy.PolicyModule` needs to treat its batch as a global batch's shard.
 
-    A mixin of a LightningModule with ``seed``, ``iteration``, ``ppo_epochs``, ``num_minibatches`` and
-    ``_row_seeds``; outside a Trainer, or with one process, the batch is the global batch.
+    A mixin of a LightningModule with ``seed``, ``iteration``, ``ppo_epochs``, ``num_minibatches``,
+    ``samples_per_prompt``, ``minibatch_by_group`` (optional) and ``_row_seeds``; outside a Trainer, or with
+    one process, the batch is the global batch.
     """
 
     @contextmanager
@@ -128,7 +138,8 @@ class DataParallel:
         B = mask.shape[0]
         key = row_seeds((self.seed, self.iteration, MINIBATCHES), [0])
         gen = torch.Generator().manual_seed(int(key[0]))  # the same permutation on every process
-        for idx in minibatch_rows(self.shard(B), self.num_minibatches, self.ppo_epochs, gen):
+        group = self.samples_per_prompt if getattr(self, "minibatch_by_group", False) else 1
+        for idx in minibatch_rows(self.shard(B), self.num_minibatches, self.ppo_epochs, gen, group):
             idx = idx.to(mask.device)
             if len(idx):
                 yield idx, mask[idx]
