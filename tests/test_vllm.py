@@ -169,6 +169,26 @@ def test_sampling_contract_seeds_eos_length_and_logprobs() -> None:
     assert (learner[m] - a.logprobs[m]).abs().max() < 0.05
 
 
+def test_more_prompt_tokens_than_one_scheduler_step_with_seeds() -> None:
+    """r_ref samples every training prompt at once: more prompt tokens than one scheduler step holds. Split
+    over two steps, a seeded request made vLLM's CPU runner rewind its generator ("CPU Generator does not
+    use offset"); the engine sends chunks that are each prefilled whole, and rows keep their own seeds."""
+    model, tok = tiny("llama")
+    engine = VLLMGeneration(seed=0)
+    engine.start(model)
+    budget, _ = engine._step_budget()
+    n = budget // 40 + 3  # prompts of 40 tokens: more than one step's budget in all
+    prompts = [[5 + (i + j) % 50 for j in range(40)] for i in range(n)]
+    ids, mask = left_pad(prompts, tok.pad_token_id)
+    config = sampling_config(tok, [tok.eos_token_id], 3, 1.0)
+    seeds = row_seeds((0, 1), range(n))
+    s = engine.generate(None, ids, mask, config, tok.pad_token_id, seeds)
+    assert s.sequences.shape[0] == n and bool((s.response_mask.sum(1) >= 1).all())
+    last = engine.generate(None, ids[-1:], mask[-1:], config, tok.pad_token_id, seeds[-1:])
+    R = int(last.response_mask.sum())
+    assert torch.equal(last.sequences[0, 40 : 40 + R], s.sequences[-1, 40 : 40 + R])  # its own seed
+
+
 def test_an_architecture_vllm_cannot_serve_is_one_line() -> None:
     model, tok = tiny("llama", hidden=64)  # head size 16: no CPU attention kernel for it
     engine = VLLMGeneration(seed=0)

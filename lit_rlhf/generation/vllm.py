@@ -263,12 +263,38 @@ class VLLMGeneration:
             )
             for s in specs
         ]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        outs = []
+        for rows in prefill_chunks([len(p) for p in prompts], *self._step_budget()):
+            chunk = [TokensPrompt(prompt_token_ids=prompts[i]) for i in rows]
+            outs += self.llm.generate(chunk, [params[i] for i in rows], use_tqdm=False)
         tokens = [list(o.outputs[0].token_ids) for o in outs]
         logprobs = [
             [d[t].logprob for d, t in zip(o.outputs[0].logprobs or [], o.outputs[0].token_ids)] for o in outs
         ]
         return tokens, logprobs
+
+    def _step_budget(self) -> tuple[int, int]:
+        """The scheduler's tokens and sequences per step (``max_num_batched_tokens``, ``max_num_seqs``)."""
+        sched = self.llm.llm_engine.vllm_config.scheduler_config
+        return int(sched.max_num_batched_tokens), int(sched.max_num_seqs)
+
+
+def prefill_chunks(lengths: list[int], tokens: int, seqs: int) -> list[list[int]]:
+    """The requests (by prompt length) cut, in order, into consecutive chunks whose prompts fit one
+    scheduler step (at most ``tokens`` prompt tokens, ``seqs`` requests): each chunk's prompts are then
+    prefilled whole in its first step. A prompt split over two steps (chunked prefill) makes vLLM rewind
+    its seeded generator, which a CPU ``torch.Generator`` cannot do ("CPU Generator does not use offset");
+    a prompt longer than ``tokens`` goes alone."""
+    chunks: list[list[int]] = []
+    used = 0
+    for i, n in enumerate(lengths):
+        if chunks and chunks[-1] and used + n <= tokens and len(chunks[-1]) < seqs:
+            chunks[-1].append(i)
+            used += n
+        else:
+            chunks.append([i])
+            used = n
+    return chunks
 
 
 class SamplingSpec:
