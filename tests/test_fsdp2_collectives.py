@@ -5,6 +5,8 @@ for other weights. End to end: ``test_scale_fsdp2_cpu.py``."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -14,7 +16,15 @@ from gloo_fsdp import compute, models, worker
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
     tmp = tmp_path_factory.mktemp("fsdp2")
-    mp.spawn(worker, args=(str(tmp / "store"), str(tmp / "out")), nprocs=2, join=True)
+    try:
+        mp.spawn(worker, args=(str(tmp / "store"), str(tmp / "out")), nprocs=2, join=True)
+    except mp.ProcessExitedException as err:
+        # once in three full-suite runs a rank aborted ("terminate called without an active exception",
+        # SIGABRT; alone the file passes); a rank that saved its results before dying died in gloo's
+        # teardown, which these tests do not check; one that had not fails here
+        if not all((tmp / f"out.{r}").is_file() for r in (0, 1)):
+            raise
+        warnings.warn(f"a rank died after writing its results: {err}", stacklevel=1)
     return {r: torch.load(tmp / f"out.{r}", weights_only=True) for r in (0, 1)}
 
 
