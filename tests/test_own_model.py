@@ -66,7 +66,8 @@ def test_convert_then_grpo_with_a_rule_and_ppo_on_smollm2(tmp_path: Path, smollm
     assert (model_dir / "config.json").is_file()
     short = [
         "+transform=logsigmoid", "task.iterations=1", "task.val_check_interval=1",
-        "task.checkpoint_every_n_steps=1", "task.module.max_new_tokens=8", "task.module.eval_samples_per_prompt=1",
+        "task.checkpoint_every_n_steps=1", "task.module.max_new_tokens=8",
+        "task.module.eval_samples_per_prompt=1",
         "task.callbacks.reward_transform.n_samples=1", "trainer.enable_progress_bar=false", stage_overrides(),
     ]  # fmt: skip
 
