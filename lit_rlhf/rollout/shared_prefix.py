@@ -174,9 +174,11 @@ def prefilled_cache(model: nn.Module, input_ids: Tensor, attention_mask: Tensor)
     ``generate`` then runs the last prompt token and decodes as usual. ``{}`` when nothing repeats or the
     model cannot share (:func:`unsupported`)."""
     P = input_ids.shape[1]
-    if P < 2 or not (_repeats(input_ids, attention_mask, P - 1) and _servable(model)):
+    if P < 2:
         return {}
-    pre = distinct_prompts(input_ids, attention_mask, P - 1)
+    pre = distinct_prompts(input_ids, attention_mask, P - 1)  # once: it also says whether anything repeats
+    if len(pre.rows) == len(input_ids) or not _servable(model):
+        return {}
     r, pos = pre.rows, position_ids(attention_mask)
     kw = {"logits_to_keep": 1} if _keeps_logits(model) else {}
     _, past = _forward(model, input_ids[r, : P - 1], attention_mask[r, : P - 1], pos[r, : P - 1], **kw)
