@@ -14,6 +14,11 @@ An arm is a name and ``KEY=VALUE`` settings (``common.Settings``, as ``run.py --
 rollouts/s, the step, generation, the rollout forwards (policy, reference, critic, reward), the update
 (forward, backward, optimizer) and forwards + update, each arm's ratio to the first. Run it with an
 interpreter that has everything the arms need (vLLM for ``generation=vllm``: the ``.venv-vllm`` of .ci/run).
+
+Then (unless ``--no-floor``) each arm's phases as multiples of their own floor on this machine, timed after
+the runs: ``ceiling.py``'s matmuls plus the faster attention kernel at the arm's shapes — the shared-prefix
+floor for an arm that shares (each group's prompt once), the equal-work floor otherwise. The update's floor
+holds its forward and backward matmuls and attention only (the optimizer and the loss maths have none).
 """
 
 from __future__ import annotations
@@ -73,17 +78,22 @@ def check_work(works: dict[str, list[dict]], tolerance: float) -> None:
                 raise SystemExit(f"unequal work ({arm} against {first}: {sorted(exact | off)}): {works}")
 
 
+def medians(results: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Each arm's median rollouts/s and phase times."""
+    return {
+        arm: {"rollouts/s": median([r["throughput"] for r in rs])}
+        | {c: median([phases(r)[c] for r in rs]) for c in phases(rs[0])}
+        for arm, rs in results.items()
+    }
+
+
 def table(results: dict[str, list[dict]], title: str) -> str:
     arms = list(results)
     n = len(results[arms[0]])
     cols = ["step", "generation", FORWARDS, UPDATE, f"{FORWARDS} + {UPDATE}"]
     rows = [f"{title} — medians of {n} alternating runs (seconds per iteration)", ""]
     rows += ["| arm | rollouts/s | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * (len(cols) + 1)]
-    med = {
-        arm: {"rollouts/s": median([r["throughput"] for r in rs])}
-        | {c: median([phases(r)[c] for r in rs]) for c in cols}
-        for arm, rs in results.items()
-    }
+    med = medians(results)
     for arm in arms:
         m = med[arm]
         rows.append(f"| {arm} | {m['rollouts/s']:.3f} | " + " | ".join(f"{m[c]:.2f}" for c in cols) + " |")
@@ -100,6 +110,41 @@ def table(results: dict[str, list[dict]], title: str) -> str:
     return "\n".join(rows)
 
 
+def floor_table(
+    task: str, size: str, precision: str, arms: dict[str, list[str]], common: list[str], med: dict
+) -> str:
+    """Each arm's median phases as multiples of the arm's own floor (see the module's doc)."""
+    import torch  # noqa: PLC0415  (the driver needs torch only for the floor)
+    from ceiling import step_bounds  # noqa: PLC0415
+    from common import Settings  # noqa: PLC0415
+
+    cols = ["generation", FORWARDS, UPDATE]
+    rows = [
+        "Each phase as a multiple of its own floor (matmuls + the faster attention kernel, ceiling.py, "
+        "timed on this machine after the runs); the step's floor / measured step = the share of the "
+        "floor's speed",
+        "",
+        "| arm | floor | step floor (s) | " + " | ".join(cols) + " | step | share of the floor's speed |",
+        "| --- | --- |" + " ---: |" * (len(cols) + 3),
+    ]
+    for name, settings in arms.items():
+        s = Settings.load(size, precision).override(
+            [kv for kv in common + settings if not kv.startswith("generation=")]
+        )
+        torch.set_num_threads(s.threads)
+        shared = task != "ppo" and s.shared_prefix != "false"
+        b = step_bounds(task, s, shared)
+        floor = {c: b.phases[c] + b.attention[c] for c in cols}
+        total = sum(floor.values())
+        cells = " | ".join(f"{med[name][c] / floor[c]:.2f}x" for c in cols)
+        kind = "shared prefix" if shared else "equal work"
+        rows.append(
+            f"| {name} | {kind} | {total:.2f} | {cells} | {med[name]['step'] / total:.2f}x "
+            f"| {total / med[name]['step']:.0%} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="smollm2")
@@ -110,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every arm")
     ap.add_argument("--tolerance", type=float, default=0.02, help="response tokens, relative")
     ap.add_argument("--out", default=None, help="also write the table here (markdown)")
+    ap.add_argument("--no-floor", action="store_true", help="leave out the phases' multiples of their floor")
     ap.add_argument("--max-wait", type=float, default=600, help="seconds to wait for a quiet machine per run")
     a = ap.parse_args(argv)
     arms = {name: settings for name, *settings in a.arm}
@@ -132,7 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     arm_args = "".join(f" --arm {name} {' '.join(s)}" for name, s in arms.items())
     cmd = f"python benchmarks/ab.py --size {a.size} --task {a.task} --precision {a.precision}"
     cmd += f" --repeats {a.repeats}{sets}{arm_args}"
-    text = table(results, f"{a.task}, {a.size}, {a.precision}{sets}") + f"\n\nCommand: `{cmd}`"
+    text = table(results, f"{a.task}, {a.size}, {a.precision}{sets}")
+    if not a.no_floor:
+        text += "\n\n" + floor_table(a.task, a.size, a.precision, arms, a.set, medians(results))
+    text += f"\n\nCommand: `{cmd}`"
     print(text)
     if a.out:
         Path(a.out).write_text(text + "\n")

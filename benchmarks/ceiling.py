@@ -21,7 +21,8 @@ group's prompt once: P rows per prompt and R per rollout instead of P + R per ro
 prefill (what vLLM's prefix cache does; lit_rlhf's HF generation still prefills every row), in every
 rollout forward and in the update, as ``task.module.shared_prefix`` does (lit_rlhf/rollout/shared_prefix.py).
 The update's minibatches are random rows of the batch, so a minibatch of b of the N rollouts computes the
-:func:`expected_prompts` distinct prompts it holds. Attention follows: the prompts attend among themselves
+:func:`expected_prompts` distinct prompts it holds; with ``minibatch_by_group=true`` a minibatch is whole
+groups, b / G prompts. Attention follows: the prompts attend among themselves
 once, the responses over prompt and response keys.
 """
 
@@ -238,7 +239,10 @@ def step_bounds(task: str, s: Settings, shared: bool = False) -> Bound:
     mb = seqs // minibatches  # rollouts per minibatch
     # sequences whose prompt is computed: every rollout, or (shared) each distinct prompt once
     prefixes = seqs // group if shared else seqs
+    by_group = shared and s.minibatch_by_group == "true" and mb % group == 0
     mb_prefixes = round(expected_prompts(seqs // group, group, mb)) if shared else mb
+    if by_group:
+        mb_prefixes = mb // group
     b.add("generation", prefixes * prompt, head=False)  # prefill over the prompts,
     b.add("generation", seqs, body=False)  # the logits of its last position (the first token),
     b.add("generation", seqs, times=R - 1)  # then one row per sequence per further token

@@ -58,3 +58,28 @@ def test_unequal_work_between_arms_is_refused() -> None:
 def test_one_arm_is_refused() -> None:
     with pytest.raises(SystemExit, match="at least two arms"):
         ab.main(["--arm", "only", "shared_prefix=true"])
+
+
+def test_the_floor_table_divides_each_phase_by_its_own_floor(monkeypatch) -> None:
+    """Each arm's floor is ceiling.step_bounds at the arm's settings, shared or not (by hand)."""
+    import ceiling  # noqa: PLC0415
+
+    class Bound:
+        def __init__(self, shared: bool) -> None:
+            f = 1.0 if shared else 2.0  # the shared floor is half the equal-work floor here
+            self.phases = {"generation": 1.0 * f, "rollout forwards": 0.5 * f, "update": 0.25 * f}
+            self.attention = {"generation": 0.0, "rollout forwards": 0.5 * f, "update": 0.25 * f}
+
+    seen = []
+    monkeypatch.setattr(ceiling, "step_bounds", lambda task, s, shared: seen.append(shared) or Bound(shared))
+    med = {
+        "plain": {"step": 10.0, "generation": 4.0, "rollout forwards": 2.0, "update": 3.0},
+        "shared": {"step": 5.0, "generation": 2.0, "rollout forwards": 1.0, "update": 1.5},
+    }
+    arms = {"plain": ["shared_prefix=false"], "shared": ["shared_prefix=true"]}
+    text = ab.floor_table("grpo", "toy", "fp32", arms, [], med)
+    assert seen == [False, True]
+    # plain: floors 2, 2, 1 (step 5): 4/2, 2/2, 3/1; step 10/5 = 2x, 50 % of the floor's speed
+    assert "| plain | equal work | 5.00 | 2.00x | 1.00x | 3.00x | 2.00x | 50% |" in text
+    # shared: floors 1, 1, 0.5 (step 2.5): 2/1, 1/1, 1.5/0.5; 5/2.5
+    assert "| shared | shared prefix | 2.50 | 2.00x | 1.00x | 3.00x | 2.00x | 50% |" in text

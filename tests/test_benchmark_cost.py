@@ -231,6 +231,11 @@ def test_shared_prefix_floor_counts_each_prompt_once_by_hand(tmp_path, monkeypat
     assert b.attention["generation"] == layers * (4 * 5 * 5 + 2 * 8 * 1 * 6)
     assert b.attention["rollout forwards"] == layers * 2 * (4 * 5 * 5 + 8 * 3 * 8)
     assert b.attention["update"] == layers * 2 * 3 * (3 * 5 * 5 + 4 * 3 * 8)
+    # whole-group minibatches (minibatch_by_group): 4 rollouts = 2 groups = 2 prompts, 2 × 5 + 4 × 3 = 22 rows
+    grouped = ceiling.step_bounds("grpo", replace(s, minibatch_by_group="true"), shared=True)
+    assert grouped.phases["update"] == 2 * 6 * (body + head) * 22
+    assert grouped.attention["update"] == layers * 2 * 3 * (2 * 5 * 5 + 4 * 3 * 8)
+    assert grouped.phases["rollout forwards"] == b.phases["rollout forwards"]  # only the update changes
     # PPO with one sample per prompt: the shared floor is the equal-work floor
     ppo = Settings(ppo_batch_prompts=4, ppo_max_new_tokens=3, ppo_epochs=2, ppo_minibatches=2)
     assert ceiling.step_bound("ppo", ppo, shared=True) == ceiling.step_bound("ppo", ppo)
