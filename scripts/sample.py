@@ -3,8 +3,12 @@ sampling, the same EOS ids), and print them with the mean response length.
 
     python scripts/sample.py MODEL_DIR PROMPTS.jsonl [--n 3] [--max-new-tokens 32] [--temperature 1.0]
         [--greedy] [--chat-template auto|true|false] [--seed 0] [--json OUT.json] [--generation hf|vllm]
+        [--samples 1] [--max-words N] [--quiet]
 
 Run it on the model a run started from and on the run's ``model/`` folder to see what training changed.
+``--samples K`` draws K answers per prompt (each row its own sampling stream); ``--max-words N`` also prints
+the share of answers within N words (``rewards.functions.word_limit``'s pass rate) and their mean
+pass probability; ``--quiet`` prints only the summary lines.
 ``--generation vllm`` samples with vLLM instead of transformers (docs/generation.md), each row from its own
 seed.
 """
@@ -25,6 +29,7 @@ from lit_rlhf.data.jsonl import DataFormatError, load_prompts  # noqa: E402
 from lit_rlhf.data.tokenize import pad_batch  # noqa: E402
 from lit_rlhf.generation.hf import HFGeneration  # noqa: E402
 from lit_rlhf.models import Pretrained, quiet_transformers  # noqa: E402
+from lit_rlhf.rewards.functions import word_limit  # noqa: E402
 from lit_rlhf.rollout.decoding import row_seeds  # noqa: E402
 from lit_rlhf.rollout.rollout import eos_token_ids, sampling_config  # noqa: E402
 
@@ -39,13 +44,14 @@ def sample(
     chat_template: str = "auto",
     seed: int = 0,
     generation: str = "hf",
+    samples: int = 1,
 ) -> dict:
-    """Answers of ``model_dir`` to the first ``n`` prompts of ``prompts_file``; returns a dict with
-    ``responses`` (prompt, response, tokens) and ``mean_tokens``."""
+    """Answers of ``model_dir`` to the first ``n`` prompts of ``prompts_file``, ``samples`` answers each
+    (prompt by prompt); returns a dict with ``responses`` (prompt, response, tokens) and ``mean_tokens``."""
     spec = Pretrained(model_dir)
     tok = spec.load_tokenizer()
     model = spec.build("causal_lm", tok).eval()
-    records = load_prompts(prompts_file)[:n]
+    records = [r for r in load_prompts(prompts_file)[:n] for _ in range(samples)]
     mode = {"true": True, "false": False}.get(str(chat_template).lower(), chat_template)
     rendered = render_prompts(tok, [r.prompt for r in records], check_chat_template(mode))
     ids, mask = pad_batch([r for r, _ in rendered], tok.pad_token_id, left=True)
@@ -77,6 +83,12 @@ def sample(
     return {"model": model_dir, "responses": rows, "mean_tokens": sum(lengths) / max(len(lengths), 1)}
 
 
+def word_limit_summary(rows: list[dict], max_words: int) -> tuple[float, float]:
+    """The share of answers within ``max_words`` words, and their mean ``word_limit`` probability."""
+    p = word_limit([r["prompt"] for r in rows], [r["response"] for r in rows], max_words)
+    return sum(x == 1.0 for x in p) / len(p), sum(p) / len(p)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir")
@@ -89,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the result here")
     p.add_argument("--generation", default="hf", choices=["hf", "vllm"], help="the sampling engine")
+    p.add_argument("--samples", type=int, default=1, help="answers per prompt")
+    p.add_argument("--max-words", type=int, default=None, help="also report the share within N words")
+    p.add_argument("--quiet", action="store_true", help="print only the summary lines")
     args = p.parse_args(argv)
+    if args.samples < 1:
+        p.error(f"--samples must be at least 1, got {args.samples}")
     quiet_transformers()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
@@ -103,13 +120,21 @@ def main(argv: list[str] | None = None) -> int:
             args.chat_template,
             args.seed,
             args.generation,
+            args.samples,
         )
     except (FileNotFoundError, DataFormatError, ValueError, ImportError) as e:
         print(f"sample.py: error: {e}", file=sys.stderr)
         return 2
-    for row in out["responses"]:
+    for row in [] if args.quiet else out["responses"]:
         print(f"> {row['prompt']}\n  {row['response']!r} ({row['tokens']} tokens)")
-    print(f"mean response length: {out['mean_tokens']:.1f} tokens over {len(out['responses'])} prompts")
+    rows = out["responses"]
+    print(f"mean response length: {out['mean_tokens']:.1f} tokens over {len(rows)} answers")
+    if args.max_words is not None:
+        out["within_max_words"], out["word_limit_probability"] = word_limit_summary(rows, args.max_words)
+        print(
+            f"within {args.max_words} words: {out['within_max_words']:.1%} of {len(rows)} answers "
+            f"(mean word_limit probability {out['word_limit_probability']:.3f})"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

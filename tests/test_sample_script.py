@@ -13,7 +13,7 @@ from tiny_hf import make_model_folder
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from sample import sample  # noqa: E402
+from sample import sample, word_limit_summary  # noqa: E402
 
 
 def test_sample_renders_the_template_and_counts_tokens(tmp_path: Path) -> None:
@@ -25,6 +25,21 @@ def test_sample_renders_the_template_and_counts_tokens(tmp_path: Path) -> None:
     assert [r["prompt"] for r in out["responses"]] == ["How do I bake bread 0?", "How do I bake bread 1?"]
     assert all(1 <= r["tokens"] <= 5 for r in out["responses"])
     assert out["mean_tokens"] == sum(r["tokens"] for r in out["responses"]) / 2
+
+
+def test_samples_per_prompt_repeat_each_prompt_and_differ(tmp_path: Path) -> None:
+    folder = make_model_folder("llama", tmp_path / "m")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi?"}]}) + "\n")
+    out = sample(str(folder), str(prompts), n=1, max_new_tokens=6, samples=4)
+    assert [r["prompt"] for r in out["responses"]] == ["Hi?"] * 4
+    assert len({r["response"] for r in out["responses"]}) > 1  # four draws, not one answer four times
+
+
+def test_word_limit_summary_by_hand() -> None:
+    rows = [{"prompt": "q", "response": r} for r in ("a b", "a b c d", "a b c d e f g h")]
+    # limit 4: passes, passes, 4/8; share 2/3, mean probability (1 + 1 + 0.5) / 3
+    assert word_limit_summary(rows, 4) == pytest.approx((2 / 3, 2.5 / 3))
 
 
 @pytest.mark.slow  # scripts/sample.py in a subprocess
