@@ -3,12 +3,13 @@ sampling, the same EOS ids), and print them with the mean response length.
 
     python scripts/sample.py MODEL_DIR PROMPTS.jsonl [--n 3] [--max-new-tokens 32] [--temperature 1.0]
         [--greedy] [--chat-template auto|true|false] [--seed 0] [--json OUT.json] [--generation hf|vllm]
-        [--samples 1] [--max-words N] [--quiet]
+        [--samples 1] [--max-words N] [--reward-model RM_DIR] [--quiet]
 
 Run it on the model a run started from and on the run's ``model/`` folder to see what training changed.
 ``--samples K`` draws K answers per prompt (each row its own sampling stream); ``--max-words N`` also prints
 the share of answers within N words (``rewards.functions.word_limit``'s pass rate) and their mean
-pass probability; ``--quiet`` prints only the summary lines.
+pass probability; ``--reward-model`` scores every answer with a reward-model folder (a run's
+``reward_model`` stage ``model/``) and prints the mean score; ``--quiet`` prints only the summary lines.
 ``--generation vllm`` samples with vLLM instead of transformers (docs/generation.md), each row from its own
 seed.
 """
@@ -29,6 +30,7 @@ from lit_rlhf.data.jsonl import DataFormatError, load_prompts  # noqa: E402
 from lit_rlhf.data.tokenize import pad_batch  # noqa: E402
 from lit_rlhf.generation.hf import HFGeneration  # noqa: E402
 from lit_rlhf.models import Pretrained, quiet_transformers  # noqa: E402
+from lit_rlhf.models.scoring import reward_scores  # noqa: E402
 from lit_rlhf.rewards.functions import word_limit  # noqa: E402
 from lit_rlhf.rollout.decoding import row_seeds  # noqa: E402
 from lit_rlhf.rollout.rollout import eos_token_ids, sampling_config  # noqa: E402
@@ -45,9 +47,11 @@ def sample(
     seed: int = 0,
     generation: str = "hf",
     samples: int = 1,
+    reward_model: str | None = None,
 ) -> dict:
     """Answers of ``model_dir`` to the first ``n`` prompts of ``prompts_file``, ``samples`` answers each
-    (prompt by prompt); returns a dict with ``responses`` (prompt, response, tokens) and ``mean_tokens``."""
+    (prompt by prompt); returns a dict with ``responses`` (prompt, response, tokens, and ``reward`` when
+    ``reward_model`` names a reward-model folder) and ``mean_tokens`` (and ``mean_reward``)."""
     spec = Pretrained(model_dir)
     tok = spec.load_tokenizer()
     model = spec.build("causal_lm", tok).eval()
@@ -80,7 +84,16 @@ def sample(
         {"prompt": prompt_text(r.prompt), "response": t.strip(), "tokens": int(k)}
         for r, t, k in zip(records, texts, lengths)
     ]
-    return {"model": model_dir, "responses": rows, "mean_tokens": sum(lengths) / max(len(lengths), 1)}
+    out = {"model": model_dir, "responses": rows, "mean_tokens": sum(lengths) / max(len(lengths), 1)}
+    if reward_model is not None:  # the same token ids the policy produced, as rollouts score them
+        rm_spec = Pretrained(reward_model)
+        rm = rm_spec.build("reward", rm_spec.load_tokenizer()).eval()
+        with torch.inference_mode():
+            scores = reward_scores(rm, seq, torch.cat([mask, rmask.to(mask)], 1)).float().tolist()
+        for row, s in zip(rows, scores):
+            row["reward"] = s
+        out["mean_reward"] = sum(scores) / len(scores)
+    return out
 
 
 def word_limit_summary(rows: list[dict], max_words: int) -> tuple[float, float]:
@@ -103,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generation", default="hf", choices=["hf", "vllm"], help="the sampling engine")
     p.add_argument("--samples", type=int, default=1, help="answers per prompt")
     p.add_argument("--max-words", type=int, default=None, help="also report the share within N words")
+    p.add_argument("--reward-model", default=None, help="score the answers with this reward-model folder")
     p.add_argument("--quiet", action="store_true", help="print only the summary lines")
     args = p.parse_args(argv)
     if args.samples < 1:
@@ -121,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             args.generation,
             args.samples,
+            args.reward_model,
         )
     except (FileNotFoundError, DataFormatError, ValueError, ImportError) as e:
         print(f"sample.py: error: {e}", file=sys.stderr)
@@ -129,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"> {row['prompt']}\n  {row['response']!r} ({row['tokens']} tokens)")
     rows = out["responses"]
     print(f"mean response length: {out['mean_tokens']:.1f} tokens over {len(rows)} answers")
+    if "mean_reward" in out:
+        print(
+            f"mean reward-model score: {out['mean_reward']:.3f} over {len(rows)} answers "
+            f"({args.reward_model})"
+        )
     if args.max_words is not None:
         out["within_max_words"], out["word_limit_probability"] = word_limit_summary(rows, args.max_words)
         print(

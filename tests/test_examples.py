@@ -77,6 +77,15 @@ def test_prompts_and_demonstrations_have_their_formats():
         assert r["messages"][-1]["role"] == "assistant" and words(r["messages"]) <= MAX_WORDS, i
 
 
+def test_the_brief_prompts_are_the_prompts_asking_for_one_sentence():
+    """experiment=smollm2_grpo's prompts: chat_prompts.jsonl with " Answer in one sentence." appended."""
+    plain, brief = read("chat_prompts.jsonl"), read("chat_prompts_brief.jsonl")
+    assert len(brief) == len(plain) == 32
+    for a, b in zip(plain, brief):
+        assert b["prompt"][:-1] == a["prompt"][:-1] and b["prompt"][-1]["role"] == "user"
+        assert b["prompt"][-1]["content"] == a["prompt"][-1]["content"] + " Answer in one sentence."
+
+
 def test_the_three_files_ask_different_questions():
     pairs = {last_user(r["prompt"]) for r in read("chat_pairs.jsonl")}
     prompts = {last_user(r["prompt"]) for r in read("chat_prompts.jsonl")}
