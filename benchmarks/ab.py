@@ -132,7 +132,8 @@ def floor_table(
             [kv for kv in common + settings if not kv.startswith("generation=")]
         )
         torch.set_num_threads(s.threads)
-        shared = task != "ppo" and s.shared_prefix != "false"
+        group = s.ppo_samples_per_prompt if task == "ppo" else s.group_size
+        shared = group > 1 and s.shared_prefix != "false"
         b = step_bounds(task, s, shared)
         floor = {c: b.phases[c] + b.attention[c] for c in cols}
         total = sum(floor.values())

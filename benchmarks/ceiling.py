@@ -223,7 +223,7 @@ def step_bounds(task: str, s: Settings, shared: bool = False) -> Bound:
     prompt = json.loads((data / "prompts_meta.json").read_text())["prompt_tokens"]
     if task == "ppo":
         seqs, epochs, minibatches, critic = s.ppo_batch_prompts, s.ppo_epochs, s.ppo_minibatches, True
-        group = 1
+        group = s.ppo_samples_per_prompt  # rollouts per prompt (1: nothing to share)
     elif task in GROUP_TASKS:
         plan = group_plan(s, task)
         seqs, epochs, minibatches, critic = plan.rollouts, plan.epochs, plan.minibatches, False

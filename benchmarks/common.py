@@ -84,6 +84,9 @@ class Settings:
     shared_prefix: str = "false"
     # lit_rlhf's task.module.minibatch_by_group (true | false): the update's minibatches cut from whole groups
     minibatch_by_group: str = "false"
+    # lit_rlhf's PPO samples per prompt (ab.py; TRL's PPO samples one, run.py refuses another value): the
+    # ppo_batch_prompts rollouts of an iteration are ppo_batch_prompts / this prompts × this samples each
+    ppo_samples_per_prompt: int = 1
 
     @classmethod
     def load(cls, size: str, precision: str | None = None) -> Settings:

@@ -274,7 +274,10 @@ def run_ppo(s: Settings) -> dict:
     )
     rm = AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
     steps = s.ppo_warmup_steps + s.ppo_steps
-    dm = prompt_data(s, tok, s.ppo_batch_prompts, steps)
+    spp = s.ppo_samples_per_prompt
+    if spp < 1 or s.ppo_batch_prompts % spp:
+        raise SystemExit(f"ppo_samples_per_prompt={spp} must divide ppo_batch_prompts={s.ppo_batch_prompts}")
+    dm = prompt_data(s, tok, s.ppo_batch_prompts // spp, steps)  # × spp samples = ppo_batch_prompts rollouts
     module = PPOModule(
         actor=actor,
         critic=critic,
@@ -291,6 +294,8 @@ def run_ppo(s: Settings) -> dict:
         max_new_tokens=s.ppo_max_new_tokens,
         temperature=s.temperature,
         shared_prefix=s.shared_prefix,
+        samples_per_prompt=spp,
+        minibatch_by_group=s.minibatch_by_group == "true",
         generation=engine(s),
     )
     per_step, step_phases, work = instrument(module, PPOModule)
@@ -298,8 +303,9 @@ def run_ppo(s: Settings) -> dict:
     tr = trainer([meter, step_phases], steps, s)
     L.seed_everything(s.seed, verbose=False)
     tr.fit(module, datamodule=dm)
-    for k in ("prompts", "samples_per_prompt"):  # one sample per prompt: not part of PPO's work record
-        work.pop(k)
+    if spp == 1:  # one sample per prompt: not part of PPO's work record (TRL's has neither)
+        for k in ("prompts", "samples_per_prompt"):
+            work.pop(k)
     seconds = meter.clock.timed_seconds(s.ppo_warmup_steps)
     step_total = seconds / s.ppo_steps
     phases, update_s = breakdown(per_step, s.ppo_warmup_steps, step_total)

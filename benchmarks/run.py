@@ -342,7 +342,10 @@ def main() -> None:
         help="allowed relative difference of the sampled response-token counts (default work.SAMPLED's 15%%)",
     )
     a = ap.parse_args()
-    SIZES[a.size].override(a.set)  # refuses an unknown key before anything runs
+    if SIZES[a.size].override(a.set).ppo_samples_per_prompt != 1 and "ppo" in a.tasks.split(","):
+        raise SystemExit(
+            "--set ppo_samples_per_prompt: TRL's PPO samples one response per prompt (ab.py only)"
+        )
     tasks = a.tasks.split(",")
     unknown = sorted(set(tasks) - set(PEER_VENV))
     if unknown:

@@ -239,3 +239,7 @@ def test_shared_prefix_floor_counts_each_prompt_once_by_hand(tmp_path, monkeypat
     # PPO with one sample per prompt: the shared floor is the equal-work floor
     ppo = Settings(ppo_batch_prompts=4, ppo_max_new_tokens=3, ppo_epochs=2, ppo_minibatches=2)
     assert ceiling.step_bound("ppo", ppo, shared=True) == ceiling.step_bound("ppo", ppo)
+    # PPO with 2 samples per prompt (ab.py's ppo_samples_per_prompt): the 4 rollouts are 2 prompts × 2, so the
+    # reference, reward and value forwards cover 2 × 5 + 4 × 3 = 22 rows instead of 4 × 8 = 32
+    ppo2 = ceiling.step_bound("ppo", replace(ppo, ppo_samples_per_prompt=2), shared=True)
+    assert ppo2["rollout forwards"] == 2 * (body + head) * 22 + 2 * 2 * body * 22
