@@ -70,8 +70,14 @@ def test_the_floor_table_divides_each_phase_by_its_own_floor(monkeypatch) -> Non
             self.phases = {"generation": 1.0 * f, "rollout forwards": 0.5 * f, "update": 0.25 * f}
             self.attention = {"generation": 0.0, "rollout forwards": 0.5 * f, "update": 0.25 * f}
 
+    import common  # noqa: PLC0415
+
     seen = []
     monkeypatch.setattr(ceiling, "step_bounds", lambda task, s, shared: seen.append(shared) or Bound(shared))
+    # no prepare.py run needed: the settings as a fresh clone has them (no benchmarks/runs/)
+    monkeypatch.setattr(
+        common.Settings, "load", classmethod(lambda cls, size, precision=None: cls(size=size))
+    )
     med = {
         "plain": {"step": 10.0, "generation": 4.0, "rollout forwards": 2.0, "update": 3.0},
         "shared": {"step": 5.0, "generation": 2.0, "rollout forwards": 1.0, "update": 1.5},
