@@ -49,6 +49,13 @@ def test_run_refuses_an_unknown_set_key_before_running_anything():
     assert p.returncode != 0 and "--set 'nope=1'" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_run_refuses_ppo_samples_per_prompt_which_trl_cannot_match():
+    cmd = [sys.executable, str(BENCH / "run.py"), "--tasks", "ppo", "--set", "ppo_samples_per_prompt=4"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode != 0 and "TRL's PPO samples one response per prompt" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
 def test_gpt2_position_table_grows_to_the_longest_sequence_only():
     tok = word_tokenizer(100)
     assert model_config("toy", tok).n_positions == 128  # default settings: the documented toy model
