@@ -87,7 +87,10 @@ def sample(
     out = {"model": model_dir, "responses": rows, "mean_tokens": sum(lengths) / max(len(lengths), 1)}
     if reward_model is not None:  # the same token ids the policy produced, as rollouts score them
         rm_spec = Pretrained(reward_model)
-        rm = rm_spec.build("reward", rm_spec.load_tokenizer()).eval()
+        rm_tok = rm_spec.load_tokenizer()
+        if rm_tok.get_vocab() != tok.get_vocab():  # it would read the policy's ids as other words
+            raise ValueError(f"--reward-model {reward_model}: its tokenizer differs from {model_dir}'s")
+        rm = rm_spec.build("reward", rm_tok).eval()
         with torch.inference_mode():
             scores = reward_scores(rm, seq, torch.cat([mask, rmask.to(mask)], 1)).float().tolist()
         for row, s in zip(rows, scores):

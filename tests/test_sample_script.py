@@ -59,6 +59,14 @@ def test_reward_model_scores_each_answer_as_rollouts_do(tmp_path: Path, monkeypa
     assert n[0] - n[1] == k[0] - k[1] and n[2] - n[3] == k[2] - k[3] and min(k) >= 1
 
 
+def test_a_reward_model_with_another_tokenizer_is_refused(tmp_path: Path) -> None:
+    policy, other = make_model_folder("llama", tmp_path / "m"), make_model_folder("gpt2", tmp_path / "rm")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi?"}]}) + "\n")
+    with pytest.raises(ValueError, match="--reward-model .*: its tokenizer differs"):
+        sample(str(policy), str(prompts), n=1, max_new_tokens=3, reward_model=str(other))
+
+
 def test_word_limit_summary_by_hand() -> None:
     rows = [{"prompt": "q", "response": r} for r in ("a b", "a b c d", "a b c d e f g h")]
     # limit 4: passes, passes, 4/8; share 2/3, mean probability (1 + 1 + 0.5) / 3
