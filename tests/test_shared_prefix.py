@@ -1,6 +1,8 @@
 """Shared-prefix forwards (lit_rlhf/rollout/shared_prefix.py) equal the plain ones: log-probs, values,
-scores and their gradients, on left-padded prompts of different lengths, GPT-2, Llama, Qwen2 and LoRA; a
-family that cannot share falls back with one log line; the config switch is checked."""
+scores and their gradients, on left-padded prompts of different lengths, GPT-2, Llama, Qwen2 and LoRA, on
+both shared paths (``grouped``: one packed forward with the grouped attention; ``split``: a prompt pass, then
+the responses on its KV cache); a family that cannot share falls back with one log line; the config switch
+is checked."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from transformers import (
 from lit_rlhf.models import TinyGPT2, ValueModel, lora
 from lit_rlhf.models.heads import sequence_scores as plain_scores
 from lit_rlhf.rewards.ensemble import RewardEnsemble
+from lit_rlhf.rollout import grouped_attention as ga
 from lit_rlhf.rollout import shared_prefix as sp
 from lit_rlhf.rollout.rollout import token_logprobs as plain_logprobs
 from lit_rlhf.tasks.config import GRPOConfig
@@ -71,6 +74,19 @@ def assert_same(a: torch.Tensor, b: torch.Tensor, ga=None, gb=None) -> None:
         torch.testing.assert_close(x, y, atol=ATOL, rtol=1e-4)
 
 
+@pytest.fixture(params=["grouped", "split"])
+def path(request, monkeypatch) -> list[str]:
+    """Run the test on one shared path; the list records the paths the forwards took."""
+    taken: list[str] = []
+    real_grouped, real_split = ga.forward, sp.split_forward
+    monkeypatch.setattr(ga, "forward", lambda *a, **k: taken.append("grouped") or real_grouped(*a, **k))
+    monkeypatch.setattr(sp, "split_forward", lambda *a, **k: taken.append("split") or real_split(*a, **k))
+    if request.param == "split":
+        monkeypatch.setattr(sp, "_groupable", lambda model: False)
+    yield taken
+    assert taken and set(taken) == {request.param}  # every shared forward took this path
+
+
 # ------------------------------------------------------------------ grouping
 def test_distinct_prompts_by_hand() -> None:
     ids = torch.tensor([[0, 5, 6, 9], [0, 5, 6, 8], [4, 5, 6, 7], [0, 5, 6, 1], [4, 5, 6, 2]])
@@ -83,9 +99,58 @@ def test_distinct_prompts_by_hand() -> None:
     assert torch.equal(pre.owner[pre.rows], torch.arange(3))  # each prompt's row is one of its own rows
 
 
+def test_slots_by_hand() -> None:
+    assert ga.slots(torch.tensor([2, 0, 2, 1, 0, 2])).tolist() == [0, 0, 1, 0, 1, 2]
+
+
+def test_the_packed_layout_by_hand() -> None:
+    """Rows 0 and 2 share prompt (5, 6); row 1's prompt (7, 8) is left-padded; row 2's response ends early."""
+    ids = torch.tensor([[5, 6, 11, 12], [0, 8, 13, 14], [5, 6, 15, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 0]])
+    lay = ga.layout(ids, mask, owner=torch.tensor([0, 1, 0]), rows=torch.tensor([0, 1]), P=2, R=2)
+    assert lay.ids.tolist() == [[5, 6, 11, 12, 15, 0], [0, 8, 13, 14, 0, 0]]
+    assert lay.pos.tolist() == [[0, 1, 2, 3, 2, 2], [0, 0, 1, 2, 0, 0]]  # a pad repeats the last position
+    assert lay.col.tolist() == [[2, 3], [2, 3], [4, 5]]
+    seen = lambda bias: (bias == 0).int().tolist()  # noqa: E731  (1: the query attends to the key)
+    assert seen(lay.prompt_bias[:, 0]) == [[[1, 0], [1, 1]], [[1, 0], [0, 1]]]  # a pad key is never seen
+    # per packed row, per slot: each response's queries over [prompt | itself]
+    assert seen(lay.response_bias[0, 0]) == [
+        [[1, 1, 1, 0], [1, 1, 1, 1]],  # row 0
+        [[1, 1, 1, 0], [1, 1, 1, 1]],  # row 2: its pad (last) only sees itself among the response keys
+    ]
+    assert seen(lay.response_bias[1, 0]) == [
+        [[0, 1, 1, 0], [0, 1, 1, 1]],  # row 1: not the prompt's pad
+        [[0, 1, 1, 0], [0, 1, 0, 1]],  # an empty slot: sees only itself
+    ]
+
+
+def test_a_model_whose_layers_skip_the_grouped_attention_falls_back_once(caplog, monkeypatch) -> None:
+    m = model("llama").train()
+    ids, mask = groups(m.config.vocab_size)
+    monkeypatch.setattr(ga, "_layers", lambda model: 99)  # as if 2 of 99 layers had called it
+    monkeypatch.setattr(sp, "_not_routed", set())
+    r = mask[:, 6:]
+    with caplog.at_level(logging.INFO, logger=sp.__name__):
+        for _ in range(2):
+            a, b = plain_logprobs(m, ids, mask, 6, 1.0), sp.token_logprobs(m, ids, mask, 6, 1.0)
+            assert_same(a * r, b * r, grads((a * r).sum(), m), grads((b * r).sum(), m))
+    notes = [r.message for r in caplog.records if "apart" in r.message]
+    assert len(notes) == 1 and "LlamaForCausalLM" in notes[0] and "2 of 99" in notes[0]
+    assert m.config._attn_implementation != ga.NAME  # switched back after the failed forward
+
+
+def test_a_flash_attention_model_keeps_the_kv_cache_path() -> None:
+    m = model("llama")
+    assert sp._groupable(m)
+    m.config._attn_implementation = "flash_attention_2"
+    assert not sp._groupable(m)
+    with pytest.raises(RuntimeError, match="outside"):  # the attention needs its layout
+        ga.grouped_attention(m, *[torch.zeros(1, 1, 2, 2)] * 3, None)
+
+
 # ------------------------------------------------------------------ equality with the plain forward
 @pytest.mark.parametrize("family", FAMILIES)
-def test_logprobs_and_gradients_equal_the_plain_forward(family: str) -> None:
+def test_logprobs_and_gradients_equal_the_plain_forward(family: str, path) -> None:
     m = model(family).train()
     ids, mask = groups(m.config.vocab_size)
     P, rmask = 6, mask[:, 6:]
@@ -98,25 +163,23 @@ def test_logprobs_and_gradients_equal_the_plain_forward(family: str) -> None:
         )
 
 
-def test_a_shuffled_minibatch_with_partial_groups_shares_what_repeats(monkeypatch) -> None:
+def test_a_shuffled_minibatch_with_partial_groups_shares_what_repeats(path) -> None:
     """The update's minibatches are random rows: groups come partial, out of order, or single."""
     m = model("llama").train()
     ids, mask = groups(m.config.vocab_size, G=4)
-    idx = torch.tensor([5, 0, 11, 3, 4, 9])  # prompt 1 twice, prompt 0 twice, prompt 2 twice, shuffled
+    idx = torch.tensor([5, 0, 11, 3, 4, 9, 8])  # prompts 1, 0, 2 twice each, prompt 2 a third time; shuffled
     ids, mask, P = ids[idx], mask[idx], 6
-    calls = []
-    real = sp.split_forward
-    monkeypatch.setattr(sp, "split_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
     a, b = plain_logprobs(m, ids, mask, P, 1.0), sp.token_logprobs(m, ids, mask, P, 1.0)
     r = mask[:, P:]
     assert_same(a * r, b * r, grads((a * r).sum(), m), grads((b * r).sum(), m))
-    assert calls  # it did share
-    calls.clear()
+    assert path  # it did share
+    path.clear()
     sp.token_logprobs(m, ids[[0, 1, 2]], mask[[0, 1, 2]], P, 1.0)  # three different prompts: plain
-    assert not calls
+    assert not path
+    sp.token_logprobs(m, ids, mask, P, 1.0)  # the fixture's check needs a shared forward last
 
 
-def test_tiny_gpt2_and_lora_share_and_lora_reference_too() -> None:
+def test_tiny_gpt2_and_lora_share_and_lora_reference_too(path) -> None:
     pytest.importorskip("peft")
     tok = make_tokenizer("gpt2")
     torch.manual_seed(0)
@@ -138,7 +201,7 @@ def test_tiny_gpt2_and_lora_share_and_lora_reference_too() -> None:
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_values_and_their_gradients_equal_the_plain_critic(family: str) -> None:
+def test_values_and_their_gradients_equal_the_plain_critic(family: str, path) -> None:
     critic = model(family, "value").train()
     ids, mask = groups(critic.config.vocab_size)
     P, r = 6, mask[:, 6:]
@@ -149,7 +212,7 @@ def test_values_and_their_gradients_equal_the_plain_critic(family: str) -> None:
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_reward_scores_equal_the_plain_ones(family: str) -> None:
+def test_reward_scores_equal_the_plain_ones(family: str, path) -> None:
     rm = model(family, "reward").eval()
     ids, mask = groups(rm.config.vocab_size)
     with torch.no_grad():

@@ -18,7 +18,7 @@ from lit_rlhf.rollout import shared_prefix as sp
 from lit_rlhf.tasks.grpo import GRPOModule
 from lit_rlhf.tasks.ppo import PPOModule
 
-SPLIT = sp.split_forward
+SPLIT, GROUPED = sp.split_forward, sp.grouped_forward
 SETTINGS = {"lr": 0.05, "max_new_tokens": 5, "ppo_epochs": 1, "num_minibatches": 2, "samples_per_prompt": 4}
 
 
@@ -62,11 +62,12 @@ def step(cls: type, shared: bool, calls: list, monkeypatch) -> tuple[dict, dict,
     trained = [m for m in (module.actor, getattr(module, "critic", None)) if m is not None]
     before = {f"{i}.{k}": v.clone() for i, m in enumerate(trained) for k, v in m.state_dict().items()}
 
-    def spy(m, *a, **k):
-        calls.append(torch.is_grad_enabled())
-        return SPLIT(m, *a, **k)
+    def spy(real, m, *a, **k):
+        calls.append((real.__name__, torch.is_grad_enabled()))
+        return real(m, *a, **k)
 
-    monkeypatch.setattr(sp, "split_forward", spy)
+    monkeypatch.setattr(sp, "split_forward", partial(spy, SPLIT))
+    monkeypatch.setattr(sp, "grouped_forward", partial(spy, GROUPED))
     fit_one_step(module)
     after = {f"{i}.{k}": v.clone() for i, m in enumerate(trained) for k, v in m.state_dict().items()}
     metrics = {k: float(v) for k, v in module.trainer.callback_metrics.items()}
@@ -76,12 +77,13 @@ def step(cls: type, shared: bool, calls: list, monkeypatch) -> tuple[dict, dict,
 @pytest.mark.slow  # four one-step Trainer.fit runs: ~15 s on a shared machine
 @pytest.mark.parametrize("cls", [GRPOModule, PPOModule])
 def test_a_shared_step_moves_the_weights_where_the_plain_step_does(cls: type, monkeypatch) -> None:
-    plain_calls: list[bool] = []
-    shared_calls: list[bool] = []
+    plain_calls: list[tuple[str, bool]] = []
+    shared_calls: list[tuple[str, bool]] = []
     before, plain, plain_logs = step(cls, False, plain_calls, monkeypatch)
     before2, shared, shared_logs = step(cls, True, shared_calls, monkeypatch)
     assert not plain_calls
-    assert True in shared_calls and False in shared_calls  # the update (autograd) and the rollout shared
+    # the update (autograd) and the rollout shared, in one grouped forward per model
+    assert set(shared_calls) == {("grouped_forward", True), ("grouped_forward", False)}
     for k in before:
         torch.testing.assert_close(before[k], before2[k])  # the same start
     moved = max(float((plain[k] - before[k]).abs().max()) for k in before)

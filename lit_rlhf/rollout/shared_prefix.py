@@ -2,20 +2,25 @@
 
 GRPO and RLOO score G responses per prompt (PPO too with ``samples_per_prompt > 1``, and evaluation), and a
 plain forward computes the prompt G times. Here the rows of a batch are grouped by their prompt (tokens and
-mask of the first P columns), the U distinct prompts run once with the KV cache on, each layer's keys and
-values are gathered back to the N rows (``index_select``: its backward sums the gradients of all G responses
-into the prompt's computation), and the responses run on that cache with the full attention mask and the
-positions a whole-sequence forward gives them (:func:`~lit_rlhf.models.heads.position_ids`). This is
-"Prefix Grouper" (Liu et al., 2025) built from Hugging Face's own cache.
+mask of the first P columns) and the U distinct prompts are computed once, on one of two paths:
 
-The first response token is predicted by the prompt's last position, so a causal LM's prompt forward keeps
-one logit row (``logits_to_keep=1``) and its response forward runs on the first R − 1 response tokens only
-(the last one predicts nothing); the critic's values need the same positions; a reward model reads the
-hidden state at the last attended token.
+* **grouped** (transformers 5, eager or SDPA attention; the default): one forward over U packed rows
+  ``[prompt | response 1 | … | response G]`` with Prefix Grouper's attention (Liu et al., 2025;
+  :mod:`~lit_rlhf.rollout.grouped_attention`): every linear layer runs once over the group's P + G·R tokens,
+  and each response attends to the prompt's keys and its own, never a sibling's.
+* **split** (any other attention kernel, e.g. flash attention, or a family whose layers do not take the
+  grouped attention): the U prompts run once with the KV cache on, each layer's keys and values are gathered
+  back to the N rows (``index_select``: its backward sums the gradients of all G responses into the
+  prompt's computation), and the responses run on that cache.
+
+Both give every token the position a whole-sequence forward gives it
+(:func:`~lit_rlhf.models.heads.position_ids`) and read only what a plain forward's caller reads: the first
+response token is predicted by the prompt's last position, the critic's values need the same positions, a
+reward model reads the hidden state at the last attended token.
 
 Every function falls back to the plain forward when nothing repeats (U = N) or :func:`unsupported` names a
 reason (a sliding-window / hybrid cache, no cache argument, gradient checkpointing under autograd — which
-drops the cache), with a one-line note per model class and reason.
+recomputes outside the shared forward), with a one-line note per model class and reason.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from functools import cache
 from typing import NamedTuple
 
 import torch
+import transformers
 from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedModel
 
@@ -33,6 +39,7 @@ from lit_rlhf.models.heads import ValueModel, pool_index, position_ids, score_he
 from lit_rlhf.models.heads import sequence_scores as plain_sequence_scores
 from lit_rlhf.rewards.ensemble import RewardEnsemble
 from lit_rlhf.rlhf import logprobs_from_logits
+from lit_rlhf.rollout import grouped_attention
 from lit_rlhf.rollout.rollout import _keeps_logits
 from lit_rlhf.rollout.rollout import token_logprobs as plain_token_logprobs
 
@@ -196,6 +203,51 @@ def _scaled(logits: Tensor, temperature: float) -> Tensor:
     return logits / temperature if temperature != 1.0 else logits
 
 
+def _groupable(model: nn.Module) -> bool:
+    """Whether ``model``'s attention can run :mod:`~lit_rlhf.rollout.grouped_attention`: transformers 5 (its
+    custom-4D-mask and attention-interface paths, tested there), eager or SDPA attention (a flash-attention
+    kernel keeps the KV-cache path)."""
+    hf = unwrap(model)
+    return (
+        _TRANSFORMERS_5
+        and type(hf) not in _not_routed
+        and hf.config._attn_implementation in ("eager", "sdpa")
+    )
+
+
+_TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+
+
+_not_routed: set[type] = set()
+
+
+def grouped_forward(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    P: int,
+    R_in: int,
+    logits_from: int | None = None,
+):
+    """The U distinct prompts and the first ``R_in`` response tokens of all N rows in one forward over U
+    packed rows (:mod:`~lit_rlhf.rollout.grouped_attention`), a causal LM's logits kept from packed column
+    ``logits_from`` on; ``None`` if the model's attention layers do not take it (noted once per class; the
+    caller uses :func:`split_forward`).
+
+    Returns:
+        ``(layout, output)`` or ``None``.
+    """
+    pre = distinct_prompts(input_ids, attention_mask, P)
+    lay = grouped_attention.layout(input_ids, attention_mask, pre.owner, pre.rows, P, R_in)
+    kw = {} if logits_from is None else {"logits_to_keep": lay.ids.shape[1] - logits_from}
+    try:
+        return lay, grouped_attention.forward(model, lay, **kw)
+    except grouped_attention.NotRouted as e:
+        _not_routed.add(type(unwrap(model)))
+        log.info("shared_prefix: %s runs prompt and responses apart (%s)", type(unwrap(model)).__name__, e)
+        return None
+
+
 def token_logprobs(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor, P: int, temperature: float
 ) -> Tensor:
@@ -203,6 +255,17 @@ def token_logprobs(
     if not (_repeats(input_ids, attention_mask, P) and _servable(model)):
         return plain_token_logprobs(model, input_ids, attention_mask, P, temperature)
     R = input_ids.shape[1] - P
+    if R > 1 and _keeps_logits(model) and _groupable(model):
+        # packed column P − 1 predicts every row's response token 0; P + slot·(R − 1) + t its token t + 1
+        done = grouped_forward(model, input_ids, attention_mask, P, R - 1, logits_from=P - 1)
+        if done is not None:
+            lay, out = done
+            logits = _scaled(out.logits, temperature)  # (U, L − P + 1, V): columns P − 1 …
+            first = logprobs_from_logits(logits[lay.owner, :1], input_ids[:, P : P + 1])  # (N, 1)
+            labels = lay.ids.new_zeros(logits.shape[:2])
+            labels[lay.owner[:, None], lay.col - P + 1] = input_ids[:, P + 1 :]
+            packed = logprobs_from_logits(logits, labels)  # (U, L − P + 1); empty slots read nothing
+            return torch.cat([first, packed[lay.owner[:, None], lay.col - P + 1]], 1)
     kw = {"logits_to_keep": 1} if _keeps_logits(model) else {}
     pre, p_out, r_out = split_forward(model, input_ids, attention_mask, P, R - 1, **kw)
     first = _scaled(p_out.logits[:, -1:], temperature)[pre.owner]  # (N, 1, V): predicts response token 0
@@ -230,10 +293,15 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     if not (_repeats(input_ids, attention_mask, P) and _servable(backbone)):
         return plain_sequence_scores(model, input_ids, attention_mask)
     R = input_ids.shape[1] - P
-    pre, p_out, r_out = split_forward(backbone, input_ids, attention_mask, P, R)
     # (N,) where the model is read (its pooling): usually a response position; a prompt one if R has no token
     last = pool_index(model, input_ids, attention_mask)
     rows = torch.arange(len(input_ids), device=input_ids.device)
+    done = grouped_forward(backbone, input_ids, attention_mask, P, R) if _groupable(backbone) else None
+    if done is not None:
+        lay, out = done
+        where = torch.where(last >= P, lay.col[rows, (last - P).clamp(min=0)], last)  # packed column
+        return head(out.last_hidden_state[lay.owner, where])[:, 0].float()
+    pre, p_out, r_out = split_forward(backbone, input_ids, attention_mask, P, R)
     in_response = r_out.last_hidden_state[rows, (last - P).clamp(min=0)]  # (N, H)
     in_prompt = p_out.last_hidden_state[pre.owner, last.clamp(max=P - 1)]  # (N, H)
     hidden = torch.where((last >= P)[:, None], in_response, in_prompt)
@@ -246,6 +314,16 @@ def values(critic: ValueModel, input_ids: Tensor, attention_mask: Tensor, P: int
     if not (_repeats(input_ids, attention_mask, P) and _servable(critic.backbone)):
         return critic(input_ids, attention_mask)[:, P - 1 : -1]
     R = input_ids.shape[1] - P
+    done = None
+    if R > 1 and _groupable(critic.backbone):
+        done = grouped_forward(critic.backbone, input_ids, attention_mask, P, R - 1)
+    if done is not None:
+        lay, out = done
+        states = out.last_hidden_state  # (U, P + G·(R − 1), H)
+        hidden = torch.cat(
+            [states[lay.owner, P - 1 : P], states[lay.owner[:, None], lay.col]], 1
+        )  # (N, R, H)
+        return critic.head(hidden)[..., 0].float()
     pre, p_out, r_out = split_forward(critic.backbone, input_ids, attention_mask, P, R - 1)
     hidden = p_out.last_hidden_state[:, -1:][pre.owner]  # (N, 1, H): the state before response token 0
     if r_out is not None:
