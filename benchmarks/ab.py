@@ -17,8 +17,10 @@ interpreter that has everything the arms need (vLLM for ``generation=vllm``: the
 
 Then (unless ``--no-floor``) each arm's phases as multiples of their own floor on this machine, timed after
 the runs: ``ceiling.py``'s matmuls plus the faster attention kernel at the arm's shapes — the shared-prefix
-floor for an arm that shares (each group's prompt once), the equal-work floor otherwise. The update's floor
-holds its forward and backward matmuls and attention only (the optimizer and the loss maths have none).
+floor for an arm that shares (each group's prompt once), the equal-work floor otherwise. The update is split
+into its forward + backward (matmuls and attention; the loss maths have no floor of their own) and its
+optimizer steps, whose floor is fused AdamW's memory traffic (28 bytes per fp32 weight) at the machine's
+streaming bandwidth (``ceiling.optimizer_seconds``).
 """
 
 from __future__ import annotations
@@ -36,19 +38,25 @@ from run import wait_quiet  # noqa: E402
 
 FORWARDS = "rollout forwards"  # policy, reference, critic and reward forwards of the rollout
 UPDATE = "update"  # update forward + backward + optimizer + loss maths
+TRAIN = "update fwd + bwd"  # the update without its optimizer steps
+OPTIMIZER = "optimizer"
 
 
 def phases(result: dict) -> dict[str, float]:
-    """A run's step split into generation, rollout forwards and update (seconds per iteration)."""
+    """A run's step split into generation, rollout forwards and update, and the update's optimizer steps
+    (seconds per iteration; 0 for the optimizer of a run that did not time it)."""
     b = result["breakdown_s"]
     forwards = sum(v for k, v in b.items() if k.startswith("rollout:") and k != "rollout: generation")
     update = sum(v for k, v in b.items() if k.startswith("update"))
+    optimizer = b.get("update: optimizer", 0.0)
     return {
         "step": b["step total"],
         "generation": b.get("rollout: generation", 0.0),
         FORWARDS: forwards,
         UPDATE: update,
         f"{FORWARDS} + {UPDATE}": forwards + update,
+        TRAIN: update - optimizer,
+        OPTIMIZER: optimizer,
     }
 
 
@@ -115,14 +123,14 @@ def floor_table(
 ) -> str:
     """Each arm's median phases as multiples of the arm's own floor (see the module's doc)."""
     import torch  # noqa: PLC0415  (the driver needs torch only for the floor)
-    from ceiling import step_bounds  # noqa: PLC0415
+    from ceiling import optimizer_seconds, step_bounds  # noqa: PLC0415
     from common import Settings  # noqa: PLC0415
 
-    cols = ["generation", FORWARDS, UPDATE]
+    cols = ["generation", FORWARDS, TRAIN, OPTIMIZER]
     rows = [
-        "Each phase as a multiple of its own floor (matmuls + the faster attention kernel, ceiling.py, "
-        "timed on this machine after the runs); the step's floor / measured step = the share of the "
-        "floor's speed",
+        "Each phase as a multiple of its own floor (matmuls + the faster attention kernel; the optimizer: "
+        "its fused AdamW's bytes at this machine's streaming bandwidth; ceiling.py, timed on this machine "
+        "after the runs); the step's floor / measured step = the share of the floor's speed",
         "",
         "| arm | floor | step floor (s) | " + " | ".join(cols) + " | step | share of the floor's speed |",
         "| --- | --- |" + " ---: |" * (len(cols) + 3),
@@ -135,7 +143,9 @@ def floor_table(
         group = s.ppo_samples_per_prompt if task == "ppo" else s.group_size
         shared = group > 1 and s.shared_prefix != "false"
         b = step_bounds(task, s, shared)
-        floor = {c: b.phases[c] + b.attention[c] for c in cols}
+        floor = {c: b.phases[c] + b.attention[c] for c in ("generation", FORWARDS)}
+        floor[TRAIN] = b.phases[UPDATE] + b.attention[UPDATE]
+        floor[OPTIMIZER] = optimizer_seconds(task, s)
         total = sum(floor.values())
         cells = " | ".join(f"{med[name][c] / floor[c]:.2f}x" for c in cols)
         kind = "shared prefix" if shared else "equal work"

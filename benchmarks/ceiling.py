@@ -190,6 +190,48 @@ class Bound:
             self.flops += times * count * 2 * rows * shape[0] * shape[1] * (3 if train else 1)
 
 
+ADAMW_BYTES = 28  # fused AdamW per fp32 weight: reads weight, grad and both moments, writes all but the grad
+
+
+def stream_bandwidth(n: int = 1 << 25, reps: int = 5) -> float:
+    """Bytes/s of the streaming ``a += b`` over two ``n``-element fp32 tensors (12 bytes per element: two
+    reads, one write), best of ``reps``."""
+    a, b = torch.ones(n), torch.ones(n)
+    a.add_(b)  # first touch
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a.add_(b)
+        best = min(best, time.perf_counter() - t)
+    return 12 * n / best
+
+
+def trained_weights(size: str, critic: bool = False) -> int:
+    """Weights the update trains: the policy's (tied embeddings once), or a critic's (backbone + head)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM  # noqa: PLC0415
+
+    m = dict(MODELS[size])
+    m.setdefault("vocab_size", layer_shapes(size)[1][1])  # the prepared tokenizer's, if the size has none
+    config = AutoConfig.for_model(m.pop("model_type"), **m)
+    with torch.device("meta"):
+        model = (AutoModel if critic else AutoModelForCausalLM).from_config(config)
+    return sum(p.numel() for p in model.parameters()) + (config.hidden_size + 1 if critic else 0)
+
+
+def optimizer_seconds(task: str, s: Settings, bandwidth: float | None = None) -> float:
+    """The floor of one iteration's optimizer steps: fused AdamW's bytes (:data:`ADAMW_BYTES` per weight,
+    every step of every trained model) at the streaming bandwidth (measured unless given)."""
+    if task == "ppo":
+        steps, weights = (
+            s.ppo_epochs * s.ppo_minibatches,
+            trained_weights(s.size) + trained_weights(s.size, True),
+        )
+    else:
+        plan = group_plan(s, task)
+        steps, weights = plan.epochs * plan.minibatches, trained_weights(s.size)
+    return steps * weights * ADAMW_BYTES / (bandwidth or stream_bandwidth())
+
+
 def expected_prompts(prompts: int, group: int, rows: int) -> float:
     """Expected distinct prompts among ``rows`` rollouts drawn without replacement from ``prompts`` groups of
     ``group``: each prompt is missing with probability C(N − G, b) / C(N, b)."""

@@ -157,6 +157,10 @@ def run_rm(s: Settings) -> dict:
     }
 
 
+OPTIMIZER = "update: optimizer"  # every optimizer.step of the step (PPO: policy and critic)
+BACKWARD = "update: backward + loss maths"  # the rest of training_step
+
+
 class Phases:
     """Accumulates seconds per named phase of the current step."""
 
@@ -223,6 +227,10 @@ def instrument(module, cls: type) -> tuple[list[dict[str, float]], L.Callback, d
     per_step: list[dict[str, float]] = []
 
     class StepPhases(L.Callback):
+        def on_train_start(self, trainer: L.Trainer, *a) -> None:  # the optimizers exist from here on
+            for opt in trainer.optimizers:
+                opt.step = ph.wrap(opt.step, lambda *a, **kw: OPTIMIZER)
+
         def on_train_batch_end(self, *a, **kw) -> None:
             per_step.append(dict(ph.t))
             ph.t.clear()
@@ -233,19 +241,20 @@ def instrument(module, cls: type) -> tuple[list[dict[str, float]], L.Callback, d
 def breakdown(per_step: list[dict[str, float]], warmup: int, step_total: float) -> tuple[dict, float]:
     """Mean seconds per phase over the timed steps, and the seconds of the update (forwards + the rest).
 
-    ``"update: backward + optimizer + loss maths"`` is what ``training_step`` spent outside the timed
-    forwards; ``"Lightning loop + data"`` what the step spent outside ``training_step``.
+    ``"update: backward + loss maths"`` is what ``training_step`` spent outside the timed forwards and
+    optimizer steps (``"update: optimizer"``); ``"Lightning loop + data"`` what the step spent outside
+    ``training_step``.
     """
     timed = per_step[warmup:]
     keys = sorted({k for d in timed for k in d})
     mean = {k: sum(d.get(k, 0.0) for d in timed) / len(timed) for k in keys}
     rollout = sum(v for k, v in mean.items() if k.startswith("rollout"))
-    upd_fwd = sum(v for k, v in mean.items() if k.startswith("update"))
+    timed_update = sum(v for k, v in mean.items() if k.startswith("update"))  # forwards, optimizer steps
     out = {k: v for k, v in mean.items() if k != "training_step"}
-    out["update: backward + optimizer + loss maths"] = mean["training_step"] - rollout - upd_fwd
+    out[BACKWARD] = mean["training_step"] - rollout - timed_update
     out["Lightning loop + data (outside training_step)"] = step_total - mean["training_step"]
     out["step total"] = step_total
-    return out, out["update: backward + optimizer + loss maths"] + upd_fwd
+    return out, out[BACKWARD] + timed_update
 
 
 def engine(s: Settings):

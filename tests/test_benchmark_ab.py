@@ -13,14 +13,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import ab  # noqa: E402
 
 
-def result(throughput: float, gen: float, lp: float, ref: float, rm: float, upd_fwd: float, rest: float):
+def result(
+    throughput: float, gen: float, lp: float, ref: float, rm: float, upd_fwd: float, rest: float, opt=0.0
+):
     b = {
         "rollout: generation": gen,
         "rollout: policy log-prob forward": lp,
         "rollout: reference forward": ref,
         "rollout: reward forward": rm,
         "update: policy forward": upd_fwd,
-        "update: backward + optimizer + loss maths": rest,
+        "update: optimizer": opt,
+        "update: backward + loss maths": rest,
         "Lightning loop + data (outside training_step)": 0.5,
     }
     b["step total"] = sum(b.values())
@@ -28,13 +31,15 @@ def result(throughput: float, gen: float, lp: float, ref: float, rm: float, upd_
 
 
 def test_phases_split_the_step() -> None:
-    p = ab.phases(result(1.0, 4.0, 1.0, 1.0, 0.5, 1.5, 3.0))
+    p = ab.phases(result(1.0, 4.0, 1.0, 1.0, 0.5, 1.5, 2.5, opt=0.5))
     assert p == {
         "step": 11.5,
         "generation": 4.0,
         "rollout forwards": 2.5,
         "update": 4.5,
         "rollout forwards + update": 7.0,
+        "update fwd + bwd": 4.0,
+        "optimizer": 0.5,
     }
 
 
@@ -74,18 +79,59 @@ def test_the_floor_table_divides_each_phase_by_its_own_floor(monkeypatch) -> Non
 
     seen = []
     monkeypatch.setattr(ceiling, "step_bounds", lambda task, s, shared: seen.append(shared) or Bound(shared))
+    monkeypatch.setattr(ceiling, "optimizer_seconds", lambda task, s: 0.25)  # the same steps in both arms
     # no prepare.py run needed: the settings as a fresh clone has them (no benchmarks/runs/)
     monkeypatch.setattr(
         common.Settings, "load", classmethod(lambda cls, size, precision=None: cls(size=size))
     )
     med = {
-        "plain": {"step": 10.0, "generation": 4.0, "rollout forwards": 2.0, "update": 3.0},
-        "shared": {"step": 5.0, "generation": 2.0, "rollout forwards": 1.0, "update": 1.5},
+        "plain": {"step": 10.0, "generation": 4.0, "rollout forwards": 2.0, "update fwd + bwd": 3.0},
+        "shared": {"step": 5.0, "generation": 2.0, "rollout forwards": 1.0, "update fwd + bwd": 1.25},
     }
+    med["plain"]["optimizer"] = med["shared"]["optimizer"] = 0.5
     arms = {"plain": ["shared_prefix=false"], "shared": ["shared_prefix=true"]}
     text = ab.floor_table("grpo", "toy", "fp32", arms, [], med)
     assert seen == [False, True]
-    # plain: floors 2, 2, 1 (step 5): 4/2, 2/2, 3/1; step 10/5 = 2x, 50 % of the floor's speed
-    assert "| plain | equal work | 5.00 | 2.00x | 1.00x | 3.00x | 2.00x | 50% |" in text
-    # shared: floors 1, 1, 0.5 (step 2.5): 2/1, 1/1, 1.5/0.5; 5/2.5
-    assert "| shared | shared prefix | 2.50 | 2.00x | 1.00x | 3.00x | 2.00x | 50% |" in text
+    # plain: floors 2, 2, 1, 0.25 (step 5.25): 4/2, 2/2, 3/1, 0.5/0.25; step 10/5.25 = 1.90x, 52 %
+    assert "| plain | equal work | 5.25 | 2.00x | 1.00x | 3.00x | 2.00x | 1.90x | 52% |" in text
+    # shared: floors 1, 1, 0.5, 0.25 (step 2.75): 2/1, 1/1, 1.25/0.5, 0.5/0.25; 5/2.75 = 1.82x, 55 %
+    assert "| shared | shared prefix | 2.75 | 2.00x | 1.00x | 2.50x | 2.00x | 1.82x | 55% |" in text
+
+
+def test_the_optimizer_floor_by_hand(monkeypatch) -> None:
+    """Fused AdamW's 28 bytes per weight, every step of every trained model, at a given bandwidth."""
+    import ceiling  # noqa: PLC0415
+    import common  # noqa: PLC0415
+    from group import group_plan  # noqa: PLC0415
+
+    # toy: GPT-2, 4 layers × 256, 128 positions; a 1,000-word vocabulary (no prepare.py run needed)
+    monkeypatch.setitem(common.MODELS, "toy", {**common.MODELS["toy"], "vocab_size": 1000})
+    d, n, V, T = 256, 4, 1000, 128
+    block = (
+        4 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    )  # 2 norms, 4 Linears
+    w = V * d + T * d + n * block + 2 * d  # embeddings, blocks, final norm; the head is the token embedding
+    assert ceiling.trained_weights("toy") == w
+    assert ceiling.trained_weights("toy", critic=True) == w + d + 1  # the backbone + a value head
+    s = common.Settings(size="toy")
+    plan = group_plan(s, "grpo")
+    assert ceiling.optimizer_seconds("grpo", s, bandwidth=28.0) == plan.epochs * plan.minibatches * w
+    ppo = ceiling.optimizer_seconds("ppo", s, bandwidth=28.0)
+    assert ppo == s.ppo_epochs * s.ppo_minibatches * (w + w + d + 1)
+
+
+def test_the_step_breakdown_keeps_the_optimizer_apart() -> None:
+    import lit_side  # noqa: PLC0415
+
+    steps = [
+        {
+            "training_step": 9.0,
+            "rollout: generation": 4.0,
+            "update: policy forward": 1.0,
+            "update: optimizer": 0.5,
+        }
+    ] * 3
+    out, update = lit_side.breakdown(steps, warmup=1, step_total=10.0)
+    assert out["update: backward + loss maths"] == 3.5  # 9 − 4 − 1 − 0.5
+    assert update == 5.0 and out["update: optimizer"] == 0.5
+    assert out["Lightning loop + data (outside training_step)"] == 1.0

@@ -1,0 +1,121 @@
+"""The policy's forward + backward over one group, three ways: plain, split (prompt pass, then the responses
+on its gathered KV cache) and grouped (one packed forward, Prefix Grouper's attention), at SmolLM2-135M's
+shapes. The update's inner loop, without the optimizer.
+
+    .venv/bin/python benchmarks/prepare.py --size smollm2   # once (run.py does it too)
+    .venv/bin/python benchmarks/shared_forward.py [--group-size G] [--precision fp32] [--profile]
+
+Each path is timed ``--repeats`` times, alternating, after one warm-up round; the table gives the median
+seconds and the speed-up over plain. The same log-probs within fp tolerance are checked first. ``--profile``
+adds torch.profiler's self time per op for one more step of each path (the ops that take the most).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+from common import runs_dir  # noqa: E402
+
+P, R = 128, 64
+
+
+def paths():
+    from lit_rlhf.rollout import shared_prefix as sp  # noqa: PLC0415
+    from lit_rlhf.rollout.rollout import token_logprobs  # noqa: PLC0415
+
+    def split(*a):
+        groupable, sp._groupable = sp._groupable, lambda model: False
+        try:
+            return sp.token_logprobs(*a)
+        finally:
+            sp._groupable = groupable
+
+    return {"plain": token_logprobs, "split": split, "grouped": sp.token_logprobs}
+
+
+def batch(vocab: int, G: int, prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prompts`` prompts × G responses; the first prompt left-padded by 5, one response 7 tokens short."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(3, vocab, (prompts, P), generator=gen).repeat_interleave(G, 0)
+    ids = torch.cat([x, torch.randint(3, vocab, (prompts * G, R), generator=gen)], 1)
+    mask = torch.ones_like(ids)
+    mask[:G, :5], mask[1, -7:] = 0, 0
+    return ids, mask
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--group-size", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=1, help="groups per minibatch")
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    from lit_rlhf.callbacks.cpu_tuning import keep_freed_memory  # noqa: PLC0415
+
+    keep_freed_memory()
+    torch.set_num_threads(2)
+    bf16 = args.precision == "bf16"  # lit_rlhf's bf16-mixed: fp32 weights, bf16 autocast, eager attention
+    model = AutoModelForCausalLM.from_pretrained(
+        runs_dir("smollm2") / "models" / "policy", attn_implementation="eager" if bf16 else "sdpa"
+    ).train()
+    ids, mask = batch(model.config.vocab_size, args.group_size, args.prompts)
+    fns = paths()
+
+    def step(fn) -> torch.Tensor:
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            lp = fn(model, ids, mask, P, 1.0)
+            (lp * mask[:, P:]).sum().backward()
+        model.zero_grad(set_to_none=True)
+        return lp.detach()
+
+    out = {k: step(f) for k, f in fns.items()}  # warm-up, and the same log-probs
+    keep = mask[:, P:].bool()
+    for k in ("split", "grouped"):
+        gap = float((out[k] - out["plain"])[keep].abs().max())
+        print(f"max |log p({k}) - log p(plain)| = {gap:.2e}")
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(args.repeats):
+        for k in list(fns)[:: 1 if i % 2 == 0 else -1]:
+            t = time.perf_counter()
+            step(fns[k])
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"\n{args.prompts} prompt(s) × G = {args.group_size}, {P} + {R} tokens, {args.precision}, forward + "
+        f"backward of the policy's log-probs, medians of {args.repeats} alternating runs\n"
+    )
+    print("| path | seconds | speed-up over plain | runs |\n| --- | ---: | ---: | --- |")
+    for k, v in med.items():
+        print(f"| {k} | {v:.3f} | {med['plain'] / v:.2f}x | {[round(t, 3) for t in times[k]]} |")
+    if args.profile:
+        profile(step, fns)
+
+
+def profile(step, fns) -> None:
+    from torch.profiler import profile as torch_profile  # noqa: PLC0415
+
+    tabs = {}
+    for k, f in fns.items():
+        with torch_profile() as p:
+            step(f)
+        tabs[k] = {e.key: e.self_cpu_time_total / 1e3 for e in p.key_averages()}
+    ops = sorted(set().union(*tabs.values()), key=lambda op: -max(t.get(op, 0) for t in tabs.values()))
+    print("\n| op (self ms) | " + " | ".join(tabs) + " |\n| --- |" + " ---: |" * len(tabs))
+    for op in ops[:15]:
+        print(f"| {op} | " + " | ".join(f"{tabs[k].get(op, 0):.0f}" for k in tabs) + " |")
+    print("| all ops | " + " | ".join(f"{sum(t.values()):.0f}" for t in tabs.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
