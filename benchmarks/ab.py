@@ -19,8 +19,8 @@ Then (unless ``--no-floor``) each arm's phases as multiples of their own floor o
 the runs: ``ceiling.py``'s matmuls plus the faster attention kernel at the arm's shapes — the shared-prefix
 floor for an arm that shares (each group's prompt once), the equal-work floor otherwise. The update is split
 into its forward + backward (matmuls and attention; the loss maths have no floor of their own) and its
-optimizer steps, whose floor is fused AdamW's memory traffic (28 bytes per fp32 weight) at the machine's
-streaming bandwidth (``ceiling.optimizer_seconds``).
+optimizer steps, whose floor is a bare fused AdamW step over the same weights, timed alone
+(``ceiling.optimizer_seconds``).
 """
 
 from __future__ import annotations
@@ -129,8 +129,8 @@ def floor_table(
     cols = ["generation", FORWARDS, TRAIN, OPTIMIZER]
     rows = [
         "Each phase as a multiple of its own floor (matmuls + the faster attention kernel; the optimizer: "
-        "its fused AdamW's bytes at this machine's streaming bandwidth; ceiling.py, timed on this machine "
-        "after the runs); the step's floor / measured step = the share of the floor's speed",
+        "bare fused AdamW steps over the same weights; ceiling.py, timed on this machine after the runs); "
+        "the step's floor / measured step = the share of the floor's speed",
         "",
         "| arm | floor | step floor (s) | " + " | ".join(cols) + " | step | share of the floor's speed |",
         "| --- | --- |" + " ---: |" * (len(cols) + 3),

@@ -190,20 +190,14 @@ class Bound:
             self.flops += times * count * 2 * rows * shape[0] * shape[1] * (3 if train else 1)
 
 
-ADAMW_BYTES = 28  # fused AdamW per fp32 weight: reads weight, grad and both moments, writes all but the grad
-
-
-def stream_bandwidth(n: int = 1 << 25, reps: int = 5) -> float:
-    """Bytes/s of the streaming ``a += b`` over two ``n``-element fp32 tensors (12 bytes per element: two
-    reads, one write), best of ``reps``."""
-    a, b = torch.ones(n), torch.ones(n)
-    a.add_(b)  # first touch
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a.add_(b)
-        best = min(best, time.perf_counter() - t)
-    return 12 * n / best
+def adamw_step_seconds(weights: int, reps: int = 5) -> float:
+    """Best time of one bare fused AdamW step (the shipped optimizer) over ``weights`` fp32 weights whose
+    gradients are given: the optimizer's floor, as the matmuls' is a bare ``torch.mm``. (A streaming bound,
+    28 bytes per weight at ``a += b``'s bandwidth, came out above what the kernel does on this machine.)"""
+    p = torch.nn.Parameter(torch.zeros(weights))
+    p.grad = torch.ones(weights)
+    opt = torch.optim.AdamW([p], lr=1e-4, fused=True)
+    return best_seconds(opt.step, reps)
 
 
 def trained_weights(size: str, critic: bool = False) -> int:
@@ -218,18 +212,14 @@ def trained_weights(size: str, critic: bool = False) -> int:
     return sum(p.numel() for p in model.parameters()) + (config.hidden_size + 1 if critic else 0)
 
 
-def optimizer_seconds(task: str, s: Settings, bandwidth: float | None = None) -> float:
-    """The floor of one iteration's optimizer steps: fused AdamW's bytes (:data:`ADAMW_BYTES` per weight,
-    every step of every trained model) at the streaming bandwidth (measured unless given)."""
+def optimizer_seconds(task: str, s: Settings, step=adamw_step_seconds) -> float:
+    """The floor of one iteration's optimizer steps: every step of every trained model, each ``step(weights)``
+    seconds (:func:`adamw_step_seconds` unless given)."""
     if task == "ppo":
-        steps, weights = (
-            s.ppo_epochs * s.ppo_minibatches,
-            trained_weights(s.size) + trained_weights(s.size, True),
-        )
-    else:
-        plan = group_plan(s, task)
-        steps, weights = plan.epochs * plan.minibatches, trained_weights(s.size)
-    return steps * weights * ADAMW_BYTES / (bandwidth or stream_bandwidth())
+        steps = s.ppo_epochs * s.ppo_minibatches
+        return steps * (step(trained_weights(s.size)) + step(trained_weights(s.size, critic=True)))
+    plan = group_plan(s, task)
+    return plan.epochs * plan.minibatches * step(trained_weights(s.size))
 
 
 def expected_prompts(prompts: int, group: int, rows: int) -> float:

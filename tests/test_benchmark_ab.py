@@ -99,7 +99,7 @@ def test_the_floor_table_divides_each_phase_by_its_own_floor(monkeypatch) -> Non
 
 
 def test_the_optimizer_floor_by_hand(monkeypatch) -> None:
-    """Fused AdamW's 28 bytes per weight, every step of every trained model, at a given bandwidth."""
+    """Every optimizer step of every trained model, each a bare step over that model's weights."""
     import ceiling  # noqa: PLC0415
     import common  # noqa: PLC0415
     from group import group_plan  # noqa: PLC0415
@@ -115,9 +115,10 @@ def test_the_optimizer_floor_by_hand(monkeypatch) -> None:
     assert ceiling.trained_weights("toy", critic=True) == w + d + 1  # the backbone + a value head
     s = common.Settings(size="toy")
     plan = group_plan(s, "grpo")
-    assert ceiling.optimizer_seconds("grpo", s, bandwidth=28.0) == plan.epochs * plan.minibatches * w
-    ppo = ceiling.optimizer_seconds("ppo", s, bandwidth=28.0)
+    assert ceiling.optimizer_seconds("grpo", s, step=float) == plan.epochs * plan.minibatches * w
+    ppo = ceiling.optimizer_seconds("ppo", s, step=float)
     assert ppo == s.ppo_epochs * s.ppo_minibatches * (w + w + d + 1)
+    assert 0 < ceiling.adamw_step_seconds(1000, reps=1) < 1
 
 
 def test_the_step_breakdown_keeps_the_optimizer_apart() -> None:
