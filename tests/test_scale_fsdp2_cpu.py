@@ -39,7 +39,8 @@ def test_fsdp2_on_cpu_matches_one_process_with_the_same_global_batch(
     one_and_ddp(tmp_path, world, overrides, batches=batches, multi=FSDP2_CPU)
     assert_same_run(tmp_path, task, min_kl=min_kl)
     # the r_ref the sharded run sampled (every rank in step) is the one-process run's: the same cache key
-    # (hashed from the whole weights) and the same samples
+    # (hashed from the whole weights) and the same samples, their scores up to rounding (the shared-prefix
+    # forward packs a rank's groups into rows of other lengths than one process holding them all does)
     (one,) = (tmp_path / "one" / "cache").rglob("samples-*.pt")
     (two,) = (tmp_path / "ddp" / "cache").rglob("samples-*.pt")
     assert one.name == two.name
@@ -47,10 +48,17 @@ def test_fsdp2_on_cpu_matches_one_process_with_the_same_global_batch(
 
 
 def _same_tensors(a: Path, b: Path) -> bool:
+    """Equal keys, equal non-float tensors, float tensors equal up to fp32 rounding."""
     import torch
 
     x, y = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
-    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    assert x.keys() == y.keys()
+    for k in x:
+        if x[k].is_floating_point():
+            torch.testing.assert_close(x[k], y[k], rtol=1e-5, atol=1e-5, msg=f"r_ref samples: {k}")
+        else:
+            assert torch.equal(x[k], y[k]), k
+    return True
 
 
 @pytest.mark.slow  # ~30 s each
