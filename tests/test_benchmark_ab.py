@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -136,3 +137,34 @@ def test_the_step_breakdown_keeps_the_optimizer_apart() -> None:
     assert out["update: backward + loss maths"] == 3.5  # 9 − 4 − 1 − 0.5
     assert update == 5.0 and out["update: optimizer"] == 0.5
     assert out["Lightning loop + data (outside training_step)"] == 1.0
+
+
+def test_shared_forward_times_the_three_paths_it_names(monkeypatch) -> None:
+    """benchmarks/shared_forward.py: ``split`` takes the KV-cache path and puts the switch back; ``grouped``
+    the packed forward; all three give the plain log-probs on its batch (a tiny Llama)."""
+    import shared_forward  # noqa: PLC0415
+    from test_shared_prefix import model  # noqa: PLC0415
+
+    from lit_rlhf.rollout import shared_prefix as sp  # noqa: PLC0415
+
+    monkeypatch.setattr(shared_forward, "P", 6)
+    monkeypatch.setattr(shared_forward, "R", 8)
+    m = model("llama")
+    ids, mask = shared_forward.batch(m.config.vocab_size, G=3, prompts=2)
+    # 2 prompts × 3; the first prompt left-padded by 5, one response 7 tokens short
+    assert (
+        ids.shape == (6, 14)
+        and int(mask[:3, :5].sum()) == 0
+        and mask[1].tolist() == [0] * 5 + [1] * 2 + [0] * 7
+    )
+    assert int(mask.sum()) == 6 * 14 - 3 * 5 - 7
+    taken = []
+    for name in ("split_forward", "grouped_forward"):
+        real = getattr(sp, name)
+        monkeypatch.setattr(sp, name, lambda *a, _r=real, _n=name, **k: taken.append(_n) or _r(*a, **k))
+    groupable = sp._groupable
+    out = {k: f(m, ids, mask, 6, 1.0) for k, f in shared_forward.paths().items()}
+    assert taken == ["split_forward", "grouped_forward"] and sp._groupable is groupable
+    keep = mask[:, 6:].bool()
+    for k in ("split", "grouped"):
+        torch.testing.assert_close(out[k][keep], out["plain"][keep], atol=2e-5, rtol=1e-4)
