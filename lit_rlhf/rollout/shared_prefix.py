@@ -203,6 +203,10 @@ def _scaled(logits: Tensor, temperature: float) -> Tensor:
     return logits / temperature if temperature != 1.0 else logits
 
 
+_TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+_not_routed: set[type] = set()  # model classes whose layers did not call the grouped attention
+
+
 def _groupable(model: nn.Module) -> bool:
     """Whether ``model``'s attention can run :mod:`~lit_rlhf.rollout.grouped_attention`: transformers 5 (its
     custom-4D-mask and attention-interface paths, tested there), eager or SDPA attention (a flash-attention
@@ -213,12 +217,6 @@ def _groupable(model: nn.Module) -> bool:
         and type(hf) not in _not_routed
         and hf.config._attn_implementation in ("eager", "sdpa")
     )
-
-
-_TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
-
-
-_not_routed: set[type] = set()
 
 
 def grouped_forward(
