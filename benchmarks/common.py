@@ -84,6 +84,10 @@ class Settings:
     shared_prefix: str = "false"
     # lit_rlhf's task.module.minibatch_by_group (true | false): the update's minibatches cut from whole groups
     minibatch_by_group: str = "false"
+    # lit_rlhf's task.module.old_logprobs_from_update (true | false): π_old of each iteration's first
+    # minibatch from the update's own forward. false (here, not the shipped true) keeps the forwards equal to
+    # the peer's, which computes π_old of every row in this plan; --set old_logprobs_from_update=true
+    old_logprobs_from_update: str = "false"
     # lit_rlhf's PPO samples per prompt (ab.py; TRL's PPO samples one, run.py refuses another value): the
     # ppo_batch_prompts rollouts of an iteration are ppo_batch_prompts / this prompts × this samples each
     ppo_samples_per_prompt: int = 1

@@ -117,6 +117,7 @@ def lit_group_kwargs(s: Settings, task: str) -> dict:
         "seed": s.seed,
         "shared_prefix": s.shared_prefix,
         "minibatch_by_group": s.minibatch_by_group == "true",
+        "old_logprobs_from_update": s.old_logprobs_from_update == "true",
         **LIT_LOSS[task],
     }
 

@@ -194,8 +194,8 @@ def instrument(module, cls: type) -> tuple[list[dict[str, float]], L.Callback, d
     work = {"prompt_tokens": 0, "response_tokens": 0, "generated_positions": 0, "rollouts": 0, "prompts": 0}
     per_prompt: set[int] = set()
 
-    def rollout_counting(batch):
-        ro = cls.rollout(module, batch)
+    def rollout_counting(batch, *a, **kw):
+        ro = cls.rollout(module, batch, *a, **kw)
         P = ro.input_ids.shape[1] - ro.response_mask.shape[1]
         work["prompt_tokens"] += int(ro.attention_mask[:, :P].sum())
         work["response_tokens"] += int(ro.response_mask.sum())
@@ -305,6 +305,7 @@ def run_ppo(s: Settings) -> dict:
         shared_prefix=s.shared_prefix,
         samples_per_prompt=spp,
         minibatch_by_group=s.minibatch_by_group == "true",
+        old_logprobs_from_update=s.old_logprobs_from_update == "true",
         generation=engine(s),
     )
     per_step, step_phases, work = instrument(module, PPOModule)

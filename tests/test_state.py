@@ -68,7 +68,7 @@ def test_missing_eos_penalty_is_in_raw_reward_units(tmp_path, stage_cache, monke
     monkeypatch.setattr(
         policy_mod.PolicyModule,
         "rollout",
-        lambda self, batch: rollouts.append(real(self, batch)) or rollouts[-1],
+        lambda self, batch, **kw: rollouts.append(real(self, batch, **kw)) or rollouts[-1],
     )
     spy = RewardSpy()
     extra = ["task.iterations=2", "task.val_check_interval=2", "task.module.missing_eos_penalty=3.0"]

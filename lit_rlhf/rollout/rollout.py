@@ -49,6 +49,8 @@ class Rollout(NamedTuple):
         has_eos: (B,) whether the response ended with EOS (else it was cut at ``max_new_tokens``).
         sampler_logprobs: (B, R) log-probs of the sampled tokens under the engine that sampled them
             (``generation=vllm``); ``None`` when the learner sampled them itself (``generation=hf``).
+        owed: (n,) rows whose ``logprobs`` the update's first forward fills in (0 until then;
+            :mod:`lit_rlhf.training.first_forward`); ``None``: every row's is there.
     """
 
     prompt_ids: Tensor
@@ -61,6 +63,7 @@ class Rollout(NamedTuple):
     scores: Tensor
     has_eos: Tensor
     sampler_logprobs: Tensor | None = None
+    owed: Tensor | None = None
 
 
 def eos_token_ids(tokenizer: PreTrainedTokenizerBase, models: Iterable[nn.Module] = ()) -> list[int]:

@@ -47,6 +47,9 @@ class PolicyConfig:
     # minibatches of whole groups (a prompt's G samples) instead of random rows: with shared_prefix a
     # minibatch then computes each of its prompts once (off: the permutation moves rows, as before)
     minibatch_by_group: bool = False
+    # π_old of each iteration's first minibatch from the update's own forward (the policy has not moved
+    # yet): the rollout's policy forward skips those rows (lit_rlhf/training/first_forward.py)
+    old_logprobs_from_update: bool = True
 
     def __post_init__(self) -> None:
         if self.samples_per_prompt < 1:

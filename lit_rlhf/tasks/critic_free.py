@@ -46,7 +46,7 @@ class CriticFreeModule(PolicyModule):
         for idx, m in self.minibatches(mask):
             ids, am = ro.input_ids[idx], ro.attention_mask[idx]
             norms = self.shard_norms(m)  # DDP: the loss of the global minibatch
-            logprobs = self._token_logprobs(self.actor, ids, am, P)
+            logprobs = self.update_logprobs(idx, ids, am, P)  # the first: run already
             loss, st = policy_loss(
                 logprobs,
                 ro.logprobs[idx],

@@ -45,6 +45,7 @@ from lit_rlhf.rollout.rollout import Rollout, eos_token_ids, sampling_config, to
 from lit_rlhf.tasks.config import PolicyConfig, build_config
 from lit_rlhf.training.engine import EngineSampling
 from lit_rlhf.training.faults import FaultPolicy
+from lit_rlhf.training.first_forward import FirstForward
 from lit_rlhf.training.fsdp import Sharded, is_sharded
 from lit_rlhf.training.optim import warmup_schedule
 from lit_rlhf.training.precision import FusedClipping, cached_casts
@@ -66,7 +67,7 @@ def disable_dropout(model: nn.Module) -> None:
             m.p = 0.0
 
 
-class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping, EngineSampling):
+class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping, EngineSampling, FirstForward):
     """Rollouts, scoring, evaluation, fault policy and state of a policy against frozen reward models.
 
     Args:
@@ -125,6 +126,7 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping, EngineSamp
         self.tokenizer, self.optimizer_fn = tokenizer, optimizer
         # each distinct prompt of a batch computed once for all its responses (G ≥ 2, evaluation samples)
         self.share_prefix, self.minibatch_by_group = c.shared_prefix is not False, c.minibatch_by_group
+        self.old_logprobs_from_update = c.old_logprobs_from_update
         if c.shared_prefix is True:
             roles = {
                 "policy": actor,
@@ -251,7 +253,9 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping, EngineSamp
             self.records = {r.id: r for r in dm.all_records}  # what the functions get besides the text
 
     @torch.no_grad()
-    def rollout(self, batch: dict) -> Rollout:
+    def rollout(self, batch: dict, owed_by_update: bool = False) -> Rollout:
+        """Sample and score a batch of prompts (× ``samples_per_prompt``). ``owed_by_update``: leave π_old of
+        the first minibatch's rows to the update's forward (:mod:`lit_rlhf.training.first_forward`)."""
         ids, mask, prompt_ids = batch["input_ids"], batch["attention_mask"], batch["prompt_ids"]
         if self.samples_per_prompt > 1:  # consecutive blocks of G samples per prompt
             ids, mask, prompt_ids = (
@@ -263,17 +267,19 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping, EngineSamp
         with self.seeded_rows(seeds):
             seq, response_mask, has_eos, sampler_logprobs = self.generate(self.actor, ids, mask)
         full_mask = torch.cat([mask, response_mask], 1)
+        owed = self.owed_rows(len(seq), seq.device) if owed_by_update else None
         return Rollout(
             prompt_ids=prompt_ids,
             input_ids=seq,
             attention_mask=full_mask,
             response_mask=response_mask,
-            logprobs=self._token_logprobs(self.actor, seq, full_mask, P),
+            logprobs=self.rollout_logprobs(seq, full_mask, P, owed),
             ref_logprobs=self._reference_logprobs(seq, full_mask, P),
             values=self.rollout_values(seq, full_mask, P),
             scores=self.all_scores(seq, full_mask, prompt_ids, P),
             has_eos=has_eos,
             sampler_logprobs=sampler_logprobs,
+            owed=owed,
         )
 
     # ---------------------------------------------------------------- training
@@ -294,12 +300,14 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping, EngineSamp
         # stream, seeded per rank, is left to anything else
         torch.manual_seed(self.seed * 1_000_003 + self.iteration * 7919 + self.global_rank)
         with cached_casts(self.trainer):  # bf16-mixed: each weight cast once per rollout, not per token
-            ro = self.rollout(batch)
+            ro = self.rollout(batch, owed_by_update=True)
+        self.first_update_forward(ro)  # π_old of the first minibatch, from its update forward
         mask = ro.response_mask.float()
 
         # 0. numerical faults: a batch with NaN/inf scores, log-probs or values is skipped, not learned from
         if not self._finite_rollout(ro):
             self.iteration += 1
+            self._first = None  # the first update's forward goes unused
             return
 
         # 1. the reward optimised: transform + aggregation (installed by RewardTransformCallback), of raw

@@ -79,7 +79,7 @@ class PPOModule(PolicyModule):
             ids, am = ro.input_ids[idx], ro.attention_mask[idx]
             norms = self.shard_norms(m)  # DDP: the token mean of the global minibatch
             n = None if norms is None else norms.tokens
-            logprobs = self._token_logprobs(self.actor, ids, am, P)
+            logprobs = self.update_logprobs(idx, ids, am, P)  # the first: run already
             pg_loss, pg_stats = ppo_policy_loss(
                 logprobs, ro.logprobs[idx], advantages[idx], m, self.clip_eps, token_norm=n
             )
