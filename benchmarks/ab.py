@@ -20,7 +20,8 @@ the runs: ``ceiling.py``'s matmuls plus the faster attention kernel at the arm's
 floor for an arm that shares (each group's prompt once), the equal-work floor otherwise. The update is split
 into its forward + backward (matmuls and attention; the loss maths have no floor of their own) and its
 optimizer steps, whose floor is a bare fused AdamW step over the same weights, timed alone
-(``ceiling.optimizer_seconds``).
+(``ceiling.optimizer_seconds``). Arms that do the same work (generation engine and where π_old comes from
+aside) share one timing of the floor, so that their multiples compare without the floor's own timing noise.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import argparse
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -40,6 +42,9 @@ FORWARDS = "rollout forwards"  # policy, reference, critic and reward forwards o
 UPDATE = "update"  # update forward + backward + optimizer + loss maths
 TRAIN = "update fwd + bwd"  # the update without its optimizer steps
 OPTIMIZER = "optimizer"
+# settings that leave the floor's work as it is: the floor counts no π_old forward in the rollout (two
+# forwards for the critic-free tasks: reference and reward), so arms that differ only there share one floor
+SAME_FLOOR = "any"
 
 
 def phases(result: dict) -> dict[str, float]:
@@ -135,6 +140,7 @@ def floor_table(
         "| arm | floor | step floor (s) | " + " | ".join(cols) + " | step | share of the floor's speed |",
         "| --- | --- |" + " ---: |" * (len(cols) + 3),
     ]
+    floors: dict[tuple, dict[str, float]] = {}  # arms that do the same work share one timing of the floor
     for name, settings in arms.items():
         s = Settings.load(size, precision).override(
             [kv for kv in common + settings if not kv.startswith("generation=")]
@@ -142,10 +148,14 @@ def floor_table(
         torch.set_num_threads(s.threads)
         group = s.ppo_samples_per_prompt if task == "ppo" else s.group_size
         shared = group > 1 and s.shared_prefix != "false"
-        b = step_bounds(task, s, shared)
-        floor = {c: b.phases[c] + b.attention[c] for c in ("generation", FORWARDS)}
-        floor[TRAIN] = b.phases[UPDATE] + b.attention[UPDATE]
-        floor[OPTIMIZER] = optimizer_seconds(task, s)
+        key = (shared, replace(s, old_logprobs_from_update=SAME_FLOOR))
+        if key not in floors:
+            b = step_bounds(task, s, shared)
+            floor = {c: b.phases[c] + b.attention[c] for c in ("generation", FORWARDS)}
+            floor[TRAIN] = b.phases[UPDATE] + b.attention[UPDATE]
+            floor[OPTIMIZER] = optimizer_seconds(task, s)
+            floors[key] = floor
+        floor = floors[key]
         total = sum(floor.values())
         cells = " | ".join(f"{med[name][c] / floor[c]:.2f}x" for c in cols)
         kind = "shared prefix" if shared else "equal work"

@@ -67,7 +67,8 @@ def test_one_arm_is_refused() -> None:
 
 
 def test_the_floor_table_divides_each_phase_by_its_own_floor(monkeypatch) -> None:
-    """Each arm's floor is ceiling.step_bounds at the arm's settings, shared or not (by hand)."""
+    """Each arm's floor is ceiling.step_bounds at the arm's settings, shared or not (by hand); arms whose work
+    differs only in where π_old comes from (or the generation engine) share one timing."""
     import ceiling  # noqa: PLC0415
 
     class Bound:
@@ -90,13 +91,20 @@ def test_the_floor_table_divides_each_phase_by_its_own_floor(monkeypatch) -> Non
         "shared": {"step": 5.0, "generation": 2.0, "rollout forwards": 1.0, "update fwd + bwd": 1.25},
     }
     med["plain"]["optimizer"] = med["shared"]["optimizer"] = 0.5
-    arms = {"plain": ["shared_prefix=false"], "shared": ["shared_prefix=true"]}
+    med["first"] = {**med["shared"], "rollout forwards": 0.5}
+    arms = {
+        "plain": ["shared_prefix=false"],
+        "shared": ["shared_prefix=true"],
+        # the same work but for where π_old comes from, generated elsewhere: the shared arm's floor, once
+        "first": ["shared_prefix=true", "old_logprobs_from_update=true", "generation=vllm"],
+    }
     text = ab.floor_table("grpo", "toy", "fp32", arms, [], med)
     assert seen == [False, True]
     # plain: floors 2, 2, 1, 0.25 (step 5.25): 4/2, 2/2, 3/1, 0.5/0.25; step 10/5.25 = 1.90x, 52 %
     assert "| plain | equal work | 5.25 | 2.00x | 1.00x | 3.00x | 2.00x | 1.90x | 52% |" in text
     # shared: floors 1, 1, 0.5, 0.25 (step 2.75): 2/1, 1/1, 1.25/0.5, 0.5/0.25; 5/2.75 = 1.82x, 55 %
     assert "| shared | shared prefix | 2.75 | 2.00x | 1.00x | 2.50x | 2.00x | 1.82x | 55% |" in text
+    assert "| first | shared prefix | 2.75 | 2.00x | 0.50x | 2.50x | 2.00x | 1.82x | 55% |" in text
 
 
 def test_the_optimizer_floor_by_hand(monkeypatch) -> None:
