@@ -2,7 +2,7 @@
 
 The engine is started from the learner's own weights (saved once to a temporary folder: any checkpoint the
 learner holds, LoRA merged, the embedded tiny GPT-2 included) and then kept in step by :meth:`sync`, which
-reloads weights in place (``collective_rpc("reload_weights")``, checkpoint names, about 0.5 s at 135M), then
+reloads weights in place (``collective_rpc("reload_weights")``, checkpoint names, about 0.2 s at 135M), then
 re-processes every layer that shares its weight with another (a tied ``lm_head``: on CPU vLLM packs each
 linear's weight for oneDNN at load time, and a reload that only loads ``embed_tokens`` leaves the tied head's
 packed copy stale — the outputs would keep the old head), and resets the prefix cache.
