@@ -5,14 +5,9 @@ weights where the step without it does."""
 
 from __future__ import annotations
 
-import copy
-from functools import partial
-
 import pytest
 import torch
-from test_shared_prefix import model
-from test_shared_prefix_training import fit_one_step
-from tiny_hf import make_tokenizer
+from test_shared_prefix_training import fit_one_step, tiny_module
 
 from lit_rlhf.tasks.grpo import GRPOModule
 from lit_rlhf.tasks.policy import PolicyModule
@@ -26,15 +21,8 @@ B = 12  # batch(): 3 prompts × samples_per_prompt 4
 def step(cls: type, on: bool, minibatches: int, by_group: bool) -> dict:
     """One step of ``cls``: the policy forwards it ran (rows, with grad?), π_old after the first update's
     forward, the weights before and after, the logged metrics."""
-    tok = make_tokenizer("llama")
-    actor = model("llama")
-    kw = {"critic": model("llama", "value", seed=2)} if cls is PPOModule else {}
-    module = cls(
-        actor=actor,
-        ref=copy.deepcopy(actor),
-        reward_models={"helpful": model("llama", "reward", seed=1)},
-        tokenizer=tok,
-        optimizer=partial(torch.optim.SGD),
+    module = tiny_module(
+        cls,
         lr=0.05,
         max_new_tokens=5,
         ppo_epochs=2,
@@ -42,7 +30,6 @@ def step(cls: type, on: bool, minibatches: int, by_group: bool) -> dict:
         samples_per_prompt=4,
         minibatch_by_group=by_group,
         old_logprobs_from_update=on,
-        **kw,
     )
     out: dict = {"forwards": [], "before": {k: v.clone() for k, v in module.actor.state_dict().items()}}
 

@@ -44,21 +44,25 @@ def fit_one_step(module: L.LightningModule) -> None:
     trainer.fit(module, DataLoader([batch()], batch_size=None))
 
 
-def step(cls: type, shared: bool, calls: list, monkeypatch) -> tuple[dict, dict, dict]:
-    """(weights before, weights after, logged metrics) of one step of ``cls`` with or without sharing."""
-    tok = make_tokenizer("llama")
+def tiny_module(cls: type, **settings) -> L.LightningModule:
+    """``cls`` (a policy task) over tiny Llama models: actor, its copy as π_ref, a reward model (PPO: a
+    critic), SGD."""
     actor = model("llama")
     kw = {"critic": model("llama", "value", seed=2)} if cls is PPOModule else {}
-    module = cls(
+    return cls(
         actor=actor,
         ref=copy.deepcopy(actor),
         reward_models={"helpful": model("llama", "reward", seed=1)},
-        tokenizer=tok,
+        tokenizer=make_tokenizer("llama"),
         optimizer=partial(torch.optim.SGD),
-        shared_prefix=shared,
-        **SETTINGS,
+        **settings,
         **kw,
     )
+
+
+def step(cls: type, shared: bool, calls: list, monkeypatch) -> tuple[dict, dict, dict]:
+    """(weights before, weights after, logged metrics) of one step of ``cls`` with or without sharing."""
+    module = tiny_module(cls, shared_prefix=shared, **SETTINGS)
     trained = [m for m in (module.actor, getattr(module, "critic", None)) if m is not None]
     before = {f"{i}.{k}": v.clone() for i, m in enumerate(trained) for k, v in m.state_dict().items()}
 
