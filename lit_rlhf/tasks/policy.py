@@ -50,6 +50,7 @@ from lit_rlhf.training.fsdp import Sharded, is_sharded
 from lit_rlhf.training.optim import warmup_schedule
 from lit_rlhf.training.precision import FusedClipping, cached_casts
 from lit_rlhf.training.sharding import ROLLOUT, DataParallel
+from lit_rlhf.training.state import PolicyState
 
 log = logging.getLogger(__name__)
 RewardFn = Callable[[Tensor, Tensor, "PolicyModule"], Tensor]
@@ -67,7 +68,9 @@ def disable_dropout(model: nn.Module) -> None:
             m.p = 0.0
 
 
-class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping, EngineSampling, FirstForward):
+class PolicyModule(
+    DataParallel, FaultPolicy, PolicyState, Sharded, FusedClipping, EngineSampling, FirstForward
+):
     """Rollouts, scoring, evaluation, fault policy and state of a policy against frozen reward models.
 
     Args:
@@ -371,11 +374,6 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping, EngineSamp
         opt = self.optimizer_fn(self.trainable(self.actor), lr=self.lr)
         return [opt], [warmup_schedule(opt, self.warmup_steps)]
 
-    def frozen_keys(self) -> set[str]:
-        """State-dict keys that checkpoints leave out: π_ref, the reward models and (LoRA) the frozen base."""
-        frozen = {n for n, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
-        return {k for k in self.state_dict() if k in frozen or k.startswith(("ref.", "reward_models."))}
-
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if self.iteration == 1 and not self.start_metrics:  # what iteration 0 logged: the start of training
             self.start_metrics = {
@@ -387,39 +385,3 @@ class PolicyModule(DataParallel, FaultPolicy, Sharded, FusedClipping, EngineSamp
     def on_train_epoch_start(self) -> None:
         for frozen in self.frozen_models():
             frozen.eval()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # only what training changes: frozen models and (under LoRA) the frozen base are rebuilt on load
-        frozen = self.frozen_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
-        checkpoint["kl_controller"] = self.kl_ctl.state_dict()
-        checkpoint["ppo_iteration"] = self.iteration
-        checkpoint["algorithm"] = self.algorithm
-        checkpoint["start_metrics"] = self.start_metrics
-        checkpoint["fault_policy"] = self.fault_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        missing = [k for k in ("kl_controller", "ppo_iteration") if k not in checkpoint]
-        if missing:
-            raise ValueError(
-                f"this checkpoint was not written by task={self.algorithm} (it lacks {missing}); "
-                "check ckpt_path"
-            )
-        if checkpoint.get("algorithm", "ppo") != self.algorithm:
-            raise ValueError(
-                f"this checkpoint was written by task={checkpoint.get('algorithm', 'ppo')}, not "
-                f"task={self.algorithm}; check ckpt_path"
-            )
-        self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
-        if self.generation.needs_sync:  # the restored actor is pushed before the first rollout
-            self.generation.holds = None
-        self.iteration = checkpoint["ppo_iteration"]
-        # the frozen models were left out on save: take them from this module, so that strict loading
-        # fails on any OTHER missing or unexpected key (a real mismatch). FSDP2 has loaded the weights
-        # already, non-strictly (configure_model), and removed them from the checkpoint
-        if "state_dict" in checkpoint:
-            own = self.state_dict()
-            for key in self.frozen_keys():
-                checkpoint["state_dict"].setdefault(key, own[key])
-        self.start_metrics = dict(checkpoint.get("start_metrics") or {})
-        self.load_fault_state(checkpoint.get("fault_policy"))
