@@ -69,3 +69,11 @@ def test_shipped_task_yaml_keys_are_config_fields(task: str, config: type, tmp_p
         keys = set(cfg.task.module) - {"_target_", "optimizer"}
     fields = {f.name for f in dataclasses.fields(config)}
     assert keys and keys <= fields, keys - fields
+
+
+@pytest.mark.parametrize("key", ["old_logprobs_from_update", "minibatch_by_group", "kl_in_loss"])
+def test_a_switch_that_is_not_true_or_false_is_refused_naming_its_key(key: str) -> None:
+    """``task.module.<switch>=maybe`` reaches the config as the string 'maybe': refused, not taken as on."""
+    with pytest.raises(ValueError, match=rf"task\.module\.{key} must be true or false, got 'maybe'"):
+        GRPOConfig(samples_per_prompt=4, **{key: "maybe"})
+    assert getattr(GRPOConfig(samples_per_prompt=4, **{key: False}), key) is False

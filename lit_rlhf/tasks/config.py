@@ -52,6 +52,9 @@ class PolicyConfig:
     old_logprobs_from_update: bool = True
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # a switch given as anything but true / false: refused
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"{KEY}.{f.name} must be true or false, got {getattr(self, f.name)!r}")
         if self.samples_per_prompt < 1:
             raise ValueError(f"{KEY}.samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
         mode = self.shared_prefix
