@@ -1,4 +1,5 @@
-"""Pure RLHF maths: masked statistics, KL, GAE, critic-free advantages, PPO/GRPO and BT losses, KL control."""
+"""Pure RLHF maths: masked statistics, KL, GAE, critic-free advantages, PPO/GRPO and BT losses, token
+log-probs, KL control."""
 
 from lit_rlhf.rlhf.advantages import gae, masked_mean, masked_var, masked_whiten
 from lit_rlhf.rlhf.estimators import (
@@ -15,7 +16,8 @@ from lit_rlhf.rlhf.estimators import (
 )
 from lit_rlhf.rlhf.kl import kl_penalty, last_token_index, masked_kl, per_token_rewards
 from lit_rlhf.rlhf.kl_controller import AdaptiveKLController, FixedKLController
-from lit_rlhf.rlhf.losses import bradley_terry_loss, logprobs_from_logits, ppo_policy_loss, value_loss
+from lit_rlhf.rlhf.logprobs import logprobs_from_logits
+from lit_rlhf.rlhf.losses import bradley_terry_loss, ppo_policy_loss, value_loss
 from lit_rlhf.rlhf.offpolicy import sampler_mismatch, tis_weights
 
 __all__ = [

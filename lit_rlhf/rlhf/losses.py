@@ -1,4 +1,4 @@
-"""Losses: PPO clipped surrogate, clipped value loss, Bradley-Terry reward-model loss, token log-probs.
+"""Losses: PPO clipped surrogate, clipped value loss, Bradley-Terry reward-model loss.
 
 Each loss returns a scalar to backpropagate and, for PPO, a dict of detached scalar tensors for
 logging (``ppo/clipfrac``, ``ppo/approx_kl``, ...).
@@ -144,31 +144,3 @@ def bradley_terry_loss(
     if center_coef:
         loss = loss + center_coef * ((chosen + rejected) ** 2).mean()
     return loss
-
-
-def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
-    """Log-probabilities of ``labels`` under ``logits``: ``log softmax(logits)[labels]``.
-
-    Computed as ``logits[label] - logsumexp(logits)`` one sequence at a time, so no ``(B, T, V)``
-    log-softmax tensor is materialised (the vocabulary is the largest dimension). Half-precision
-    logits take a per-row ``log_softmax`` instead, for accuracy.
-
-    Args:
-        logits: ``(B, T, V)`` logits, already aligned with ``labels`` (shifted by the caller).
-        labels: ``(B, T)`` token ids in ``[0, V)``; mask padding separately.
-
-    Returns:
-        ``(B, T)`` log-probabilities, in the dtype of ``logits``.
-    """
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} must be labels {tuple(labels.shape)} + (V,)")
-    index = labels.unsqueeze(-1)  # (B, T, 1)
-    if logits.dtype in (torch.float32, torch.float64):
-        picked = logits.gather(-1, index).squeeze(-1)  # (B, T)
-        log_z = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])  # (B, T)
-        return picked - log_z
-    rows = [
-        F.log_softmax(row.float(), dim=-1).gather(-1, idx).squeeze(-1).to(logits.dtype)
-        for row, idx in zip(logits, index)
-    ]
-    return torch.stack(rows)  # (B, T)

@@ -239,8 +239,4 @@ def token_logprobs(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), **kw
     ).logits
     logits = logits[:, -(R + 1) : -1]  # (B, R, V): position t predicts token t + 1
-    if logits.dtype != torch.float32:
-        logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    return logprobs_from_logits(logits, input_ids[:, P:])
+    return logprobs_from_logits(logits, input_ids[:, P:], temperature)  # fp32, from logits of any dtype

@@ -198,11 +198,6 @@ def _repeats(input_ids: Tensor, attention_mask: Tensor, P: int) -> bool:
     return len(distinct_prompts(input_ids, attention_mask, P).rows) < len(input_ids)
 
 
-def _scaled(logits: Tensor, temperature: float) -> Tensor:
-    logits = logits.float() if logits.dtype != torch.float32 else logits
-    return logits / temperature if temperature != 1.0 else logits
-
-
 _TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 _not_routed: set[type] = set()  # model classes whose layers did not call the grouped attention
 
@@ -258,18 +253,19 @@ def token_logprobs(
         done = grouped_forward(model, input_ids, attention_mask, P, R - 1, logits_from=P - 1)
         if done is not None:
             lay, out = done
-            logits = _scaled(out.logits, temperature)  # (U, L − P + 1, V): columns P − 1 …
-            first = logprobs_from_logits(logits[lay.owner, :1], input_ids[:, P : P + 1])  # (N, 1)
+            logits = out.logits  # (U, L − P + 1, V): columns P − 1 …
+            first = logprobs_from_logits(logits[lay.owner, :1], input_ids[:, P : P + 1], temperature)
             labels = lay.ids.new_zeros(logits.shape[:2])
             labels[lay.owner[:, None], lay.col - P + 1] = input_ids[:, P + 1 :]
-            packed = logprobs_from_logits(logits, labels)  # (U, L − P + 1); empty slots read nothing
+            # (U, L − P + 1); empty slots read nothing
+            packed = logprobs_from_logits(logits, labels, temperature)
             return torch.cat([first, packed[lay.owner[:, None], lay.col - P + 1]], 1)
     kw = {"logits_to_keep": 1} if _keeps_logits(model) else {}
     pre, p_out, r_out = split_forward(model, input_ids, attention_mask, P, R - 1, **kw)
-    first = _scaled(p_out.logits[:, -1:], temperature)[pre.owner]  # (N, 1, V): predicts response token 0
-    out = [logprobs_from_logits(first, input_ids[:, P : P + 1])]
+    first = p_out.logits[:, -1:][pre.owner]  # (N, 1, V): predicts response token 0
+    out = [logprobs_from_logits(first, input_ids[:, P : P + 1], temperature)]
     if r_out is not None:  # response position t predicts token t + 1
-        out.append(logprobs_from_logits(_scaled(r_out.logits, temperature), input_ids[:, P + 1 :]))
+        out.append(logprobs_from_logits(r_out.logits, input_ids[:, P + 1 :], temperature))
     return torch.cat(out, 1)
 
 
