@@ -88,10 +88,14 @@ def perturb(model, scale: float = 0.05, only: str | None = None, seed: int = 1) 
                 p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])  # llama ties lm_head to the embedding, like SmolLM2
-def test_after_sync_engine_greedy_equals_the_policy_and_differs_from_before(family: str) -> None:
+@pytest.mark.parametrize(
+    ("family", "eager"),
+    [("llama", None), ("gpt2", None), ("llama", False)],  # llama ties lm_head to the embedding, like SmolLM2
+)
+def test_after_sync_engine_greedy_equals_the_policy_and_differs_from_before(family: str, eager) -> None:
+    """Also compiled (``enforce_eager=False``): the compiled graph reads the weights each push reloads."""
     model, tok = tiny(family)
-    engine = VLLMGeneration(seed=0)
+    engine = VLLMGeneration(seed=0, enforce_eager=eager)
     engine.start(model)
     engine.sync(model.state_dict())
     before = engine_greedy(engine, tok)

