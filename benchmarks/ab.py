@@ -6,8 +6,9 @@
     python benchmarks/ab.py --task grpo --precision bf16 --arm hf generation=hf --arm vllm generation=vllm
 
 An arm is a name and ``KEY=VALUE`` settings (``common.Settings``, as ``run.py --set``), plus the pseudo-key
-``generation=hf|vllm`` (``$LIT_RLHF_BENCH_GENERATION``); ``--set`` applies to every arm. Each run is
-``lit_side.py TASK SIZE PRECISION`` in its own subprocess with the arm's settings in
+``generation=hf|vllm`` (``$LIT_RLHF_BENCH_GENERATION``); ``--set`` applies to every arm. lit_rlhf's switches
+(``SWITCHES``) start from their defaults, not from what run.py's last ``--set`` left in the settings file.
+Each run is ``lit_side.py TASK SIZE PRECISION`` in its own subprocess with the arm's settings in
 ``$LIT_RLHF_BENCH_SET``, the arms' order alternating over ``--repeats``. The work all arms report
 (iterations, optimizer steps, rollouts, prompt tokens, generated positions exactly; response tokens within
 ``--tolerance``: arms may sample different responses) must be equal before the medians are printed:
@@ -20,8 +21,9 @@ the runs: ``ceiling.py``'s matmuls plus the faster attention kernel at the arm's
 floor for an arm that shares (each group's prompt once), the equal-work floor otherwise. The update is split
 into its forward + backward (matmuls and attention; the loss maths have no floor of their own) and its
 optimizer steps, whose floor is a bare fused AdamW step over the same weights, timed alone
-(``ceiling.optimizer_seconds``). Arms that do the same work (generation engine and where π_old comes from
-aside) share one timing of the floor, so that their multiples compare without the floor's own timing noise;
+(``ceiling.optimizer_seconds``). Arms that do the same work (generation engine, compiled or not, where
+π_old comes from and how log-probs are computed aside) share one timing of the floor, so that their
+multiples compare without the floor's own timing noise;
 each phase's floor is the fastest of ``FLOOR_PASSES`` timings.
 """
 
@@ -31,12 +33,12 @@ import argparse
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import PRECISIONS, SIZES, median, parse_result  # noqa: E402
+from common import PRECISIONS, SIZES, Settings, median, parse_result  # noqa: E402
 from run import wait_quiet  # noqa: E402
 
 FORWARDS = "rollout forwards"  # policy, reference, critic and reward forwards of the rollout
@@ -49,6 +51,21 @@ SAME_FLOOR = "any"
 # timings of each floor; a phase's floor is the fastest (timed back to back in one process, the whole
 # GRPO G = 4 shared floor gave 6.09, 5.11, 4.96, 4.73, 4.84 s: the first pass was the slow one)
 FLOOR_PASSES = 3
+# lit_rlhf's switches start from Settings' defaults in every arm, not from runs/<size>/settings.json (which
+# run.py's --set rewrites): an arm runs what its command line says
+SWITCHES = (
+    "shared_prefix",
+    "minibatch_by_group",
+    "old_logprobs_from_update",
+    "logprobs",
+    "vllm_enforce_eager",
+)
+
+
+def switch_defaults() -> list[str]:
+    """``KEY=VALUE`` of every switch at its ``Settings`` default (before ``--set`` and the arm's own)."""
+    default = {f.name: f.default for f in fields(Settings)}
+    return [f"{k}={default[k]}" for k in SWITCHES]
 
 
 def phases(result: dict) -> dict[str, float]:
@@ -71,7 +88,7 @@ def phases(result: dict) -> dict[str, float]:
 
 def one_run(task: str, size: str, precision: str, settings: list[str], common: list[str]) -> dict:
     generation = [kv.partition("=")[2] for kv in settings if kv.startswith("generation=")]
-    rest = [kv for kv in common + settings if not kv.startswith("generation=")]
+    rest = switch_defaults() + [kv for kv in common + settings if not kv.startswith("generation=")]
     env = {**os.environ, "LIT_RLHF_BENCH_SET": " ".join(rest)}
     if generation:
         env["LIT_RLHF_BENCH_GENERATION"] = generation[-1]
@@ -133,7 +150,6 @@ def floor_table(
     """Each arm's median phases as multiples of the arm's own floor (see the module's doc)."""
     import torch  # noqa: PLC0415  (the driver needs torch only for the floor)
     from ceiling import optimizer_seconds, step_bounds  # noqa: PLC0415
-    from common import Settings  # noqa: PLC0415
 
     cols = ["generation", FORWARDS, TRAIN, OPTIMIZER]
     rows = [
@@ -147,12 +163,17 @@ def floor_table(
     floors: dict[tuple, dict[str, float]] = {}  # arms that do the same work share one timing of the floor
     for name, settings in arms.items():
         s = Settings.load(size, precision).override(
-            [kv for kv in common + settings if not kv.startswith("generation=")]
+            switch_defaults() + [kv for kv in common + settings if not kv.startswith("generation=")]
         )
         torch.set_num_threads(s.threads)
         group = s.ppo_samples_per_prompt if task == "ppo" else s.group_size
         shared = group > 1 and s.shared_prefix != "false"
-        key = (shared, replace(s, old_logprobs_from_update=SAME_FLOOR))
+        key = (
+            shared,
+            replace(
+                s, old_logprobs_from_update=SAME_FLOOR, logprobs=SAME_FLOOR, vllm_enforce_eager=SAME_FLOOR
+            ),
+        )
         if key not in floors:  # each phase's fastest of FLOOR_PASSES timings (the first is often slow)
             passes = []
             for _ in range(FLOOR_PASSES):

@@ -88,6 +88,11 @@ class Settings:
     # minibatch from the update's own forward. false (here, not the shipped true) keeps the forwards equal to
     # the peer's, which computes π_old of every row in this plan; --set old_logprobs_from_update=true
     old_logprobs_from_update: str = "false"
+    # how lit_rlhf computes token log-probs: chunked (lit_rlhf.rlhf.logprobs, shipped) | autograd (the release
+    # before's: log_softmax over an fp32 copy of the logits, autograd's backward; lit_side.py patches it in)
+    logprobs: str = "chunked"
+    # the vLLM engine's enforce_eager (generation=vllm): true (eager, the CPU default) | false (compiled)
+    vllm_enforce_eager: str = "true"
     # lit_rlhf's PPO samples per prompt (ab.py; TRL's PPO samples one, run.py refuses another value): the
     # ppo_batch_prompts rollouts of an iteration are ppo_batch_prompts / this prompts × this samples each
     ppo_samples_per_prompt: int = 1

@@ -264,7 +264,7 @@ def engine(s: Settings):
     if name == "vllm":
         from lit_rlhf.generation.vllm import VLLMGeneration  # noqa: PLC0415
 
-        return VLLMGeneration(seed=s.seed, dtype="bfloat16")
+        return VLLMGeneration(seed=s.seed, dtype="bfloat16", enforce_eager=s.vllm_enforce_eager != "false")
     if name != "hf":
         raise SystemExit(f"LIT_RLHF_BENCH_GENERATION must be hf or vllm, got {name!r}")
     # the prefill is shared with the forwards' setting: shared_prefix=false does the peer's work
@@ -390,6 +390,10 @@ def prompt_tokens(s: Settings) -> int:
 def main() -> None:
     task, s = Settings.from_argv(sys.argv[1:])
     s = s.override(os.environ.get("LIT_RLHF_BENCH_SET", "").split())  # ab.py's arms
+    if s.logprobs == "autograd":
+        autograd_logprobs()
+    elif s.logprobs != "chunked":
+        raise SystemExit(f"--set logprobs={s.logprobs!r}: expected chunked or autograd")
     quiet_transformers()
     setup_threads(s.threads)
     import warnings  # noqa: PLC0415
@@ -400,6 +404,20 @@ def main() -> None:
     result["versions"] = {"torch": torch.__version__, "lightning": L.__version__, "transformers": _tf()}
     result["generation"] = os.environ.get("LIT_RLHF_BENCH_GENERATION", "hf")
     emit(result)
+
+
+def autograd_logprobs() -> None:
+    """``logprobs=autograd``: token log-probs as the release before computed them (an fp32 copy of the
+    logits divided by the temperature, a logsumexp per row, autograd's backward), for ab.py's arms."""
+    from lit_rlhf.rlhf.logprobs import SelectiveLogSoftmax  # noqa: PLC0415
+
+    def apply(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+        x = logits.float()
+        x = x / temperature if temperature != 1.0 else x
+        picked = x.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        return picked - torch.stack([torch.logsumexp(row, dim=-1) for row in x])
+
+    SelectiveLogSoftmax.apply = staticmethod(apply)
 
 
 def _tf() -> str:

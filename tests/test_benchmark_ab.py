@@ -99,7 +99,10 @@ def test_the_floor_table_divides_each_phase_by_its_own_floor(monkeypatch) -> Non
         "shared": ["shared_prefix=true"],
         # the same work but for where π_old comes from, generated elsewhere: the shared arm's floor, once
         "first": ["shared_prefix=true", "old_logprobs_from_update=true", "generation=vllm"],
+        # log-probs computed the release before's way, a compiled engine: the same floor again
+        "old": ["shared_prefix=true", "logprobs=autograd", "vllm_enforce_eager=false"],
     }
+    med["old"] = med["shared"]
     text = ab.floor_table("grpo", "toy", "fp32", arms, [], med)
     assert seen == [False] * ab.FLOOR_PASSES + [True] * ab.FLOOR_PASSES  # the fastest pass of each
     # plain: floors 2, 2, 1, 0.25 (step 5.25): 4/2, 2/2, 3/1, 0.5/0.25; step 10/5.25 = 1.90x, 52 %
@@ -107,6 +110,55 @@ def test_the_floor_table_divides_each_phase_by_its_own_floor(monkeypatch) -> Non
     # shared: floors 1, 1, 0.5, 0.25 (step 2.75): 2/1, 1/1, 1.25/0.5, 0.5/0.25; 5/2.75 = 1.82x, 55 %
     assert "| shared | shared prefix | 2.75 | 2.00x | 1.00x | 2.50x | 2.00x | 1.82x | 55% |" in text
     assert "| first | shared prefix | 2.75 | 2.00x | 0.50x | 2.50x | 2.00x | 1.82x | 55% |" in text
+    assert "| old | shared prefix | 2.75 |" in text
+
+
+def test_an_arm_runs_its_own_switches_not_the_last_run_py_settings(monkeypatch) -> None:
+    """runs/<size>/settings.json keeps run.py's last --set (shared_prefix=true, …): every arm starts its
+    switches from Settings' defaults, then --set, then its own."""
+    import common  # noqa: PLC0415
+
+    envs = []
+
+    class Done:
+        returncode, stdout, stderr = 0, "", ""
+
+    monkeypatch.setattr(ab.subprocess, "run", lambda cmd, env, **kw: envs.append(env) or Done())
+    monkeypatch.setattr(ab, "parse_result", lambda out: {})
+    ab.one_run("grpo", "toy", "bf16", ["minibatch_by_group=true", "generation=vllm"], ["logprobs=autograd"])
+    assignments = envs[0]["LIT_RLHF_BENCH_SET"].split()
+    assert envs[0]["LIT_RLHF_BENCH_GENERATION"] == "vllm"
+    last_run_py = common.Settings(
+        size="toy", shared_prefix="true", old_logprobs_from_update="true", vllm_enforce_eager="false"
+    )
+    s = last_run_py.override(assignments)
+    assert (s.shared_prefix, s.minibatch_by_group, s.old_logprobs_from_update) == ("false", "true", "false")
+    assert (s.logprobs, s.vllm_enforce_eager) == ("autograd", "true")
+
+
+def test_autograd_logprobs_arm_equals_the_shipped_log_probs(monkeypatch) -> None:
+    """``logprobs=autograd`` (lit_side.py) swaps in the release before's maths: same values and gradients."""
+    import lit_side  # noqa: PLC0415
+
+    from lit_rlhf.rlhf import logprobs_from_logits  # noqa: PLC0415
+    from lit_rlhf.rlhf.logprobs import SelectiveLogSoftmax  # noqa: PLC0415
+
+    g = torch.Generator().manual_seed(0)
+    base = (torch.randn(2, 5, 13, generator=g) * 3).bfloat16()
+    labels = torch.randint(0, 13, (2, 5), generator=g)
+    runs = []
+    for swap in (False, True):
+        if swap:
+            monkeypatch.setattr(SelectiveLogSoftmax, "apply", SelectiveLogSoftmax.apply)  # undone after
+            lit_side.autograd_logprobs()
+        x = base.clone().requires_grad_()
+        out = logprobs_from_logits(x, labels, 0.7)
+        out.sum().backward()
+        runs.append((out.detach(), x.grad, SelectiveLogSoftmax.apply))
+    (a, ga, fa), (b, gb, fb) = runs
+    assert fa is not fb  # the swap took
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ga.float(), gb.float(), atol=1e-2, rtol=1e-2)
 
 
 def test_the_optimizer_floor_by_hand(monkeypatch) -> None:
