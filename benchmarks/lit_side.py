@@ -407,17 +407,13 @@ def main() -> None:
 
 
 def autograd_logprobs() -> None:
-    """``logprobs=autograd``: token log-probs as the release before computed them (an fp32 copy of the
-    logits divided by the temperature, a logsumexp per row, autograd's backward), for ab.py's arms."""
+    """``logprobs=autograd``: token log-probs as the release before computed them (``logprobs.autograd``:
+    an fp32 copy of the logits, a logsumexp per row, autograd's backward), for ab.py's arms."""
+    from logprobs import autograd  # noqa: PLC0415
+
     from lit_rlhf.rlhf.logprobs import SelectiveLogSoftmax  # noqa: PLC0415
 
-    def apply(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-        x = logits.float()
-        x = x / temperature if temperature != 1.0 else x
-        picked = x.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        return picked - torch.stack([torch.logsumexp(row, dim=-1) for row in x])
-
-    SelectiveLogSoftmax.apply = staticmethod(apply)
+    SelectiveLogSoftmax.apply = staticmethod(autograd)
 
 
 def _tf() -> str:

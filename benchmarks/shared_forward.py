@@ -4,6 +4,7 @@ shapes. The update's inner loop, without the optimizer.
 
     .venv/bin/python benchmarks/prepare.py --size smollm2   # once (run.py does it too)
     .venv/bin/python benchmarks/shared_forward.py [--group-size G] [--precision fp32] [--profile]
+        [--autograd-logprobs]
 
 Each path is timed ``--repeats`` times, alternating, after one warm-up round; the table gives the median
 seconds and the speed-up over plain. The same log-probs within fp tolerance are checked first. ``--profile``
@@ -27,7 +28,23 @@ from common import runs_dir  # noqa: E402
 P, R = 128, 64
 
 
-def paths():
+def with_autograd_logprobs(fn):
+    """``fn`` with token log-probs as the release before computed them (``logprobs.autograd``)."""
+    from logprobs import autograd  # noqa: PLC0415
+
+    from lit_rlhf.rlhf.logprobs import SelectiveLogSoftmax  # noqa: PLC0415
+
+    def run(*a):
+        SelectiveLogSoftmax.apply = staticmethod(autograd)
+        try:
+            return fn(*a)
+        finally:
+            del SelectiveLogSoftmax.apply  # back to autograd.Function's own
+
+    return run
+
+
+def paths(autograd_logprobs: bool = False):
     from lit_rlhf.rollout import shared_prefix as sp  # noqa: PLC0415
     from lit_rlhf.rollout.rollout import token_logprobs  # noqa: PLC0415
 
@@ -38,7 +55,10 @@ def paths():
         finally:
             sp._groupable = groupable
 
-    return {"plain": token_logprobs, "split": split, "grouped": sp.token_logprobs}
+    out = {"plain": token_logprobs, "split": split, "grouped": sp.token_logprobs}
+    if autograd_logprobs:
+        out |= {f"{k}, autograd log-probs": with_autograd_logprobs(out[k]) for k in ("plain", "grouped")}
+    return out
 
 
 def batch(vocab: int, G: int, prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,6 +78,11 @@ def main() -> None:
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument(
+        "--autograd-logprobs",
+        action="store_true",
+        help="also plain and grouped with the release before's log-probs",
+    )
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM  # noqa: PLC0415
 
@@ -70,7 +95,7 @@ def main() -> None:
         runs_dir("smollm2") / "models" / "policy", attn_implementation="eager" if bf16 else "sdpa"
     ).train()
     ids, mask = batch(model.config.vocab_size, args.group_size, args.prompts)
-    fns = paths()
+    fns = paths(args.autograd_logprobs)
 
     def step(fn) -> torch.Tensor:
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
@@ -81,7 +106,7 @@ def main() -> None:
 
     out = {k: step(f) for k, f in fns.items()}  # warm-up, and the same log-probs
     keep = mask[:, P:].bool()
-    for k in ("split", "grouped"):
+    for k in list(fns)[1:]:
         gap = float((out[k] - out["plain"])[keep].abs().max())
         print(f"max |log p({k}) - log p(plain)| = {gap:.2e}")
     times: dict[str, list[float]] = {k: [] for k in fns}

@@ -230,3 +230,15 @@ def test_shared_forward_times_the_three_paths_it_names(monkeypatch) -> None:
     keep = mask[:, 6:].bool()
     for k in ("split", "grouped"):
         torch.testing.assert_close(out[k][keep], out["plain"][keep], atol=2e-5, rtol=1e-4)
+    # --autograd-logprobs: the release before's log-probs inside the call, the shipped ones after it
+    import logprobs  # noqa: PLC0415
+
+    from lit_rlhf.rlhf.logprobs import SelectiveLogSoftmax  # noqa: PLC0415
+
+    calls, original = [], logprobs.autograd
+    monkeypatch.setattr(logprobs, "autograd", lambda *a: calls.append(1) or original(*a))
+    fns = shared_forward.paths(autograd_logprobs=True)
+    for k in ("plain", "grouped"):
+        got = fns[f"{k}, autograd log-probs"](m, ids, mask, 6, 1.0)
+        torch.testing.assert_close(got[keep], out[k][keep], atol=2e-5, rtol=1e-4)
+    assert len(calls) >= 2 and "apply" not in vars(SelectiveLogSoftmax)
