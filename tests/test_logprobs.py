@@ -98,6 +98,15 @@ def test_keeps_only_the_logits_for_backward():
     assert any(t.dtype == torch.float32 and t.numel() >= logits.numel() for t in saved)  # the peer does
 
 
+def test_fp64_logits_keep_fp64():
+    logits = (torch.randn(2, 3, 7, dtype=torch.float64) * 30).requires_grad_()
+    labels = torch.randint(0, 7, (2, 3))
+    got = logprobs_from_logits(logits, labels, 0.9)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, F.log_softmax(logits / 0.9, -1).gather(-1, labels[..., None])[..., 0])
+    assert torch.autograd.gradcheck(lambda x: logprobs_from_logits(x, labels, 0.9), (logits,))
+
+
 def test_no_grad_and_empty():
     logits = torch.randn(2, 3, 7)
     labels = torch.randint(0, 7, (2, 3))

@@ -37,18 +37,20 @@ def _chunks(logits: Tensor):
 
 
 class SelectiveLogSoftmax(torch.autograd.Function):
-    """``log softmax(logits / T)[labels]`` in fp32 from logits of any float dtype, chunked (module docstring).
+    """``log softmax(logits / T)[labels]`` in fp32 (fp64 for fp64 logits) from logits of any float dtype,
+    chunked (module docstring).
 
     Backward: ``∂/∂logits = g / T · (one-hot(label) − softmax(logits / T))``, written in the logits' dtype.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
-        log_z = torch.empty(labels.shape, dtype=torch.float32, device=logits.device)  # (B, T)
+        acc = torch.promote_types(logits.dtype, torch.float32)  # fp32, or fp64 for fp64 logits
+        log_z = torch.empty(labels.shape, dtype=acc, device=logits.device)  # (B, T)
         for b, t in _chunks(logits):
-            x = logits[b, t].float()
+            x = logits[b, t].to(acc)
             log_z[b, t] = torch.logsumexp(x / temperature if temperature != 1.0 else x, -1)
-        picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).float()
+        picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).to(acc)
         if temperature != 1.0:
             picked = picked / temperature
         ctx.save_for_backward(logits, labels, log_z)
@@ -61,9 +63,10 @@ class SelectiveLogSoftmax(torch.autograd.Function):
         logits, labels, log_z = ctx.saved_tensors
         T = ctx.temperature
         out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        grad = grad.float() / T if T != 1.0 else grad.float()
+        grad = grad.to(log_z.dtype)
+        grad = grad / T if T != 1.0 else grad
         for b, t in _chunks(logits):
-            x = logits[b, t].float()
+            x = logits[b, t].to(log_z.dtype)
             p = torch.exp((x / T if T != 1.0 else x) - log_z[b, t, None])  # softmax(logits / T)
             g = grad[b, t, None]
             p.mul_(-g).scatter_add_(-1, labels[b, t, None], g)
@@ -81,8 +84,8 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.
         temperature: the sampling temperature the logits are divided by.
 
     Returns:
-        ``(B, T)`` fp32 log-probabilities, computed in fp32 whatever the logits' dtype (bf16 logits are not
-        rounded further); differentiable with respect to ``logits``.
+        ``(B, T)`` fp32 log-probabilities (fp64 for fp64 logits), computed in that precision whatever the
+        logits' dtype (bf16 logits are not rounded further); differentiable with respect to ``logits``.
     """
     if logits.shape[:-1] != labels.shape or logits.dim() != 3:
         raise ValueError(f"logits {tuple(logits.shape)} must be labels {tuple(labels.shape)} + (V,), 3-D")
