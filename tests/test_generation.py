@@ -48,6 +48,21 @@ def test_tis_cap_below_one_is_refused() -> None:
         tis_weights(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), cap=0.5)
 
 
+@pytest.mark.parametrize(
+    ("kw", "key"),
+    [
+        ({"tis_cap": 0.5}, "tis_cap"),
+        ({"kv_cache_gib": 0}, "kv_cache_gib"),
+        ({"enforce_eager": "yes"}, "enforce_eager"),
+    ],
+)
+def test_bad_vllm_settings_are_refused_naming_the_key_before_vllm_is_needed(kw, key) -> None:
+    from lit_rlhf.generation.vllm import VLLMGeneration  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match=f"generation.{key} must"):
+        VLLMGeneration(**kw)
+
+
 # ------------------------------------------------------------------ the engine protocol of a policy task
 class RecordingEngine(HFGeneration):
     """Samples like ``hf`` but says it holds a copy of the weights: records every start and push, and

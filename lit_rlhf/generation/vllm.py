@@ -117,11 +117,13 @@ class VLLMGeneration:
         seed: int = 0,
         tis_cap: float | None = 2.0,
     ) -> None:
-        import_vllm()  # fail before anything trains
         if tis_cap is not None and not tis_cap >= 1.0:
             raise ValueError(f"generation.tis_cap must be >= 1 (or null = off), got {tis_cap}")
         if kv_cache_gib <= 0:
             raise ValueError(f"generation.kv_cache_gib must be > 0, got {kv_cache_gib}")
+        if enforce_eager not in (None, True, False):
+            raise ValueError(f"generation.enforce_eager must be true, false or null, got {enforce_eager!r}")
+        import_vllm()  # fail before anything trains
         self.dtype, self.max_model_len, self.kv_cache_gib = dtype, max_model_len, kv_cache_gib
         self.gpu_memory_utilization, self.enable_sleep_mode = gpu_memory_utilization, enable_sleep_mode
         self.enforce_eager, self.seed, self.tis_cap = enforce_eager, seed, tis_cap
