@@ -91,4 +91,9 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.
         raise ValueError(f"logits {tuple(logits.shape)} must be labels {tuple(labels.shape)} + (V,), 3-D")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if logits.is_contiguous():  # one sequence of B·T rows: chunks span rows of several sequences
+        flat = SelectiveLogSoftmax.apply(
+            logits.view(1, -1, logits.shape[-1]), labels.reshape(1, -1), float(temperature)
+        )
+        return flat.view(labels.shape)
     return SelectiveLogSoftmax.apply(logits, labels, float(temperature))
