@@ -98,10 +98,6 @@ def layout(input_ids: Tensor, attention_mask: Tensor, owner: Tensor, rows: Tenso
 _current: contextvars.ContextVar[Layout | None] = contextvars.ContextVar("grouped_layout", default=None)
 
 
-def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
-    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
-
-
 def _softmax(scores: Tensor, like: Tensor) -> Tensor:
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(like.dtype)
 
@@ -117,32 +113,46 @@ def grouped_attention(
     **kwargs,
 ) -> tuple[Tensor, None]:
     """transformers' attention signature: (U, h, L, d) query, (U, h_kv, L, d) key and value →
-    (U, L, h, d). The mask transformers passes is ignored; the layout's biases are used."""
+    (U, L, h, d). The mask transformers passes is ignored; the layout's biases are used.
+
+    Grouped-query attention without repeating keys and values: query head i reads key/value head
+    i // (h / h_kv) (transformers' ``repeat_kv``), so the h / h_kv query heads of a key head are stacked as
+    rows of one product against that head's keys; the key and value gradients come out of the products
+    summed over those query heads, with no copy to sum back.
+    """
     lay = _current.get()
     if lay is None:
         raise RuntimeError(f"{NAME} attention ran outside lit_rlhf's grouped forward")
     lay.calls[0] += 1
-    n_rep = getattr(module, "num_key_value_groups", 1)
-    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
     U, h, L, d = query.shape
+    hk = key.shape[1]
+    n = h // hk  # query heads per key/value head
     P = lay.prompt_bias.shape[-1]
     G, R = lay.response_bias.shape[2:4]
     scaling = d**-0.5 if scaling is None else scaling
     training = module.training and dropout > 0
-    kp, vp = key[:, :, :P], value[:, :, :P]
+    # split, not sliced: the backward concatenates the parts' gradients instead of zero-filling per slice
+    qp, qr = query.view(U, hk, n, L, d).split([P, G * R], 3)
+    kp, kr = key.split([P, G * R], 2)
+    vp, vr = value.split([P, G * R], 2)
+    kpt = kp.transpose(-1, -2)  # (U, hk, d, P)
 
-    w = _softmax(query[:, :, :P] @ kp.transpose(-1, -2) * scaling + lay.prompt_bias, query)  # (U, h, P, P)
-    w = nn.functional.dropout(w, dropout, training)
-    out_p = w @ vp  # (U, h, P, d)
+    # the prompt: causal over itself
+    s = (qp.reshape(U, hk, n * P, d) @ kpt).view(U, hk, n, P, P) * scaling + lay.prompt_bias[:, :, None]
+    w = nn.functional.dropout(_softmax(s, query), dropout, training)
+    out_p = (w.view(U, hk, n * P, P) @ vp).view(U, h, P, d)
 
-    qr = query[:, :, P:].reshape(U, h, G, R, d)
-    kr, vr = key[:, :, P:].reshape(U, h, G, R, d), value[:, :, P:].reshape(U, h, G, R, d)
-    on_prompt = (query[:, :, P:] @ kp.transpose(-1, -2)).view(U, h, G, R, P)  # the prompt's keys, once
-    on_self = qr @ kr.transpose(-1, -2)  # (U, h, G, R, R)
-    w = _softmax(torch.cat([on_prompt, on_self], -1) * scaling + lay.response_bias, query)
-    w = nn.functional.dropout(w, dropout, training)
-    out_r = (w[..., :P].reshape(U, h, G * R, P) @ vp) + (w[..., P:] @ vr).reshape(U, h, G * R, d)
-    return torch.cat([out_p, out_r], 2).transpose(1, 2).contiguous(), None
+    # each response: the prompt's keys (one (n·G·R) × P product per key head, read once) and its own, causally
+    on_prompt = (qr.reshape(U, hk, n * G * R, d) @ kpt).view(U, hk, n, G, R, P)
+    q_own = qr.view(U, hk, n, G, R, d).transpose(2, 3).reshape(U, hk, G, n * R, d)
+    own = (q_own @ kr.view(U, hk, G, R, d).transpose(-1, -2)).view(U, hk, G, n, R, R).transpose(2, 3)
+    s = torch.cat([on_prompt, own], -1) * scaling + lay.response_bias[:, :, None]  # (U, hk, n, G, R, P + R)
+    w_p, w_own = nn.functional.dropout(_softmax(s, query), dropout, training).split([P, R], -1)
+    from_prompt = (w_p.reshape(U, hk, n * G * R, P) @ vp).view(U, hk, n, G, R, d)
+    w_own = w_own.transpose(2, 3).reshape(U, hk, G, n * R, R)
+    from_own = (w_own @ vr.view(U, hk, G, R, d)).view(U, hk, G, n, R, d).transpose(2, 3)
+    out_r = (from_prompt + from_own).reshape(U, h, G * R, d)
+    return torch.cat([out_p.transpose(1, 2), out_r.transpose(1, 2)], 1), None
 
 
 AttentionInterface.register(NAME, grouped_attention)
