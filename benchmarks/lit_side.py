@@ -158,7 +158,9 @@ def run_rm(s: Settings) -> dict:
 
 
 OPTIMIZER = "update: optimizer"  # every optimizer.step of the step (PPO: policy and critic)
-BACKWARD = "update: backward + loss maths"  # the rest of training_step
+BACKWARD = "update: backward"  # every manual_backward of the step
+CLIP = "update: gradient clipping"  # every clip_gradients of the step
+REST = "update: loss maths + untimed rollout work"  # the rest of training_step
 
 
 class Phases:
@@ -221,6 +223,8 @@ def instrument(module, cls: type) -> tuple[list[dict[str, float]], L.Callback, d
             lambda *a, **kw: "update: value forward" if torch.is_grad_enabled() else "rollout: value forward",
         )
     module.score = ph.wrap(functools.partial(cls.score, module), lambda *a, **kw: "rollout: reward forward")
+    module.manual_backward = ph.wrap(module.manual_backward, lambda *a, **kw: BACKWARD)
+    module.clip_gradients = ph.wrap(module.clip_gradients, lambda *a, **kw: CLIP)
     module.training_step = ph.wrap(
         functools.partial(cls.training_step, module), lambda *a, **kw: "training_step"
     )
@@ -241,9 +245,9 @@ def instrument(module, cls: type) -> tuple[list[dict[str, float]], L.Callback, d
 def breakdown(per_step: list[dict[str, float]], warmup: int, step_total: float) -> tuple[dict, float]:
     """Mean seconds per phase over the timed steps, and the seconds of the update (forwards + the rest).
 
-    ``"update: backward + loss maths"`` is what ``training_step`` spent outside the timed forwards and
-    optimizer steps (``"update: optimizer"``); ``"Lightning loop + data"`` what the step spent outside
-    ``training_step``.
+    ``"update: loss maths + untimed rollout work"`` is what ``training_step`` spent outside the timed
+    phases: the loss maths and the rollout's own work besides its forwards (rewards, transforms, advantages,
+    the shared-prefix layouts); ``"Lightning loop + data"`` what the step spent outside ``training_step``.
     """
     timed = per_step[warmup:]
     keys = sorted({k for d in timed for k in d})
@@ -251,10 +255,10 @@ def breakdown(per_step: list[dict[str, float]], warmup: int, step_total: float) 
     rollout = sum(v for k, v in mean.items() if k.startswith("rollout"))
     timed_update = sum(v for k, v in mean.items() if k.startswith("update"))  # forwards, optimizer steps
     out = {k: v for k, v in mean.items() if k != "training_step"}
-    out[BACKWARD] = mean["training_step"] - rollout - timed_update
+    out[REST] = mean["training_step"] - rollout - timed_update
     out["Lightning loop + data (outside training_step)"] = step_total - mean["training_step"]
     out["step total"] = step_total
-    return out, out[BACKWARD] + timed_update
+    return out, out[REST] + timed_update
 
 
 def engine(s: Settings):

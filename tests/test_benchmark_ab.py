@@ -193,10 +193,12 @@ def test_the_step_breakdown_keeps_the_optimizer_apart() -> None:
             "rollout: generation": 4.0,
             "update: policy forward": 1.0,
             "update: optimizer": 0.5,
+            "update: backward": 2.0,
         }
     ] * 3
     out, update = lit_side.breakdown(steps, warmup=1, step_total=10.0)
-    assert out["update: backward + loss maths"] == 3.5  # 9 − 4 − 1 − 0.5
+    assert out["update: loss maths + untimed rollout work"] == 1.5  # 9 − 4 − 1 − 0.5 − 2
+    assert out["update: backward"] == 2.0
     assert update == 5.0 and out["update: optimizer"] == 0.5
     assert out["Lightning loop + data (outside training_step)"] == 1.0
 
