@@ -9,6 +9,13 @@ shapes. The update's inner loop, without the optimizer.
 Each path is timed ``--repeats`` times, alternating, after one warm-up round; the table gives the median
 seconds and the speed-up over plain. The same log-probs within fp tolerance are checked first. ``--profile``
 adds torch.profiler's self time per op for one more step of each path (the ops that take the most).
+
+``--bound`` adds what each path could take at best: a forward + backward has a cost that does not grow with
+the tokens (each weight cast to bf16 and its gradient back to fp32, the tied embedding's dense gradient,
+every op's dispatch), timed here as the same step over one 8-token prompt and two 4-token responses
+(``F``); the rest of plain's time scales at most with the matmul FLOPs, so a path that does a share ``s``
+of plain's matmul FLOPs takes at least ``F + (plain − F)·s``, and sharing speeds the step up at most
+``plain / (F + (plain − F)·s)``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from common import runs_dir  # noqa: E402
+from common import matmul_params, runs_dir  # noqa: E402
 
 P, R = 128, 64
 
@@ -61,6 +68,22 @@ def paths(autograd_logprobs: bool = False):
     return out
 
 
+def matmul_rows(path: str, N: int, U: int, P: int, R: int) -> tuple[int, int]:
+    """(rows through the transformer body's Linear layers, rows through the LM head) of one forward of
+    ``path`` over N rows of U distinct prompts, as lit_rlhf runs it: plain keeps R + 1 logits per row
+    (``logits_to_keep``); grouped and split run each prompt once and R − 1 tokens per response (the last
+    response token predicts nothing), and the head over those and one prompt position per prompt."""
+    if path.startswith("plain"):
+        return N * (P + R), N * (R + 1)
+    return U * P + N * (R - 1), U + N * (R - 1)
+
+
+def best_seconds(plain: float, fixed: float, share: float) -> float:
+    """The least time a path doing ``share`` of plain's matmul FLOPs can take, given plain's time and the
+    fixed cost ``fixed`` (what a step over almost no tokens takes)."""
+    return fixed + (plain - fixed) * share
+
+
 def batch(vocab: int, G: int, prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``prompts`` prompts × G responses; the first prompt left-padded by 5, one response 7 tokens short."""
     gen = torch.Generator().manual_seed(0)
@@ -78,6 +101,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--bound", action="store_true", help="also the fixed cost and each path's best time")
     ap.add_argument(
         "--autograd-logprobs",
         action="store_true",
@@ -97,7 +121,7 @@ def main() -> None:
     ids, mask = batch(model.config.vocab_size, args.group_size, args.prompts)
     fns = paths(args.autograd_logprobs)
 
-    def step(fn) -> torch.Tensor:
+    def step(fn, ids=ids, mask=mask) -> torch.Tensor:
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             lp = fn(model, ids, mask, P, 1.0)
             (lp * mask[:, P:]).sum().backward()
@@ -123,8 +147,45 @@ def main() -> None:
     print("| path | seconds | speed-up over plain | runs |\n| --- | ---: | ---: | --- |")
     for k, v in med.items():
         print(f"| {k} | {v:.3f} | {med['plain'] / v:.2f}x | {[round(t, 3) for t in times[k]]} |")
+    if args.bound:
+        bound(model, step, fns, med, args.group_size, args.prompts, args.repeats)
     if args.profile:
         profile(step, fns)
+
+
+def bound(model, step, fns, med: dict, G: int, U: int, repeats: int) -> None:
+    global P, R
+    full = P, R
+    P, R = 8, 4
+    try:
+        ids, mask = batch(model.config.vocab_size, 2, 1)
+        tiny = [step(fns["plain"], ids, mask) for _ in range(2)]  # warm-up
+        fixed = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            tiny.append(step(fns["plain"], ids, mask))
+            fixed.append(time.perf_counter() - t)
+    finally:
+        P, R = full
+    F = statistics.median(fixed)
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+    body = matmul_params(model) - hidden * vocab
+
+    def flops(path: str) -> int:
+        rows, head = matmul_rows(path, U * G, U, P, R)
+        return rows * body + head * hidden * vocab
+
+    plain = med["plain"]
+    print(
+        f"\nFixed cost F (the same forward + backward over 8 + 4 tokens, median of {repeats}): {F:.3f} s. "
+        "Best = F + (plain − F) × the path's share of plain's matmul FLOPs.\n"
+    )
+    print("| path | seconds | matmul FLOPs / plain's | best | seconds / best | speed-up bound |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for k, v in med.items():
+        share = flops(k) / flops("plain")
+        best = best_seconds(plain, F, share)
+        print(f"| {k} | {v:.3f} | {share:.3f} | {best:.3f} | {v / best:.2f} | {plain / best:.2f}x |")
 
 
 def profile(step, fns) -> None:

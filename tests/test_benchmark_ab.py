@@ -244,3 +244,32 @@ def test_shared_forward_times_the_three_paths_it_names(monkeypatch) -> None:
         got = fns[f"{k}, autograd log-probs"](m, ids, mask, 6, 1.0)
         torch.testing.assert_close(got[keep], out[k][keep], atol=2e-5, rtol=1e-4)
     assert len(calls) >= 2 and "apply" not in vars(SelectiveLogSoftmax)
+
+
+def test_shared_forward_counts_the_rows_each_path_multiplies(monkeypatch) -> None:
+    """``--bound``'s FLOP shares come from ``matmul_rows``: the rows a body Linear and the LM head really see
+    in each path (hooks on a tiny Llama, 2 prompts × 3), and the best time by hand."""
+    import shared_forward  # noqa: PLC0415
+    from test_shared_prefix import model  # noqa: PLC0415
+
+    P, R, G, U = 6, 8, 3, 2
+    monkeypatch.setattr(shared_forward, "P", P)
+    monkeypatch.setattr(shared_forward, "R", R)
+    m = model("llama")
+    ids, mask = shared_forward.batch(m.config.vocab_size, G=G, prompts=U)
+    rows: dict[str, int] = {}
+
+    def count(name: str):
+        def hook(module, inputs, output) -> None:
+            rows[name] = rows.get(name, 0) + inputs[0].shape[:-1].numel()
+
+        return hook
+
+    m.lm_head.register_forward_hook(count("head"))
+    m.model.layers[0].mlp.up_proj.register_forward_hook(count("body"))
+    for k, f in shared_forward.paths().items():
+        rows.clear()
+        f(m, ids, mask, P, 1.0)
+        assert (rows["body"], rows["head"]) == shared_forward.matmul_rows(k, U * G, U, P, R), k
+    assert shared_forward.matmul_rows("grouped", 6, 2, 6, 8) == (2 * 6 + 6 * 7, 2 + 6 * 7)
+    assert shared_forward.best_seconds(4.0, 0.5, 0.5) == 2.25  # 0.5 + 3.5 / 2
