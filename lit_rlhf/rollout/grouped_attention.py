@@ -5,7 +5,8 @@ layer runs once over 384 tokens for a group of 4 × 64 after a 128-token prompt 
 Attention is Prefix Grouper's (Liu et al., 2025): the prompt attends to itself causally, and each response to
 the prompt's keys (read once for all G responses: one ``(G·R) × P`` product per group, no copy) and causally
 to its own keys, never to a sibling's. Its cost is the split path's (``G·R·(P + R) + P²`` scores per group),
-not the ``(P + G·R)²`` of one packed row with a 4D mask.
+not the ``(P + G·R)²`` of one packed row with a 4D mask. Grouped-query models' keys and values are not
+repeated per query head: the query heads that share a key head are rows of one product.
 
 The attention is registered with transformers' ``AttentionInterface`` and switched on for one forward only
 (:func:`grouped`); it reads the group layout from a context variable. A model whose layers do not go through
