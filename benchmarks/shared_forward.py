@@ -15,7 +15,8 @@ the tokens (each weight cast to bf16 and its gradient back to fp32, the tied emb
 every op's dispatch), timed here as the same step over one 8-token prompt and two 4-token responses
 (``F``); the rest of plain's time scales at most with the matmul FLOPs, so a path that does a share ``s``
 of plain's matmul FLOPs takes at least ``F + (plain − F)·s``, and sharing speeds the step up at most
-``plain / (F + (plain − F)·s)``.
+``plain / (F + (plain − F)·s)``. F overstates the fixed part (its 12-token matmuls are bound by reading the
+weights, which a long step hides inside compute-bound work), so this bound errs low by a few per cent.
 """
 
 from __future__ import annotations
