@@ -23,6 +23,7 @@ the forwards and the update do not use it.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import warnings
@@ -46,18 +47,14 @@ def summarise(arms: list[str], per_step: list[dict[str, float]], warmup: int = 2
     ratio plain / shared of each adjacent pair, and their medians."""
     seconds = {PLAIN: [], SHARED: []}
     pair_ratios = []
-    timed = list(zip(arms, per_step))[warmup:]
-    for i, (arm, d) in enumerate(timed):
-        seconds[arm].append(d["training_step"] - d.get(GENERATION, 0.0))
+    timed = [(arm, d["training_step"] - d.get(GENERATION, 0.0)) for arm, d in zip(arms, per_step)][warmup:]
+    for i, (arm, t) in enumerate(timed):
+        seconds[arm].append(t)
         if i % 2:
-            (a, da), (_, db) = timed[i - 1], timed[i]
-            pair = {a: da, arm: db}
+            pair = dict(timed[i - 1 : i + 1])
             if set(pair) != {PLAIN, SHARED}:
                 raise ValueError(f"iterations {i - 1 + warmup} and {i + warmup} are not one of each arm")
-            pair_ratios.append(
-                (pair[PLAIN]["training_step"] - pair[PLAIN].get(GENERATION, 0.0))
-                / (pair[SHARED]["training_step"] - pair[SHARED].get(GENERATION, 0.0))
-            )
+            pair_ratios.append(pair[PLAIN] / pair[SHARED])
     med = {k: statistics.median(v) for k, v in seconds.items()}
     return {
         "seconds": seconds,
@@ -83,16 +80,15 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--pairs", type=int, default=12, help="timed pairs of iterations (one of each arm)")
     a = ap.parse_args()
+    if os.environ.get("LIT_RLHF_BENCH_GENERATION", "hf") != "hf":
+        raise SystemExit("interleaved.py switches HF generation's prefill: unset LIT_RLHF_BENCH_GENERATION")
 
     import lightning as L  # noqa: PLC0415
     import lit_side as ls  # noqa: PLC0415
-    from common import Settings, runs_dir  # noqa: PLC0415
-    from group import group_plan, lit_group_kwargs  # noqa: PLC0415
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: PLC0415
+    from common import Settings  # noqa: PLC0415
+    from group import group_plan  # noqa: PLC0415
 
-    from lit_rlhf.models.factory import load_tokenizer, quiet_transformers  # noqa: PLC0415
-    from lit_rlhf.tasks.grpo import GRPOModule  # noqa: PLC0415
-    from lit_rlhf.tasks.rloo import RLOOModule  # noqa: PLC0415
+    from lit_rlhf.models.factory import quiet_transformers  # noqa: PLC0415
 
     warnings.filterwarnings("ignore")
     quiet_transformers()
@@ -108,20 +104,7 @@ def main() -> None:
     )
     ls.setup_threads(s.threads)
     plan = group_plan(s, a.task)
-    models = runs_dir(s.size) / "models"
-    tok = load_tokenizer(models / "tokenizer")
-    cls = {"grpo": GRPOModule, "rloo": RLOOModule}[a.task]
-    module = cls(
-        actor=AutoModelForCausalLM.from_pretrained(models / "policy"),
-        ref=AutoModelForCausalLM.from_pretrained(models / "policy"),
-        reward_models={
-            "helpful": AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
-        },
-        tokenizer=tok,
-        optimizer=ls.optimizer(s),
-        generation=ls.HFGeneration(),
-        **lit_group_kwargs(s, a.task),
-    )
+    module, cls, tok = ls.group_module(s, a.task)
     per_step, phases, _ = ls.instrument(module, cls)
     order = arm_order(a.pairs)
 

@@ -330,25 +330,32 @@ def run_ppo(s: Settings) -> dict:
     return ppo_result("lit_rlhf", s, meter, seconds, fl, step_total, update_s, phases, work, steps)
 
 
-def run_group(s: Settings, task: str) -> dict:
-    """GRPO or RLOO: ``GRPOModule`` / ``RLOOModule`` with conf/task/<task>.yaml's loss settings."""
-    plan = group_plan(s, task)
+def group_module(s: Settings, task: str):
+    """``GRPOModule`` / ``RLOOModule`` over ``prepare.py``'s models, conf/task/<task>.yaml's loss settings
+    and ``s``'s switches: ``(module, its class, tokenizer)``."""
     models = runs_dir(s.size) / "models"
-    P = prompt_tokens(s)
     tok = load_tokenizer(models / "tokenizer")
-    actor = AutoModelForCausalLM.from_pretrained(models / "policy")
-    ref = AutoModelForCausalLM.from_pretrained(models / "policy")
-    rm = AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
     cls = {"grpo": GRPOModule, "rloo": RLOOModule}[task]
     module = cls(
-        actor=actor,
-        ref=ref,
-        reward_models={"helpful": rm},
+        actor=AutoModelForCausalLM.from_pretrained(models / "policy"),
+        ref=AutoModelForCausalLM.from_pretrained(models / "policy"),
+        reward_models={
+            "helpful": AutoModelForSequenceClassification.from_pretrained(models / "reward", num_labels=1)
+        },
         tokenizer=tok,
         optimizer=optimizer(s),
         generation=engine(s),
         **lit_group_kwargs(s, task),
     )
+    return module, cls, tok
+
+
+def run_group(s: Settings, task: str) -> dict:
+    """GRPO or RLOO: ``GRPOModule`` / ``RLOOModule`` with conf/task/<task>.yaml's loss settings."""
+    plan = group_plan(s, task)
+    P = prompt_tokens(s)
+    module, cls, tok = group_module(s, task)
+    actor, rm = module.actor, module.reward_models["helpful"]
     per_step, step_phases, work = instrument(module, cls)
     meter = Meter(count_batch_tokens=False)
     tr = trainer([meter, step_phases], plan.iterations, s)
